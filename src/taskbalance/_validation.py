@@ -1,0 +1,16 @@
+"""Boundary checks shared by the public entry points."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["suggest"]
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """A ' Did you mean ...?' suffix for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

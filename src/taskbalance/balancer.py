@@ -1,0 +1,453 @@
+"""The Balancer: losses -> engine -> method -> transforms -> ``.grad``.
+
+One step of :meth:`Balancer.backward`:
+
+1. stack the task losses; a non-finite loss skips the step (nothing is written).
+2. engine: compute what the method (and the transforms) need and nothing more: no per-task
+   gradient for loss-weighting methods; otherwise the per-task gradients by batched
+   vector-Jacobian products, with respect to the shared parameters (``level="parameters"``) or
+   the shared representation (``level="representation"``), and their Gram matrix.
+3. per-task transforms (e.g. per-task clipping) rescale each task's gradient.
+4. method: weights ``w`` or a direction ``d``.
+5. gradients of every parameter involved:
+
+   * weights at parameter level: shared parameters get ``J^T w`` (the Jacobian is already
+     there); task-specific parameters get ``grad(sum_i w_i L_i)`` from a backward that stops
+     at them (head parameters of task ``i`` thus get ``w_i dL_i/dtheta``);
+   * weights otherwise (loss weighting, or representation level): one ordinary backward of
+     ``sum_i w_i L_i``;
+   * a direction at parameter level: shared parameters get ``d``; a direction at
+     representation level is back-propagated from the representation into the shared
+     parameters; task-specific parameters get the (unweighted) gradient of their own loss.
+
+6. combined transforms (global-norm / value clipping) on all those gradients; a non-finite
+   result skips the step; else the gradients are *added* to ``.grad`` (so gradient
+   accumulation over micro-batches works as with ``loss.backward()``).
+
+Task-specific parameters are found by walking the autograd graph from the losses (every leaf
+that requires grad and is not shared), or given explicitly with ``task_params=``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast, get_args
+
+import torch
+from torch import Tensor
+
+from taskbalance._validation import suggest
+from taskbalance.engine.graph import reachable_leaves
+from taskbalance.engine.jacobian import task_jacobian
+from taskbalance.engine.needs import Need
+from taskbalance.engine.task_gradients import TaskGradients
+from taskbalance.methods.base import Combination, Context, Method
+from taskbalance.methods.registry import create
+from taskbalance.step_info import StepInfo, cosine_matrix
+from taskbalance.transforms.base import (
+    CombinedTransform,
+    PerTaskTransform,
+    Transform,
+    global_norm,
+)
+
+__all__ = ["Balancer", "Level", "LossesLike", "resolve_method"]
+
+logger = logging.getLogger(__name__)
+
+Level = Literal["parameters", "representation"]
+LossesLike = Mapping[str, Tensor] | Sequence[Tensor] | Tensor
+MetricsLike = Mapping[str, float] | Sequence[float] | Tensor
+
+
+def resolve_method(method: Method | str) -> Method:
+    """A method instance from an instance or a registry name."""
+    if isinstance(method, str):
+        return create(method)
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"expected a method name or a taskbalance Method, got {type(method).__name__}"
+        )
+    return method
+
+
+def make_context(
+    method: Method,
+    grads: TaskGradients | None,
+    *,
+    num_tasks: int,
+    losses: Tensor | None,
+    metrics: Tensor | None = None,
+    step: int = 0,
+    task_names: tuple[str, ...] = (),
+) -> Context:
+    """The :class:`Context` holding what ``method`` declared it needs."""
+    return Context(
+        num_tasks=num_tasks,
+        losses=losses,
+        gramian=grads.gramian if grads is not None else None,
+        jacobian=grads.matrix if grads is not None and method.needs >= Need.JACOBIAN else None,
+        metrics=metrics,
+        step=step,
+        task_names=task_names,
+    )
+
+
+def _as_parameter_list(params: Iterable[Tensor], what: str) -> list[Tensor]:
+    if isinstance(params, Tensor):
+        params = [params]
+    result = list(params)
+    seen: set[int] = set()
+    for p in result:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{what} must be tensors, got {type(p).__name__}")
+        if not p.requires_grad:
+            raise ValueError(f"{what} must require grad (a tensor of shape {tuple(p.shape)} does not)")
+        if id(p) in seen:
+            raise ValueError(f"{what} lists the same tensor twice")
+        seen.add(id(p))
+    return result
+
+
+class Balancer:
+    """Combines task losses into gradients, according to a balancing method.
+
+    Args:
+        method: a :class:`~taskbalance.methods.Method` or a registry name (``"pcgrad"``).
+        shared_params: parameters shared by the tasks (the trunk), e.g.
+            ``model.trunk.parameters()``.
+        transforms: gradient transforms applied in order (per-task ones before combining,
+            combined ones after), e.g. ``[ClipPerTaskNorm(1.0), ClipGlobalNorm(5.0)]``.
+        level: ``"parameters"`` (per-task gradients w.r.t. ``shared_params``) or
+            ``"representation"`` (w.r.t. the shared features passed to :meth:`backward`;
+            much cheaper, as in MGDA-UB).
+        task_params: task-specific parameters; found from the autograd graph when omitted.
+        task_names: names of the tasks when losses are given as a sequence.
+        batched: compute per-task gradients with one batched backward (falls back to a loop
+            automatically where unsupported).
+
+    Example::
+
+        balancer = Balancer("pcgrad", model.trunk.parameters())
+        optimizer.zero_grad()
+        info = balancer.backward({"digit": l1, "parity": l2})
+        if not info.skipped:
+            optimizer.step()
+    """
+
+    def __init__(
+        self,
+        method: Method | str,
+        shared_params: Iterable[Tensor],
+        *,
+        transforms: Sequence[Transform] = (),
+        level: Level = "parameters",
+        task_params: Iterable[Tensor] | None = None,
+        task_names: Sequence[str] | None = None,
+        batched: bool = True,
+    ) -> None:
+        self.method = resolve_method(method)
+        self.shared_params = _as_parameter_list(shared_params, "shared_params")
+        if not self.shared_params:
+            raise ValueError("shared_params is empty: pass the trunk's parameters")
+        if level not in get_args(Level):
+            raise ValueError(
+                f"unknown level {level!r}.{suggest(str(level), get_args(Level))} "
+                "Use 'parameters' or 'representation'."
+            )
+        self.level: Level = level
+        self.transforms = list(transforms)
+        for transform in self.transforms:
+            if not isinstance(transform, Transform):
+                raise TypeError(
+                    f"transforms must be taskbalance transforms, got {type(transform).__name__}"
+                )
+        self.task_params = (
+            None if task_params is None else _as_parameter_list(task_params, "task_params")
+        )
+        shared_ids = {id(p) for p in self.shared_params}
+        if self.task_params is not None and any(id(p) in shared_ids for p in self.task_params):
+            raise ValueError("a tensor is listed both in shared_params and task_params")
+        self.task_names: tuple[str, ...] | None = tuple(task_names) if task_names else None
+        self.batched = batched
+        self.step = 0
+        self._skips = 0
+
+    @property
+    def needs(self) -> Need:
+        """What the engine computes each step: the most any method or transform needs."""
+        return max([self.method.needs, *(t.needs for t in self.transforms)])
+
+    @property
+    def num_tasks(self) -> int | None:
+        return None if self.task_names is None else len(self.task_names)
+
+    # ----------------------------------------------------------------- input validation
+    def _stack_losses(self, losses: LossesLike) -> tuple[tuple[str, ...], Tensor]:
+        if isinstance(losses, Mapping):
+            names = tuple(losses)
+            if self.task_names is not None and set(names) == set(self.task_names):
+                names = self.task_names
+            values = [losses[n] for n in names]
+        elif isinstance(losses, Tensor):
+            if losses.ndim != 1:
+                raise ValueError(
+                    f"losses given as one tensor must have shape (T,), got {tuple(losses.shape)}"
+                )
+            values = list(losses.unbind())
+            names = self.task_names or tuple(f"task{i}" for i in range(len(values)))
+        elif isinstance(losses, Sequence):
+            values = list(losses)
+            names = self.task_names or tuple(f"task{i}" for i in range(len(values)))
+        else:
+            raise TypeError(
+                f"losses must be a dict of task -> loss, a sequence of losses or a (T,) tensor; "
+                f"got {type(losses).__name__}"
+            )
+        if not values:
+            raise ValueError("no losses given: pass one loss per task")
+        for name, value in zip(names, values, strict=False):
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"the loss of task {name!r} is a {type(value).__name__}; it must be a tensor "
+                    "attached to the autograd graph"
+                )
+            if value.numel() != 1:
+                raise ValueError(
+                    f"the loss of task {name!r} has shape {tuple(value.shape)}; reduce it to a "
+                    "scalar (e.g. .mean()) first"
+                )
+        if self.task_names is None:
+            self.task_names = names
+        elif len(names) != len(self.task_names) or (
+            isinstance(losses, Mapping) and names != self.task_names
+        ):
+            raise ValueError(
+                f"this Balancer was used with tasks {list(self.task_names)} "
+                f"({len(self.task_names)}), got {list(names)} ({len(names)}); the tasks must "
+                "stay the same from step to step"
+            )
+        dtype = values[0].dtype
+        for v in values[1:]:
+            dtype = torch.promote_types(dtype, v.dtype)
+        return names, torch.stack([v.reshape(()).to(dtype) for v in values])
+
+    def _metrics_tensor(self, metrics: MetricsLike | None, names: tuple[str, ...]) -> Tensor | None:
+        if metrics is None:
+            return None
+        if isinstance(metrics, Mapping):
+            unknown = [k for k in metrics if k not in names]
+            missing = [n for n in names if n not in metrics]
+            if unknown or missing:
+                raise ValueError(f"metrics must name every task {list(names)}; "
+                                 f"missing {missing}, unknown {unknown}")
+            metrics = [float(metrics[n]) for n in names]
+        values = torch.as_tensor(metrics, dtype=torch.float64).flatten()
+        if values.numel() != len(names):
+            raise ValueError(f"got {values.numel()} metrics for {len(names)} tasks")
+        return values
+
+    # ----------------------------------------------------------------- the step
+    def backward(
+        self,
+        losses: LossesLike,
+        representation: Tensor | None = None,
+        *,
+        metrics: MetricsLike | None = None,
+    ) -> StepInfo:
+        """Compute the balanced gradients of ``losses`` and add them to ``.grad``.
+
+        Args:
+            losses: one scalar loss per task: a dict ``name -> loss``, a sequence, or a
+                ``(T,)`` tensor. The set of tasks must stay the same across steps.
+            representation: the shared features (output of the trunk) that the losses were
+                computed from; required at ``level="representation"``.
+            metrics: optional per-task metrics for methods that use them.
+
+        Returns:
+            A :class:`StepInfo`. When ``skipped`` is true nothing was written to ``.grad``:
+            skip ``optimizer.step()`` (parameters whose ``.grad`` is ``None`` are not touched
+            by ``torch.optim`` optimizers anyway).
+        """
+        names, stacked = self._stack_losses(losses)
+        metrics_tensor = self._metrics_tensor(metrics, names)
+        detached = stacked.detach()
+        if not bool(torch.isfinite(detached).all()):
+            bad = [n for n, ok in zip(names, torch.isfinite(detached).tolist(), strict=True) if not ok]
+            return self._skip(names, detached, f"non-finite loss for task(s) {bad}")
+        if not stacked.requires_grad:
+            raise ValueError(
+                "none of the losses requires grad: were they computed under torch.no_grad() "
+                "or from detached tensors?"
+            )
+        if self.level == "representation":
+            if not isinstance(representation, Tensor) or not representation.requires_grad:
+                raise ValueError(
+                    "level='representation' needs the shared features: call "
+                    "backward(losses, representation=z) with the trunk output z the heads read"
+                )
+            inputs: list[Tensor] = [representation]
+        else:
+            inputs = self.shared_params
+        task_params = self.task_params
+        if task_params is None:
+            task_params = reachable_leaves([stacked], exclude=self.shared_params)
+
+        grads: TaskGradients | None = None
+        scales: Tensor | None = None
+        if self.needs >= Need.GRAMIAN:
+            blocks, batched_ok = task_jacobian(stacked, inputs, batched=self.batched)
+            self.batched = self.batched and batched_ok
+            grads = TaskGradients(blocks)
+            for transform in self.transforms:
+                if isinstance(transform, PerTaskTransform):
+                    current = grads.norms() if scales is None else grads.norms() * scales
+                    factor = transform.row_scale(current).to(torch.float64)
+                    scales = factor if scales is None else scales * factor
+            if scales is not None:
+                grads = grads.scale_rows(scales)
+
+        ctx = make_context(
+            self.method,
+            grads,
+            num_tasks=len(names),
+            losses=detached,
+            metrics=metrics_tensor,
+            step=self.step,
+            task_names=names,
+        )
+        combination = self.method(ctx)
+        params, param_grads = self._parameter_gradients(
+            combination, grads, stacked, scales, inputs, task_params
+        )
+
+        for transform in self.transforms:
+            if isinstance(transform, CombinedTransform):
+                param_grads = transform.apply(param_grads, params)
+        total_norm = global_norm(param_grads)
+        weights = combination.weights
+        if not bool(torch.isfinite(total_norm)):
+            return self._skip(names, detached, "non-finite gradient", weights=weights)
+
+        for p, g in zip(params, param_grads, strict=True):
+            g = g.detach().to(p.dtype)
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+        info = StepInfo(
+            task_names=names,
+            losses=detached,
+            level=self.level,
+            step=self.step,
+            weights=weights,
+            task_scales=scales,
+            task_grad_norms=grads.norms() if grads is not None else None,
+            cosines=cosine_matrix(grads.raw_gramian) if grads is not None else None,
+            grad_norm=total_norm,
+        )
+        self.step += 1
+        return info
+
+    def _parameter_gradients(
+        self,
+        combination: Combination,
+        grads: TaskGradients | None,
+        stacked: Tensor,
+        scales: Tensor | None,
+        inputs: list[Tensor],
+        task_params: list[Tensor],
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Gradients of all parameters involved, from the method's combination."""
+        ones = torch.ones_like(stacked)
+        row_factor = ones if scales is None else scales.to(stacked)
+        if combination.weights is not None:
+            applied = combination.weights.to(stacked) * row_factor
+            objective = (applied * stacked).sum()
+            if grads is None or self.level == "representation":
+                return _grad(objective, self.shared_params + task_params, retain_graph=False)
+            shared = grads.combine(combination.weights.to(stacked.device))
+            head_params, head_grads = _grad(objective, task_params, retain_graph=False)
+            return self.shared_params + head_params, shared + head_grads
+        assert grads is not None and combination.direction is not None, "direction needs gradients"
+        pieces = grads.split(combination.direction)
+        objective = (row_factor * stacked).sum()
+        at_parameters = self.level == "parameters"
+        head_params, head_grads = _grad(objective, task_params, retain_graph=not at_parameters)
+        if at_parameters:
+            return self.shared_params + head_params, pieces + head_grads
+        trunk_params, trunk_grads = _grad(
+            inputs[0], self.shared_params, grad_output=pieces[0], retain_graph=False
+        )
+        return trunk_params + head_params, trunk_grads + head_grads
+
+    def _skip(
+        self, names: tuple[str, ...], losses: Tensor, reason: str, *, weights: Tensor | None = None
+    ) -> StepInfo:
+        self._skips += 1
+        if self._skips == 1 or self._skips % 100 == 0:
+            logger.warning(
+                "step %d skipped (%s); nothing was written to .grad (%d skipped so far)",
+                self.step,
+                reason,
+                self._skips,
+            )
+        return StepInfo(
+            task_names=names,
+            losses=losses,
+            level=self.level,
+            step=self.step,
+            weights=weights,
+            skipped=True,
+            reason=reason,
+        )
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method.state_dict(),
+            "transforms": [t.state_dict() for t in self.transforms],
+            "step": self.step,
+            "task_names": list(self.task_names) if self.task_names is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        transforms = cast(list[dict[str, Any]], state["transforms"])
+        if len(transforms) != len(self.transforms):
+            raise ValueError(
+                f"state has {len(transforms)} transforms, this Balancer has {len(self.transforms)}"
+            )
+        self.method.load_state_dict(state["method"])
+        for transform, transform_state in zip(self.transforms, transforms, strict=True):
+            transform.load_state_dict(transform_state)
+        self.step = int(state["step"])
+        names = state["task_names"]
+        self.task_names = tuple(names) if names is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"Balancer({self.method!r}, level={self.level!r}, transforms={self.transforms!r}, "
+            f"shared_params={len(self.shared_params)} tensors)"
+        )
+
+
+def _grad(
+    output: Tensor,
+    params: list[Tensor],
+    *,
+    retain_graph: bool,
+    grad_output: Tensor | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Gradients of ``output`` w.r.t. ``params``; parameters it does not reach are dropped."""
+    if not params:
+        return [], []
+    result = torch.autograd.grad(
+        output,
+        params,
+        grad_outputs=grad_output,
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    pairs = [(p, g) for p, g in zip(params, result, strict=True) if g is not None]
+    return [p for p, _ in pairs], [g for _, g in pairs]

@@ -1,0 +1,27 @@
+"""Equal weighting (``ew``)."""
+
+from __future__ import annotations
+
+import torch
+
+from taskbalance.engine.needs import Need
+from taskbalance.methods.base import Combination, Context, Method
+from taskbalance.methods.registry import register
+
+
+@register
+class EqualWeighting(Method):
+    """Equal weighting: ``w_i = 1``, i.e. the update is the gradient of ``sum_i L_i``.
+
+    The baseline of every MTL paper (called EW in LibMTL; TorchJD's ``Mean`` is this divided by
+    ``T``). Needs only the losses: one ordinary backward, no per-task gradient.
+    """
+
+    name = "ew"
+    family = "loss weighting"
+    needs = Need.LOSSES
+    reference = "Baseline: linear scalarisation with unit weights."
+
+    def combine(self, ctx: Context) -> Combination:
+        device = ctx.losses.device if ctx.losses is not None else None
+        return Combination(weights=torch.ones(ctx.num_tasks, dtype=torch.float64, device=device))

@@ -1,0 +1,102 @@
+"""Exact minimum-norm point of a convex hull, from the Gram matrix alone.
+
+Solves the quadratic program over the probability simplex
+
+    min_w  w^T G w    subject to  w >= 0,  sum_i w_i = 1,
+
+where ``G = J J^T`` is the Gram matrix of ``T`` points (task gradients). The minimiser gives
+the point ``J^T w`` of the convex hull closest to the origin (MGDA's common descent direction).
+
+Algorithm: Wolfe's minimum-norm-point method (P. Wolfe, "Finding the nearest point in a
+polytope", Math. Programming 11, 1976), written on inner products only. It is an active-set
+method with finite termination: the support ("corral") is kept affinely independent, each
+affine sub-problem is solved exactly through its KKT system, and the loop ends when every
+vertex satisfies the optimality condition ``(G w)_j >= w^T G w`` (up to a tolerance relative to
+the largest squared norm). Work is in float64 on a copy of ``G`` scaled so that its largest
+diagonal entry is 1, which makes the result invariant to the scale of the gradients (1e-20 or
+1e20 alike). Pure PyTorch; ``T`` is small so the host-side control flow is cheap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["min_norm_simplex"]
+
+
+def _affine_minimiser(G_S: Tensor) -> Tensor:
+    """Weights (summing to 1) of the min-norm point of the affine hull of the corral."""
+    k = G_S.shape[0]
+    kkt = G_S.new_zeros((k + 1, k + 1))
+    kkt[:k, :k] = G_S
+    kkt[:k, k] = 1.0
+    kkt[k, :k] = 1.0
+    rhs = G_S.new_zeros(k + 1)
+    rhs[k] = 1.0
+    solution, info = torch.linalg.solve_ex(kkt, rhs)
+    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+        solution = torch.linalg.lstsq(kkt, rhs.unsqueeze(1)).solution.squeeze(1)
+    return solution[:k]
+
+
+def min_norm_simplex(gramian: Tensor, *, tol: float = 1e-12, max_iter: int | None = None) -> Tensor:
+    """Weights ``w`` on the simplex minimising ``w^T G w`` (exact up to ``tol``).
+
+    Args:
+        gramian: symmetric PSD ``(T, T)`` Gram matrix of the points.
+        tol: optimality tolerance, relative to the largest diagonal entry of ``G``.
+        max_iter: safety cap on major iterations (default ``50 + 10 T``).
+
+    Returns:
+        float64 weights of shape ``(T,)``, non-negative, summing to 1. When every point is zero
+        (``G = 0``) any weights are optimal and the uniform ones are returned; non-finite
+        entries raise ``ValueError``.
+    """
+    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
+        raise ValueError(f"expected a square Gram matrix, got shape {tuple(gramian.shape)}")
+    num_points = gramian.shape[0]
+    G = gramian.detach().to(torch.float64)
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError("the Gram matrix has non-finite entries")
+    G = 0.5 * (G + G.T)
+    scale = G.diagonal().max()
+    if num_points == 1 or not bool(scale > 0):
+        return G.new_full((num_points,), 1.0 / num_points)
+    G = G / scale
+
+    weights = G.new_zeros(num_points)
+    first = int(torch.argmin(G.diagonal()))
+    weights[first] = 1.0
+    corral = [first]
+    limit = max_iter if max_iter is not None else 50 + 10 * num_points
+    for _ in range(limit):
+        gradient = G @ weights
+        value = weights @ gradient
+        candidate = int(torch.argmin(gradient))
+        if bool(gradient[candidate] >= value - tol) or candidate in corral:
+            break
+        corral.append(candidate)
+        while True:  # minor cycle: move towards the affine minimiser, dropping vertices
+            index = torch.tensor(corral, device=G.device)
+            target = _affine_minimiser(G[index][:, index])
+            current = weights[index]
+            if bool((target > tol).all()):
+                weights.zero_()
+                weights[index] = target
+                break
+            shrinking = target <= tol
+            steps = current[shrinking] / (current[shrinking] - target[shrinking])
+            steps = torch.nan_to_num(steps, nan=0.0)
+            theta = float(steps.min().clamp(0.0, 1.0))
+            moved = current + theta * (target - current)
+            keep = moved > tol
+            weights.zero_()
+            weights[index[keep]] = moved[keep]
+            corral = [c for c, k in zip(corral, keep.tolist(), strict=True) if k]
+            if not corral:  # numerical corner case: restart from the best vertex
+                corral = [candidate]
+                weights[candidate] = 1.0
+                break
+    weights = weights.clamp_min(0.0)
+    return weights / weights.sum()

@@ -1,0 +1,83 @@
+"""Gradient transforms: small composable steps between the method and ``.grad`` (optax-like).
+
+Two stages exist, and a transform belongs to one:
+
+* :class:`PerTaskTransform` acts on each task's gradient *before* the tasks are combined. It
+  sees the per-task gradient norms and returns a factor per task (a row scaling of the task
+  Jacobian), so it needs at least the Gram matrix, never a copy of the gradients.
+* :class:`CombinedTransform` acts on the final gradients of all parameters the balancer writes
+  (shared and task-specific), *after* combining.
+
+A list of transforms passed to :class:`taskbalance.Balancer` is applied in order within each
+stage (the chain). Every transform has ``state_dict`` / ``load_state_dict`` / ``reset``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from taskbalance.engine.needs import Need
+
+__all__ = ["CombinedTransform", "PerTaskTransform", "Transform", "global_norm", "positive"]
+
+
+def positive(name: str, value: float) -> float:
+    """Validate a strictly positive finite hyperparameter."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of all entries of ``tensors`` together (as one flat vector)."""
+    if not tensors:
+        return torch.zeros(())
+    norms = torch._foreach_norm(list(tensors))
+    return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
+
+
+class Transform(ABC):
+    """Common base: a stage, what it needs from the engine, and (empty) state."""
+
+    stage: ClassVar[str]
+    needs: ClassVar[Need]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
+
+    def reset(self) -> None:
+        """Forget all state."""
+
+
+class PerTaskTransform(Transform):
+    """Acts on every task's gradient before combining, through a factor per task."""
+
+    stage = "per_task"
+    needs = Need.GRAMIAN
+
+    @abstractmethod
+    def row_scale(self, norms: Tensor) -> Tensor:
+        """Factor ``s_i`` for each task given the task-gradient norms ``(T,)``."""
+
+
+class CombinedTransform(Transform):
+    """Acts on the combined gradients of all parameters, after combining."""
+
+    stage = "combined"
+    needs = Need.LOSSES
+
+    @abstractmethod
+    def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+        """New gradients for ``params`` (same order and shapes)."""

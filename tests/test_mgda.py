@@ -1,0 +1,94 @@
+"""MGDA and the exact min-norm solver: closed forms, brute force, KKT conditions."""
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskbalance import aggregate
+from taskbalance.solvers import min_norm_simplex
+
+
+def kkt_violation(G: torch.Tensor, w: torch.Tensor) -> float:
+    """max(0, w^T G w - min_j (G w)_j), relative to the largest squared norm."""
+    gradient = G @ w
+    value = w @ gradient
+    return float((value - gradient.min()).clamp_min(0) / G.diagonal().max())
+
+
+def test_two_gradients_closed_form() -> None:
+    # Sener & Koltun, Algorithm 2: gamma = clip((g2 - g1).g2 / |g1 - g2|^2, 0, 1)
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    gamma = float(((g2 - g1) @ g2) / ((g1 - g2) @ (g1 - g2)))
+    J = torch.stack([g1, g2])
+    torch.testing.assert_close(aggregate("mgda", J), gamma * g1 + (1 - gamma) * g2)
+
+
+def test_dominated_case_picks_the_shorter_gradient() -> None:
+    J = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    torch.testing.assert_close(aggregate("mgda", J), torch.tensor([1.0, 0.0]))
+
+
+def test_opposite_gradients_give_zero() -> None:
+    J = torch.tensor([[1.0, 2.0], [-1.0, -2.0]])
+    torch.testing.assert_close(aggregate("mgda", J), torch.zeros(2), atol=1e-7, rtol=0)
+
+
+def test_against_brute_force_simplex_search() -> None:
+    generator = torch.Generator().manual_seed(0)
+    steps = 200
+    grid = [
+        (a / steps, b / steps, (steps - a - b) / steps)
+        for a, b in itertools.product(range(steps + 1), repeat=2)
+        if a + b <= steps
+    ]
+    candidates = torch.tensor(grid, dtype=torch.float64)
+    for _ in range(5):
+        J = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+        G = J @ J.T
+        brute = torch.einsum("ki,ij,kj->k", candidates, G, candidates).min()
+        w = min_norm_simplex(G)
+        exact = w @ G @ w
+        assert float(exact) <= float(brute) + 1e-12
+        assert float(exact) >= float(brute) - 1e-3 * float(G.diagonal().max())
+
+
+@given(
+    num_tasks=st.integers(1, 12),
+    dim=st.integers(1, 20),
+    seed=st.integers(0, 10_000),
+    log_scale=st.sampled_from([-8.0, 0.0, 8.0]),
+)
+def test_kkt_conditions_hold_on_random_problems(num_tasks: int, dim: int, seed: int, log_scale: float) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(num_tasks, dim, generator=generator, dtype=torch.float64) * 10**log_scale
+    G = J @ J.T
+    w = min_norm_simplex(G)
+    assert torch.all(w >= 0)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert kkt_violation(G, w) < 1e-9
+    # common descent: every task gradient has a non-negative inner product with d
+    d = J.T @ w
+    assert float((J @ d).min()) >= -1e-9 * float(G.diagonal().max())
+
+
+def test_scale_invariance_of_the_weights() -> None:
+    torch.manual_seed(0)
+    G = (lambda J: J @ J.T)(torch.randn(6, 9, dtype=torch.float64))
+    base = min_norm_simplex(G)
+    for scale in (1e-40, 1e-16, 1e16, 1e40):
+        torch.testing.assert_close(min_norm_simplex(G * scale), base)
+
+
+def test_degenerate_gramians() -> None:
+    assert min_norm_simplex(torch.zeros(4, 4)).tolist() == [0.25] * 4
+    assert min_norm_simplex(torch.ones(1, 1)).tolist() == [1.0]
+    duplicated = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    w = min_norm_simplex(duplicated)
+    assert float(w.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        min_norm_simplex(torch.tensor([[float("nan")]]))
+    with pytest.raises(ValueError, match="square"):
+        min_norm_simplex(torch.zeros(2, 3))
