@@ -20,7 +20,9 @@ class TwoLevelNet(nn.Module):
         return z, [head(z).squeeze(-1) for head in self.heads]
 
 
-def regression_problem(num_tasks: int, n: int = 32, in_dim: int = 6, seed: int = 0) -> tuple[Tensor, Tensor]:
+def regression_problem(
+    num_tasks: int, n: int = 32, in_dim: int = 6, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_dim, generator=generator)
     w = torch.randn(in_dim, num_tasks, generator=generator)

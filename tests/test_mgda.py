@@ -61,7 +61,9 @@ def test_against_brute_force_simplex_search() -> None:
     seed=st.integers(0, 10_000),
     log_scale=st.sampled_from([-8.0, 0.0, 8.0]),
 )
-def test_kkt_conditions_hold_on_random_problems(num_tasks: int, dim: int, seed: int, log_scale: float) -> None:
+def test_kkt_conditions_hold_on_random_problems(
+    num_tasks: int, dim: int, seed: int, log_scale: float
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     J = torch.randn(num_tasks, dim, generator=generator, dtype=torch.float64) * 10**log_scale
     G = J @ J.T

@@ -24,7 +24,9 @@ def test_two_conflicting_gradients_hand_computed() -> None:
     # g1 -> g1 - (g1.g2/|g2|^2) g2 = (1,0) + 0.5(-1,1) = (0.5, 0.5)
     # g2 -> g2 - (g2.g1/|g1|^2) g1 = (-1,1) + (1,0) = (0, 1)
     torch.testing.assert_close(aggregate("pcgrad", J), torch.tensor([0.5, 1.5]))
-    torch.testing.assert_close(aggregate(methods.create("pcgrad", reduction="mean"), J), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(
+        aggregate(methods.create("pcgrad", reduction="mean"), J), torch.tensor([0.25, 0.75])
+    )
 
 
 def test_projected_gradients_no_longer_conflict_for_two_tasks() -> None:
@@ -61,4 +63,7 @@ def test_order_is_seeded_and_checkpointed() -> None:
     restored = methods.create("pcgrad", seed=4)
     restored.load_state_dict(state)
     assert torch.equal(aggregate(restored, J), expected)
-    assert torch.equal(aggregate(methods.create("pcgrad", seed=4), J), aggregate(methods.create("pcgrad", seed=4), J))
+    assert torch.equal(
+        aggregate(methods.create("pcgrad", seed=4), J),
+        aggregate(methods.create("pcgrad", seed=4), J),
+    )

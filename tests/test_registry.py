@@ -26,7 +26,7 @@ def test_unknown_method_suggests_the_closest_names() -> None:
 
 
 def test_unknown_method_lists_all_available() -> None:
-    with pytest.raises(ValueError, match="Available: .*mgda"):
+    with pytest.raises(ValueError, match=r"Available: .*mgda"):
         methods.create("zzzzzz")
 
 
@@ -35,7 +35,9 @@ def test_names_are_normalised() -> None:
 
 
 def test_unknown_hyperparameter_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"no hyperparameter 'sed'.*Did you mean 'seed'.*seed, reduction"):
+    with pytest.raises(
+        ValueError, match=r"no hyperparameter 'sed'.*Did you mean 'seed'.*seed, reduction"
+    ):
         methods.create("pcgrad", sed=1)
     with pytest.raises(ValueError, match="Valid hyperparameters: none"):
         methods.create("ew", alpha=1.0)
@@ -54,7 +56,8 @@ def test_every_method_declares_family_needs_and_reference() -> None:
         assert cls.family in {"loss weighting", "gradient manipulation"}
         assert isinstance(cls.needs, Need)
         assert cls.reference
-        assert cls.__doc__ and len(cls.__doc__) > 80
+        assert cls.__doc__
+        assert len(cls.__doc__) > 80
         if cls.family == "loss weighting":
             assert cls.needs == Need.LOSSES
 

@@ -21,7 +21,9 @@ def test_ew_is_the_sum_of_task_gradients() -> None:
 
 def test_fixed_weights_are_used_as_given() -> None:
     expected = 0.5 * J[0] + 2.0 * J[1] + 0.0 * J[2]
-    torch.testing.assert_close(aggregate(methods.create("fixed", weights=[0.5, 2.0, 0.0]), J), expected)
+    torch.testing.assert_close(
+        aggregate(methods.create("fixed", weights=[0.5, 2.0, 0.0]), J), expected
+    )
 
 
 def test_fixed_weights_by_task_name() -> None:
@@ -58,7 +60,8 @@ def test_loss_ratio_edge_cases() -> None:
     zero = weights("loss_ratio", Context(num_tasks=2, losses=torch.zeros(2, dtype=torch.float64)))
     assert zero.tolist() == [1.0, 1.0]
     one_zero = weights("loss_ratio", Context(num_tasks=2, losses=torch.tensor([0.0, 1.0])))
-    assert torch.isfinite(one_zero).all() and one_zero[0] > 1.99
+    assert torch.isfinite(one_zero).all()
+    assert one_zero[0] > 1.99
     with pytest.raises(ValueError, match="non-negative"):
         weights("loss_ratio", Context(num_tasks=2, losses=torch.tensor([-1.0, 1.0])))
     with pytest.raises(ValueError, match="losses="):

@@ -20,7 +20,9 @@ def _vector(values: Tensor | Sequence[float] | None, num_tasks: int, what: str) 
         return None
     vector = torch.as_tensor(values).detach().to(torch.float64).flatten()
     if vector.numel() != num_tasks:
-        raise ValueError(f"got {vector.numel()} {what} for {num_tasks} tasks (rows of the Jacobian)")
+        raise ValueError(
+            f"got {vector.numel()} {what} for {num_tasks} tasks (rows of the Jacobian)"
+        )
     return vector
 
 

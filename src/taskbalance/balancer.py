@@ -103,7 +103,9 @@ def _as_parameter_list(params: Iterable[Tensor], what: str) -> list[Tensor]:
         if not isinstance(p, Tensor):
             raise TypeError(f"{what} must be tensors, got {type(p).__name__}")
         if not p.requires_grad:
-            raise ValueError(f"{what} must require grad (a tensor of shape {tuple(p.shape)} does not)")
+            raise ValueError(
+                f"{what} must require grad (a tensor of shape {tuple(p.shape)} does not)"
+            )
         if id(p) in seen:
             raise ValueError(f"{what} lists the same tensor twice")
         seen.add(id(p))
@@ -220,13 +222,12 @@ class Balancer:
                 )
         if self.task_names is None:
             self.task_names = names
-        elif len(names) != len(self.task_names) or (
-            isinstance(losses, Mapping) and names != self.task_names
-        ):
+        elif len(values) != len(self.task_names) or names != self.task_names:
+            given = list(names) if isinstance(losses, Mapping) else f"{len(values)} losses"
             raise ValueError(
-                f"this Balancer was used with tasks {list(self.task_names)} "
-                f"({len(self.task_names)}), got {list(names)} ({len(names)}); the tasks must "
-                "stay the same from step to step"
+                f"this Balancer was set up for tasks {list(self.task_names)} "
+                f"({len(self.task_names)}), got {given}; the tasks must stay the same "
+                "from step to step"
             )
         dtype = values[0].dtype
         for v in values[1:]:
@@ -240,8 +241,10 @@ class Balancer:
             unknown = [k for k in metrics if k not in names]
             missing = [n for n in names if n not in metrics]
             if unknown or missing:
-                raise ValueError(f"metrics must name every task {list(names)}; "
-                                 f"missing {missing}, unknown {unknown}")
+                raise ValueError(
+                    f"metrics must name every task {list(names)}; "
+                    f"missing {missing}, unknown {unknown}"
+                )
             metrics = [float(metrics[n]) for n in names]
         values = torch.as_tensor(metrics, dtype=torch.float64).flatten()
         if values.numel() != len(names):
@@ -274,7 +277,9 @@ class Balancer:
         metrics_tensor = self._metrics_tensor(metrics, names)
         detached = stacked.detach()
         if not bool(torch.isfinite(detached).all()):
-            bad = [n for n, ok in zip(names, torch.isfinite(detached).tolist(), strict=True) if not ok]
+            bad = [
+                n for n, ok in zip(names, torch.isfinite(detached).tolist(), strict=True) if not ok
+            ]
             return self._skip(names, detached, f"non-finite loss for task(s) {bad}")
         if not stacked.requires_grad:
             raise ValueError(
@@ -370,7 +375,10 @@ class Balancer:
             shared = grads.combine(combination.weights.to(stacked.device))
             head_params, head_grads = _grad(objective, task_params, retain_graph=False)
             return self.shared_params + head_params, shared + head_grads
-        assert grads is not None and combination.direction is not None, "direction needs gradients"
+        if grads is None or combination.direction is None:
+            raise RuntimeError(
+                f"{self.method.name} returned a direction without per-task gradients"
+            )
         pieces = grads.split(combination.direction)
         objective = (row_factor * stacked).sum()
         at_parameters = self.level == "parameters"

@@ -9,7 +9,9 @@ import torch
 __all__ = ["reachable_leaves"]
 
 
-def reachable_leaves(roots: Sequence[torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> list[torch.Tensor]:
+def reachable_leaves(
+    roots: Sequence[torch.Tensor], exclude: Iterable[torch.Tensor] = ()
+) -> list[torch.Tensor]:
     """Leaf tensors that require grad and that ``roots`` depend on, in a stable order.
 
     Leaves listed in ``exclude`` (compared by identity) are left out. This is how the balancer

@@ -37,7 +37,8 @@ def _affine_minimiser(G_S: Tensor) -> Tensor:
     solution, info = torch.linalg.solve_ex(kkt, rhs)
     if int(info) != 0 or not bool(torch.isfinite(solution).all()):
         solution = torch.linalg.lstsq(kkt, rhs.unsqueeze(1)).solution.squeeze(1)
-    return solution[:k]
+    weights: Tensor = solution[:k]
+    return weights
 
 
 def min_norm_simplex(gramian: Tensor, *, tol: float = 1e-12, max_iter: int | None = None) -> Tensor:

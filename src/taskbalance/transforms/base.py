@@ -40,8 +40,9 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """Euclidean norm of all entries of ``tensors`` together (as one flat vector)."""
     if not tensors:
         return torch.zeros(())
-    norms = torch._foreach_norm(list(tensors))
-    return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
+    norms: list[Tensor] = list(torch._foreach_norm(list(tensors)))
+    total: Tensor = torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
+    return total
 
 
 class Transform(ABC):
@@ -57,7 +58,7 @@ class Transform(ABC):
         if state:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 (stateless transforms have nothing to forget)
         """Forget all state."""
 
 

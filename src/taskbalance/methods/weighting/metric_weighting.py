@@ -48,5 +48,7 @@ class MetricWeighting(Method):
             self.last_metrics = metrics.clone()
         if self.last_metrics is None:
             device = ctx.losses.device if ctx.losses is not None else None
-            return Combination(weights=torch.ones(ctx.num_tasks, dtype=torch.float64, device=device))
+            return Combination(
+                weights=torch.ones(ctx.num_tasks, dtype=torch.float64, device=device)
+            )
         return Combination(weights=normalise_to_num_tasks(1.0 - self.last_metrics))

@@ -1,0 +1,238 @@
+"""Balancer: gradients written to every parameter, conventions, skipping, validation, state."""
+
+import logging
+from typing import ClassVar
+
+import pytest
+import torch
+
+from helpers import TwoLevelNet, regression_problem, task_losses
+from taskbalance import Balancer, methods
+from taskbalance.engine.needs import Need
+from taskbalance.methods.base import Combination, Context, Method
+from taskbalance.solvers import min_norm_simplex
+
+
+def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def reference_weighted_backward(weights: list[float], seed: int = 0) -> list[torch.Tensor]:
+    model = TwoLevelNet(len(weights), seed=seed)
+    x, y = regression_problem(len(weights))
+    _, losses = task_losses(model, x, y)
+    sum(w * loss for w, loss in zip(weights, losses, strict=True)).backward()  # type: ignore[union-attr]
+    return grads_of(list(model.parameters()))
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_weights_give_the_same_gradients_as_a_weighted_backward(level: str) -> None:
+    weights = [0.5, 2.0, 1.5]
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    z, losses = task_losses(model, x, y)
+    per_task_clip_free = methods.create("fixed", weights=weights)
+    # a transform that needs the Gram matrix forces the per-task path at this level
+    from taskbalance.transforms import ClipPerTaskNorm
+
+    balancer = Balancer(
+        per_task_clip_free, model.trunk.parameters(), level=level, transforms=[ClipPerTaskNorm(1e9)]
+    )  # type: ignore[arg-type]
+    info = balancer.backward(losses, representation=z)
+    for got, expected in zip(
+        grads_of(list(model.parameters())), reference_weighted_backward(weights), strict=True
+    ):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert info.weights is not None
+    assert info.weights.tolist() == weights
+    assert info.task_grad_norms is not None
+    assert info.cosines is not None
+
+
+def test_heads_get_their_own_loss_gradient_scaled_by_the_task_weight() -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    _, losses = task_losses(model, x, y)
+    head_grad = torch.autograd.grad(losses[1], list(model.heads[1].parameters()), retain_graph=True)
+    shared = list(model.trunk.parameters())
+    J = torch.stack(
+        [
+            torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+            for loss in losses
+        ]
+    )
+    info = Balancer("mgda", shared).backward(losses)
+    w = min_norm_simplex(J.double() @ J.double().T)
+    assert info.weights is not None
+    torch.testing.assert_close(info.weights, w, atol=1e-6, rtol=1e-6)
+    for p, g in zip(model.heads[1].parameters(), head_grad, strict=True):
+        torch.testing.assert_close(p.grad, float(w[1]) * g)
+    written = torch.cat([p.grad.flatten() for p in shared])  # type: ignore[union-attr]
+    torch.testing.assert_close(written, J.T @ w.float(), atol=1e-6, rtol=1e-5)
+
+
+class FirstTaskDirection(Method):
+    """Test double: returns task 0's gradient as the direction."""
+
+    name = "first_task_direction"
+    family = "gradient manipulation"
+    needs = Need.JACOBIAN
+    reference = "test"
+    state_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def combine(self, ctx: Context) -> Combination:
+        return Combination(direction=ctx.require_jacobian(self.name)[0])
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_directions_reach_the_trunk_and_heads_get_unweighted_gradients(level: str) -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    z, losses = task_losses(model, x, y)
+    trunk = list(model.trunk.parameters())
+    expected_trunk = torch.autograd.grad(losses[0], trunk, retain_graph=True)
+    expected_head = torch.autograd.grad(
+        losses[1], list(model.heads[1].parameters()), retain_graph=True
+    )
+    info = Balancer(FirstTaskDirection(), trunk, level=level).backward(losses, representation=z)  # type: ignore[arg-type]
+    assert info.weights is None
+    for p, g in zip(trunk, expected_trunk, strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+    for p, g in zip(model.heads[1].parameters(), expected_head, strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_non_finite_loss_skips_the_step_and_leaves_parameters_untouched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    balancer = Balancer("pcgrad", model.trunk.parameters())
+    _, losses = task_losses(model, x, y)
+    balancer.backward(losses)
+    optimizer.step()  # Adam now has momentum: a zero gradient would still move parameters
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    _, losses = task_losses(model, x, y)
+    with caplog.at_level(logging.WARNING, logger="taskbalance"):
+        info = balancer.backward({"task0": losses[0] * float("nan"), "task1": losses[1]})
+    optimizer.step()
+    assert info.skipped
+    assert info.reason is not None
+    assert "task0" in info.reason
+    assert any("skipped" in r.message for r in caplog.records)
+    assert all(p.grad is None for p in model.parameters())
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, b)
+    assert balancer.step == 1
+
+
+def test_non_finite_gradient_skips_the_step() -> None:
+    w = torch.zeros(3, requires_grad=True)
+    head = torch.ones(1, requires_grad=True)
+    losses = [w.sqrt().sum() * head.sum(), (w**2).sum()]  # d sqrt(x)/dx at 0 is inf
+    info = Balancer("ew", [w]).backward(losses)
+    assert info.skipped
+    assert info.reason == "non-finite gradient"
+    assert w.grad is None
+    assert head.grad is None
+
+
+def test_gradients_accumulate_like_backward() -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    balancer = Balancer("ew", model.trunk.parameters())
+    for _ in range(2):
+        _, losses = task_losses(model, x, y)
+        balancer.backward(losses)
+    reference = reference_weighted_backward([2.0, 2.0])
+    for got, expected in zip(grads_of(list(model.parameters())), reference, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_explicit_task_params_match_discovery() -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    _, losses = task_losses(model, x, y)
+    Balancer("mgda", model.trunk.parameters(), task_params=model.heads.parameters()).backward(
+        losses
+    )
+    explicit = grads_of(list(model.parameters()))
+    model2 = TwoLevelNet(2)
+    _, losses = task_losses(model2, x, y)
+    Balancer("mgda", model2.trunk.parameters()).backward(losses)
+    for a, b in zip(explicit, grads_of(list(model2.parameters())), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_losses_as_dict_sequence_or_tensor() -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    balancer = Balancer("ew", model.trunk.parameters())
+    _, losses = task_losses(model, x, y)
+    info = balancer.backward({"b": losses[1], "a": losses[0]})
+    assert info.task_names == ("b", "a")
+    _, losses = task_losses(model, x, y)
+    info = balancer.backward({"a": losses[0], "b": losses[1]})  # same tasks, any order
+    assert info.task_names == ("b", "a")
+    torch.testing.assert_close(info.losses, torch.stack(losses[::-1]).detach())
+    assert set(info.as_dict()) >= {"loss/a", "weight/b", "grad_norm"}
+    _, losses = task_losses(model, x, y)
+    assert Balancer("ew", model.trunk.parameters()).backward(torch.stack(losses)).task_names == (
+        "task0",
+        "task1",
+    )
+
+
+def test_input_errors_say_what_to_do() -> None:
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    balancer = Balancer("ew", model.trunk.parameters())
+    z, losses = task_losses(model, x, y)
+    balancer.backward(losses)
+    z, losses = task_losses(model, x, y)
+    with pytest.raises(ValueError, match=r"tasks must\s+stay the same"):
+        balancer.backward([*losses, losses[0]])
+    with pytest.raises(TypeError, match="is a float"):
+        Balancer("ew", model.trunk.parameters()).backward([1.0, losses[0]])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="reduce it to a scalar"):
+        Balancer("ew", model.trunk.parameters()).backward([z.sum(dim=1), losses[0]])
+    with pytest.raises(ValueError, match="no_grad"):
+        Balancer("ew", model.trunk.parameters()).backward([loss.detach() for loss in losses])
+    with pytest.raises(ValueError, match="representation=z"):
+        Balancer("mgda", model.trunk.parameters(), level="representation").backward(losses)
+    with pytest.raises(ValueError, match="Did you mean 'representation'"):
+        Balancer("ew", model.trunk.parameters(), level="representaton")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        Balancer("ew", [])
+    with pytest.raises(ValueError, match="require grad"):
+        Balancer("ew", [torch.zeros(2)])
+    with pytest.raises(ValueError, match="unknown method"):
+        Balancer("mdga", model.trunk.parameters())
+    with pytest.raises(TypeError, match="transforms"):
+        Balancer("ew", model.trunk.parameters(), transforms=["clip"])  # type: ignore[list-item]
+
+
+def test_state_dict_round_trip_gives_identical_next_steps() -> None:
+    x, y = regression_problem(3)
+
+    def run(steps: int, balancer: Balancer, model: TwoLevelNet) -> None:
+        for _ in range(steps):
+            model.zero_grad()
+            _, losses = task_losses(model, x, y)
+            balancer.backward(losses)
+
+    model = TwoLevelNet(3)
+    balancer = Balancer("pcgrad", model.trunk.parameters())
+    run(3, balancer, model)
+    state = balancer.state_dict()
+    run(1, balancer, model)
+    expected = grads_of(list(model.parameters()))
+    restored = Balancer("pcgrad", model.trunk.parameters())
+    restored.load_state_dict(state)
+    assert restored.step == 3
+    assert restored.task_names == ("task0", "task1", "task2")
+    run(1, restored, model)
+    for a, b in zip(grads_of(list(model.parameters())), expected, strict=True):
+        assert torch.equal(a, b)

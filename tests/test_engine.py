@@ -1,0 +1,146 @@
+"""The gradient engine against a naive per-task autograd loop."""
+
+import logging
+
+import pytest
+import torch
+
+from helpers import TwoLevelNet, regression_problem, task_losses
+from taskbalance import Balancer, methods
+from taskbalance.engine import TaskGradients, gramian_of_blocks, task_jacobian
+
+
+def naive_rows(losses: list[torch.Tensor], inputs: list[torch.Tensor]) -> torch.Tensor:
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(x) if g is None else g).flatten()
+                    for g, x in zip(grads, inputs, strict=True)
+                ]
+            )
+        )
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 5])
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_jacobian_and_gramian_match_the_naive_loop(num_tasks: int, level: str) -> None:
+    model = TwoLevelNet(num_tasks).double()
+    x, y = regression_problem(num_tasks)
+    z, losses = task_losses(model, x.double(), y.double())
+    inputs = list(model.trunk.parameters()) if level == "parameters" else [z]
+    expected = naive_rows(losses, inputs)
+    blocks, batched = task_jacobian(torch.stack(losses), inputs)
+    assert batched
+    grads = TaskGradients(blocks)
+    torch.testing.assert_close(grads.matrix, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads.gramian, expected @ expected.T, atol=1e-6, rtol=1e-6)
+    sequential, batched = task_jacobian(torch.stack(losses), inputs, batched=False)
+    assert not batched
+    torch.testing.assert_close(TaskGradients(sequential).matrix, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_unused_inputs_get_zero_rows() -> None:
+    a = torch.randn(3, requires_grad=True)
+    b = torch.randn(2, requires_grad=True)
+    losses = torch.stack([a.sum(), (a**2).sum()])
+    blocks, _ = task_jacobian(losses, [a, b])
+    assert torch.equal(blocks[1], torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-12, 1.0, 1e12, 1e20])
+def test_gramian_survives_extreme_scales(scale: float) -> None:
+    torch.manual_seed(0)
+    J = torch.randn(4, 50)
+    exact = (J.double() @ J.double().T) * scale**2
+    G = gramian_of_blocks([J[:, :20] * scale, J[:, 20:] * scale])
+    assert G.dtype == torch.float64
+    assert torch.isfinite(G).all()
+    torch.testing.assert_close(G, exact, rtol=1e-5, atol=0)
+
+
+def test_row_scaling_is_lazy_and_consistent() -> None:
+    torch.manual_seed(1)
+    J = torch.randn(3, 10, dtype=torch.float64)
+    s = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    grads = TaskGradients([J]).scale_rows(s)
+    scaled = s.unsqueeze(1) * J
+    torch.testing.assert_close(grads.gramian, scaled @ scaled.T)
+    torch.testing.assert_close(grads.matrix, scaled)
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(grads.combine(w)[0], scaled.T @ w)
+    torch.testing.assert_close(grads.norms(), J.norm(dim=1))
+
+
+class ItemInBackward(torch.autograd.Function):
+    """Identity whose backward reads a Python number: not batchable by vmap."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad * (1.0 + 0.0 * float(grad.sum()))
+
+
+def test_falls_back_to_a_loop_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    x = torch.randn(4, requires_grad=True)
+    y = ItemInBackward.apply(x * 2.0)
+    losses = torch.stack([y.sum(), (y**2).sum(), y[0] * 3])
+    expected = naive_rows(list(losses.unbind()), [x])
+    with caplog.at_level(logging.WARNING, logger="taskbalance"):
+        blocks, batched = task_jacobian(losses, [x])
+    assert not batched
+    assert any("falling back" in r.message for r in caplog.records)
+    torch.testing.assert_close(TaskGradients(blocks).matrix, expected)
+
+
+class AutogradSpy:
+    """Records every torch.autograd.grad call: was it batched, how many outputs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict[str, object]] = []
+        original = torch.autograd.grad
+
+        def spy(outputs, inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.calls.append(
+                {"batched": kwargs.get("is_grads_batched", False), "numel": outputs.numel()}
+            )
+            return original(outputs, inputs, *args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", spy)
+
+
+@pytest.mark.parametrize("name", ["ew", "fixed", "loss_ratio", "metric_weighting"])
+def test_loss_weighting_runs_exactly_one_ordinary_backward(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    hparams = {"weights": [1.0, 2.0, 3.0]} if name == "fixed" else {}
+    balancer = Balancer(methods.create(name, **hparams), model.trunk.parameters())
+    spy = AutogradSpy(monkeypatch)
+    _, losses = task_losses(model, x, y)
+    info = balancer.backward(losses)
+    assert spy.calls == [{"batched": False, "numel": 1}]
+    assert info.task_grad_norms is None
+    assert info.cosines is None
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_gradient_methods_run_one_batched_backward_for_all_tasks(
+    level: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = TwoLevelNet(4)
+    x, y = regression_problem(4)
+    balancer = Balancer("mgda", model.trunk.parameters(), level=level)  # type: ignore[arg-type]
+    spy = AutogradSpy(monkeypatch)
+    z, losses = task_losses(model, x, y)
+    balancer.backward(losses, representation=z)
+    assert spy.calls[0] == {"batched": True, "numel": 4}
+    assert not any(call["batched"] for call in spy.calls[1:])
+    assert len(spy.calls) == 2  # + one backward of sum_i w_i L_i (heads, or the whole net)
