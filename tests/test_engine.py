@@ -131,16 +131,49 @@ def test_loss_weighting_runs_exactly_one_ordinary_backward(
     assert info.cosines is None
 
 
-@pytest.mark.parametrize("level", ["parameters", "representation"])
-def test_gradient_methods_run_one_batched_backward_for_all_tasks(
-    level: str, monkeypatch: pytest.MonkeyPatch
+def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = TwoLevelNet(4)
-    x, y = regression_problem(4)
-    balancer = Balancer("mgda", model.trunk.parameters(), level=level)  # type: ignore[arg-type]
-    spy = AutogradSpy(monkeypatch)
-    z, losses = task_losses(model, x, y)
-    balancer.backward(losses, representation=z)
-    assert spy.calls[0] == {"batched": True, "numel": 4}
-    assert not any(call["batched"] for call in spy.calls[1:])
-    assert len(spy.calls) == 2  # + one backward of sum_i w_i L_i (heads, or the whole net)
+    num_tasks = 4
+    model = TwoLevelNet(num_tasks)
+    x, y = regression_problem(num_tasks)
+    head_only = {"batched": False, "numel": 1}
+
+    def calls(level: str, with_representation: bool) -> list[dict[str, object]]:
+        balancer = Balancer("mgda", model.trunk.parameters(), level=level)  # type: ignore[arg-type]
+        spy = AutogradSpy(monkeypatch)
+        z, losses = task_losses(model, x, y)
+        balancer.backward(losses, representation=z if with_representation else None)
+        monkeypatch.undo()
+        return spy.calls
+
+    z_numel = 32 * 8
+    # representation level: one backward per head, then one ordinary backward of sum_i w_i L_i
+    assert calls("representation", True) == [head_only] * num_tasks + [head_only]
+    # parameter level with the representation: per-head backwards, the T rows carried through
+    # the trunk in one batched backward, then the heads' weighted backward
+    assert calls("parameters", True) == [head_only] * num_tasks + [
+        {"batched": True, "numel": z_numel},
+        head_only,
+    ]
+    # parameter level without it: one batched backward of the stacked losses
+    assert calls("parameters", False) == [{"batched": True, "numel": num_tasks}, head_only]
+
+
+def test_shared_parameters_bypassing_the_representation_are_handled_exactly() -> None:
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    bias = model.trunk[0].bias
+    shared = list(model.trunk.parameters())
+
+    def losses_of() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        z, losses = task_losses(model, x, y)
+        return z, [loss + (i + 1) * bias.sum() ** 2 for i, loss in enumerate(losses)]  # bypasses z
+
+    z, losses = losses_of()
+    expected = naive_rows(losses, shared)
+    info = Balancer("mgda", shared).backward(losses, representation=z)
+    assert info.task_grad_norms is not None
+    torch.testing.assert_close(
+        info.task_grad_norms, expected.double().norm(dim=1), rtol=1e-5, atol=1e-7
+    )

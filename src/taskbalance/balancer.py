@@ -39,7 +39,7 @@ from torch import Tensor
 
 from taskbalance._validation import suggest
 from taskbalance.engine.graph import reachable_leaves
-from taskbalance.engine.jacobian import task_jacobian
+from taskbalance.engine.jacobian import batched_vjp, representation_jacobian, task_jacobian
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import TaskGradients
 from taskbalance.methods.base import Combination, Context, Method
@@ -175,6 +175,7 @@ class Balancer:
         self.batched = batched
         self.step = 0
         self._skips = 0
+        self._warned_bypass = False
 
     @property
     def needs(self) -> Need:
@@ -186,7 +187,7 @@ class Balancer:
         return None if self.task_names is None else len(self.task_names)
 
     # ----------------------------------------------------------------- input validation
-    def _stack_losses(self, losses: LossesLike) -> tuple[tuple[str, ...], Tensor]:
+    def _stack_losses(self, losses: LossesLike) -> tuple[tuple[str, ...], list[Tensor], Tensor]:
         if isinstance(losses, Mapping):
             names = tuple(losses)
             if self.task_names is not None and set(names) == set(self.task_names):
@@ -232,7 +233,8 @@ class Balancer:
         dtype = values[0].dtype
         for v in values[1:]:
             dtype = torch.promote_types(dtype, v.dtype)
-        return names, torch.stack([v.reshape(()).to(dtype) for v in values])
+        scalars = [v.reshape(()).to(dtype) for v in values]
+        return names, scalars, torch.stack(scalars)
 
     def _metrics_tensor(self, metrics: MetricsLike | None, names: tuple[str, ...]) -> Tensor | None:
         if metrics is None:
@@ -273,38 +275,33 @@ class Balancer:
             skip ``optimizer.step()`` (parameters whose ``.grad`` is ``None`` are not touched
             by ``torch.optim`` optimizers anyway).
         """
-        names, stacked = self._stack_losses(losses)
+        names, values, stacked = self._stack_losses(losses)
         metrics_tensor = self._metrics_tensor(metrics, names)
         detached = stacked.detach()
         if not bool(torch.isfinite(detached).all()):
-            bad = [
-                n for n, ok in zip(names, torch.isfinite(detached).tolist(), strict=True) if not ok
-            ]
+            finite = torch.isfinite(detached).tolist()
+            bad = [n for n, ok in zip(names, finite, strict=True) if not ok]
             return self._skip(names, detached, f"non-finite loss for task(s) {bad}")
         if not stacked.requires_grad:
             raise ValueError(
                 "none of the losses requires grad: were they computed under torch.no_grad() "
                 "or from detached tensors?"
             )
-        if self.level == "representation":
-            if not isinstance(representation, Tensor) or not representation.requires_grad:
-                raise ValueError(
-                    "level='representation' needs the shared features: call "
-                    "backward(losses, representation=z) with the trunk output z the heads read"
-                )
-            inputs: list[Tensor] = [representation]
-        else:
-            inputs = self.shared_params
-        task_params = self.task_params
-        if task_params is None:
-            task_params = reachable_leaves([stacked], exclude=self.shared_params)
-
-        grads: TaskGradients | None = None
+        if representation is not None and (
+            not isinstance(representation, Tensor) or not representation.requires_grad
+        ):
+            raise ValueError(
+                "representation must be a tensor attached to the graph (requires grad)"
+            )
+        if self.level == "representation" and representation is None:
+            raise ValueError(
+                "level='representation' needs the shared features: call "
+                "backward(losses, representation=z) with the trunk output z the heads read"
+            )
+        task_params, separable = self._task_params(values, representation)
+        grads = self._task_gradients(values, stacked, representation, separable)
         scales: Tensor | None = None
-        if self.needs >= Need.GRAMIAN:
-            blocks, batched_ok = task_jacobian(stacked, inputs, batched=self.batched)
-            self.batched = self.batched and batched_ok
-            grads = TaskGradients(blocks)
+        if grads is not None:
             for transform in self.transforms:
                 if isinstance(transform, PerTaskTransform):
                     current = grads.norms() if scales is None else grads.norms() * scales
@@ -324,7 +321,7 @@ class Balancer:
         )
         combination = self.method(ctx)
         params, param_grads = self._parameter_gradients(
-            combination, grads, stacked, scales, inputs, task_params
+            combination, grads, stacked, scales, representation, task_params
         )
 
         for transform in self.transforms:
@@ -336,7 +333,8 @@ class Balancer:
             return self._skip(names, detached, "non-finite gradient", weights=weights)
 
         for p, g in zip(params, param_grads, strict=True):
-            g = g.detach().to(p.dtype)
+            if g.dtype != p.dtype:
+                g = g.to(p.dtype)
             if p.grad is None:
                 p.grad = g
             else:
@@ -355,13 +353,66 @@ class Balancer:
         self.step += 1
         return info
 
+    def _task_params(
+        self, losses: list[Tensor], representation: Tensor | None
+    ) -> tuple[list[Tensor], bool]:
+        """Task-specific parameters, and whether the shared parameters reach the losses only
+        through ``representation`` (then per-task gradients can be chained through it)."""
+        if representation is None and self.task_params is not None:
+            return self.task_params, False
+        leaves = reachable_leaves(losses, stop_at=representation)
+        shared_ids = {id(p) for p in self.shared_params}
+        bypass = any(id(p) in shared_ids for p in leaves)
+        if bypass and self.level == "representation" and not self._warned_bypass:
+            self._warned_bypass = True
+            logger.warning(
+                "some shared parameters reach the losses without passing through the "
+                "representation; at representation level they get only the gradient that "
+                "flows through it for direction-returning methods"
+            )
+        if self.task_params is not None:
+            return self.task_params, representation is not None and not bypass
+        task_params = [p for p in leaves if id(p) not in shared_ids]
+        return task_params, representation is not None and not bypass
+
+    def _task_gradients(
+        self,
+        losses: list[Tensor],
+        stacked: Tensor,
+        representation: Tensor | None,
+        separable: bool,
+    ) -> TaskGradients | None:
+        """The engine: per-task gradients at the chosen level, only if something needs them.
+
+        * representation level: ``dL_i/dz``, one backward through each head;
+        * parameter level with a representation the trunk reaches the losses through:
+          ``dL_i/dz`` as above, then all ``T`` rows carried through the trunk in one batched
+          backward (no head is traversed more than once per task);
+        * parameter level otherwise: one batched backward of the stacked losses.
+        """
+        if self.needs < Need.GRAMIAN:
+            return None
+        if self.level == "representation":
+            assert representation is not None
+            return TaskGradients([representation_jacobian(losses, representation)])
+        if separable:
+            assert representation is not None
+            rep_jacobian = representation_jacobian(losses, representation)
+            blocks, ok = batched_vjp(
+                representation, self.shared_params, rep_jacobian, batched=self.batched
+            )
+        else:
+            blocks, ok = task_jacobian(stacked, self.shared_params, batched=self.batched)
+        self.batched = self.batched and ok
+        return TaskGradients(blocks)
+
     def _parameter_gradients(
         self,
         combination: Combination,
         grads: TaskGradients | None,
         stacked: Tensor,
         scales: Tensor | None,
-        inputs: list[Tensor],
+        representation: Tensor | None,
         task_params: list[Tensor],
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Gradients of all parameters involved, from the method's combination."""
@@ -385,8 +436,9 @@ class Balancer:
         head_params, head_grads = _grad(objective, task_params, retain_graph=not at_parameters)
         if at_parameters:
             return self.shared_params + head_params, pieces + head_grads
+        assert representation is not None
         trunk_params, trunk_grads = _grad(
-            inputs[0], self.shared_params, grad_output=pieces[0], retain_graph=False
+            representation, self.shared_params, grad_output=pieces[0], retain_graph=False
         )
         return trunk_params + head_params, trunk_grads + head_grads
 

@@ -1,8 +1,8 @@
-"""Walking the autograd graph to find the leaf parameters a set of losses depends on."""
+"""Walking the autograd graph to find the leaf tensors a set of losses depends on."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -10,26 +10,27 @@ __all__ = ["reachable_leaves"]
 
 
 def reachable_leaves(
-    roots: Sequence[torch.Tensor], exclude: Iterable[torch.Tensor] = ()
+    roots: Sequence[torch.Tensor], *, stop_at: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
-    """Leaf tensors that require grad and that ``roots`` depend on, in a stable order.
+    """Leaf tensors requiring grad that ``roots`` depend on, in a stable order.
 
-    Leaves listed in ``exclude`` (compared by identity) are left out. This is how the balancer
-    finds the task-specific parameters (heads) when the user names only the shared ones.
+    With ``stop_at`` (e.g. the shared representation), the walk does not go past that tensor:
+    the result is then the leaves the losses reach *without* passing through it (the heads'
+    parameters, plus any shared parameter that bypasses the representation).
     """
-    excluded = {id(t) for t in exclude}
+    stop_node = None if stop_at is None else stop_at.grad_fn
     seen_nodes: set[int] = set()
     found: list[torch.Tensor] = []
-    found_ids: set[int] = set()
+    found_ids: set[int] = set() if stop_at is None else {id(stop_at)}
     stack = [r.grad_fn for r in reversed(roots) if r.grad_fn is not None]
     while stack:
         node = stack.pop()
-        if id(node) in seen_nodes:
+        if id(node) in seen_nodes or (stop_node is not None and node is stop_node):
             continue
         seen_nodes.add(id(node))
         variable = getattr(node, "variable", None)
         if isinstance(variable, torch.Tensor):
-            if id(variable) not in excluded and id(variable) not in found_ids:
+            if id(variable) not in found_ids:
                 found.append(variable)
                 found_ids.add(id(variable))
             continue

@@ -1,12 +1,19 @@
-"""Per-task gradients by batched vector-Jacobian products.
+"""Per-task gradients by vector-Jacobian products, at the cost floor of each level.
 
-``task_jacobian(losses, inputs)`` returns, for each input tensor ``x`` (a shared parameter, or
-the shared representation), the block ``dL/dx`` of shape ``(T, *x.shape)``: row ``i`` is the
-gradient of task ``i``'s loss. All ``T`` rows come from one call to
-``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap over the backward pass with the
-identity as batched output gradients). Where vmap cannot batch an operation (custom autograd
-functions without a vmap rule, some fused kernels), it falls back to ``T`` sequential backwards
-and says why in one log line.
+Three primitives, composed by the balancer:
+
+* :func:`representation_jacobian`: the gradient of each task loss with respect to the shared
+  representation ``z``, one small backward per task. Task ``i``'s backward only runs through
+  the part of the graph between ``L_i`` and ``z`` (its head), so the total cost is about one
+  backward through all heads. (Differentiating the *stacked* losses instead would push zero
+  gradients through every head for every task: ``T^2`` head backwards.)
+* :func:`batched_vjp`: ``T`` vector-Jacobian products of the same outputs in one call, with
+  ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmap over the backward pass). Used to
+  carry the ``T`` representation gradients through the trunk at once (parameter level with a
+  representation: ``J_theta = J_z dz/dtheta``), or with identity output gradients on the
+  stacked losses when no representation is known. Where vmap cannot batch an operation
+  (custom autograd functions without a vmap rule, some fused kernels) it falls back to ``T``
+  sequential backwards and says why in one log line.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["JacobianBlocks", "task_jacobian"]
+__all__ = ["JacobianBlocks", "batched_vjp", "representation_jacobian", "task_jacobian"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,50 +32,43 @@ JacobianBlocks = list[Tensor]
 _warned: set[str] = set()
 
 
-def _batched(losses: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
-    identity = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
-    return torch.autograd.grad(
-        losses,
-        list(inputs),
-        grad_outputs=identity,
-        is_grads_batched=True,
-        retain_graph=True,
-        allow_unused=True,
-    )
-
-
-def _sequential(losses: Tensor, inputs: Sequence[Tensor]) -> list[tuple[Tensor | None, ...]]:
+def _zeros_for_unused(
+    grads: Sequence[Tensor | None], inputs: Sequence[Tensor], batch: int
+) -> JacobianBlocks:
     return [
-        torch.autograd.grad(loss, list(inputs), retain_graph=True, allow_unused=True)
-        for loss in losses
+        torch.zeros((batch, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
+        for g, x in zip(grads, inputs, strict=True)
     ]
 
 
-def task_jacobian(
-    losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = True
+def batched_vjp(
+    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, *, batched: bool = True
 ) -> tuple[JacobianBlocks, bool]:
-    """Gradients of each of the ``T`` losses with respect to each input.
+    """Rows ``grad_outputs[i]^T d outputs / d inputs`` for every ``i``, per input tensor.
 
     Args:
-        losses: ``(T,)`` tensor of task losses attached to the graph.
+        outputs: tensor attached to the graph.
         inputs: tensors to differentiate with respect to.
-        batched: try the batched path first.
+        grad_outputs: ``(T, *outputs.shape)`` output gradients, one per row.
+        batched: try the vmap path first.
 
     Returns:
-        ``(blocks, batched_ok)``: one ``(T, *x.shape)`` block per input (zeros for inputs that
-        a loss does not reach), and whether the batched path was used (callers remember a
-        failure so that they do not retry it every step). The graph is retained.
+        ``(blocks, batched_ok)``: one ``(T, *x.shape)`` block per input (zeros where the output
+        does not depend on it), and whether the batched path was used (callers remember a
+        failure so that they do not retry every step). The graph is retained.
     """
-    num_tasks = losses.shape[0]
+    num_rows = grad_outputs.shape[0]
     if batched:
         try:
-            grads = _batched(losses, inputs)
-            return [
-                torch.zeros((num_tasks, *x.shape), dtype=x.dtype, device=x.device)
-                if g is None
-                else g
-                for g, x in zip(grads, inputs, strict=True)
-            ], True
+            grads = torch.autograd.grad(
+                outputs,
+                list(inputs),
+                grad_outputs=grad_outputs,
+                is_grads_batched=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+            return _zeros_for_unused(grads, inputs, num_rows), True
         except RuntimeError as error:
             reason = str(error).splitlines()[0]
             if reason not in _warned:
@@ -77,14 +77,44 @@ def task_jacobian(
                     "batched per-task backward is not supported by this model (%s); "
                     "falling back to %d sequential backward passes",
                     reason,
-                    num_tasks,
+                    num_rows,
                 )
-    per_task = _sequential(losses, inputs)
+    rows = [
+        torch.autograd.grad(
+            outputs, list(inputs), grad_outputs=row, retain_graph=True, allow_unused=True
+        )
+        for row in grad_outputs
+    ]
     blocks = []
     for position, x in enumerate(inputs):
-        rows = []
-        for task_grads in per_task:
-            grad = task_grads[position]
-            rows.append(torch.zeros_like(x) if grad is None else grad)
-        blocks.append(torch.stack(rows))
+        column = [r[position] for r in rows]
+        blocks.append(torch.stack([torch.zeros_like(x) if g is None else g for g in column]))
     return blocks, False
+
+
+def task_jacobian(
+    losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = True
+) -> tuple[JacobianBlocks, bool]:
+    """Gradients of each of the ``T`` stacked losses with respect to each input.
+
+    One batched backward with the identity as output gradients; see :func:`batched_vjp`.
+    """
+    identity = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
+    return batched_vjp(losses, inputs, identity, batched=batched)
+
+
+def representation_jacobian(losses: Sequence[Tensor], representation: Tensor) -> Tensor:
+    """``(T, *z.shape)`` gradients of each loss with respect to the representation ``z``.
+
+    One backward per task from the task's own (unstacked) loss, so each runs through that
+    task's head only. Zeros for a loss that does not depend on ``z``. The graph is retained.
+    """
+    rows = []
+    for loss in losses:
+        grad = None
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(
+                loss, representation, retain_graph=True, allow_unused=True
+            )
+        rows.append(torch.zeros_like(representation) if grad is None else grad)
+    return torch.stack(rows)

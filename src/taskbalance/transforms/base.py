@@ -40,8 +40,16 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """Euclidean norm of all entries of ``tensors`` together (as one flat vector)."""
     if not tensors:
         return torch.zeros(())
-    norms: list[Tensor] = list(torch._foreach_norm(list(tensors)))
-    total: Tensor = torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
+    low_precision = [t for t in tensors if t.dtype in (torch.float16, torch.bfloat16)]
+    regular = [t for t in tensors if t.dtype not in (torch.float16, torch.bfloat16)]
+    norms: list[Tensor] = (
+        [n.to(torch.float64) for n in torch._foreach_norm(regular)] if regular else []
+    )
+    # half-precision norms overflow at 65504: take them in float32
+    norms += [
+        torch.linalg.vector_norm(t, dtype=torch.float32).to(torch.float64) for t in low_precision
+    ]
+    total: Tensor = torch.linalg.vector_norm(torch.stack(norms))
     return total
 
 
