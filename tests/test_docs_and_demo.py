@@ -1,0 +1,74 @@
+"""The README stays in sync with the registry; the demo (main job) runs end to end."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from taskbalance import aggregate, methods
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_method_table_lists_every_registered_method() -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.MULTILINE))
+    assert set(methods.available()) <= listed
+
+
+def test_readme_has_the_two_setup_commands_first() -> None:
+    readme = (ROOT / "README.md").read_text()
+    setup = readme[readme.index("```bash") : readme.index("```", readme.index("```bash") + 3)]
+    assert "make demo" in setup
+    assert "make test" in setup
+
+
+def test_aggregate_validates_its_input() -> None:
+    with pytest.raises(ValueError, match=r"shape \(T, P\)"):
+        aggregate("ew", torch.zeros(3))
+    with pytest.raises(ValueError, match="non-finite"):
+        aggregate("mgda", torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(TypeError, match="tensor"):
+        aggregate("ew", [[1.0]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2 losses for 3 tasks"):
+        aggregate("loss_ratio", torch.ones(3, 2), losses=[1.0, 2.0])
+
+
+def test_demo_runs_and_writes_its_report(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    from taskbalance import demo
+
+    assert (
+        demo.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--epochs",
+                "2",
+                "--seeds",
+                "1",
+                "--methods",
+                "ew",
+                "mgda@repr",
+            ]
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["method"] for row in results["summary"]] == ["ew", "mgda (repr.)"]
+    for row in results["summary"]:
+        assert 0.0 <= row["digit"] <= 1.0
+        assert row["value"] >= 0.0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert "| ew |" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_rejects_unknown_methods() -> None:
+    from taskbalance import demo
+
+    with pytest.raises(ValueError, match="Did you mean 'pcgrad'"):
+        demo.main(["--methods", "pcgard"])
