@@ -463,6 +463,10 @@ class Balancer:
             reason=reason,
         )
 
+    def end_epoch(self) -> None:
+        """Tell the method an epoch ended (epoch-based methods such as ``dwa`` need it)."""
+        self.method.end_epoch()
+
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.needs import Need
+from taskbalance.methods._adam import AdamState
 
 __all__ = ["Combination", "Context", "Method"]
 
@@ -104,6 +105,11 @@ class Method(ABC):
             )
         return combination
 
+    def end_epoch(self) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called at the end of every epoch (by :meth:`Balancer.end_epoch` or the trainer).
+
+        Only methods whose rule is defined per epoch (e.g. DWA) override it."""
+
     def hparams(self) -> dict[str, Any]:
         """Constructor arguments of this instance (for configs, logs and ``repr``)."""
         return {}
@@ -120,6 +126,8 @@ class Method(ABC):
             value = getattr(self, attribute)
             if isinstance(value, torch.Generator):
                 state[attribute] = value.get_state()
+            elif isinstance(value, AdamState):
+                state[attribute] = {k: v.clone() for k, v in vars(value).items()}
             elif isinstance(value, Tensor):
                 state[attribute] = value.detach().clone()
             else:
@@ -139,6 +147,8 @@ class Method(ABC):
             value = state[attribute]
             if isinstance(current, torch.Generator):
                 current.set_state(value)
+            elif isinstance(current, AdamState):
+                setattr(self, attribute, AdamState(**{k: v.clone() for k, v in value.items()}))
             elif isinstance(value, Tensor):
                 setattr(self, attribute, value.detach().clone())
             else:

@@ -7,6 +7,7 @@ import torch
 from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
+from taskbalance.methods.weighting._losses import non_negative_losses
 from taskbalance.methods.weighting._scaling import normalise_to_num_tasks
 
 
@@ -34,12 +35,7 @@ class LossRatioWeighting(Method):
     reference = "Inverse-loss weighting (seed document 002, section 4.2.1)."
 
     def combine(self, ctx: Context) -> Combination:
-        losses = ctx.require_losses(self.name).to(torch.float64)
-        if bool((losses < 0).any()):
-            raise ValueError(
-                f"loss_ratio needs non-negative losses, got {losses.tolist()}; "
-                "use 'ew' or another method for losses that can be negative"
-            )
+        losses = non_negative_losses(ctx, self.name)
         floor = losses.max() * 1e-12
         safe = torch.maximum(losses, floor)
         inverse = torch.where(safe > 0, 1.0 / torch.where(safe > 0, safe, 1.0), 0.0)

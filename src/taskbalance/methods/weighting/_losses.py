@@ -1,0 +1,30 @@
+"""Loss checks and per-task state shared by the loss-weighting methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from taskbalance.methods.base import Context
+
+__all__ = ["check_num_tasks", "non_negative_losses"]
+
+
+def non_negative_losses(ctx: Context, method: str) -> Tensor:
+    """The step's losses in float64; ``ValueError`` if any is negative."""
+    losses = ctx.require_losses(method).to(torch.float64)
+    if bool((losses < 0).any()):
+        raise ValueError(
+            f"{method} needs non-negative losses, got {losses.tolist()}; "
+            "use 'ew', 'uw' or 'stch' for losses that can be negative"
+        )
+    return losses
+
+
+def check_num_tasks(method: str, state: Tensor | None, num_tasks: int) -> None:
+    """Raise when a method's per-task state was built for another number of tasks."""
+    if state is not None and state.shape[0] != num_tasks:
+        raise ValueError(
+            f"{method} was used with {state.shape[0]} tasks and now gets {num_tasks}; "
+            "call reset() (or create a new method) to change the number of tasks"
+        )

@@ -1,0 +1,72 @@
+"""Smooth Tchebycheff scalarisation (``stch``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from taskbalance.engine.needs import Need
+from taskbalance.methods._validation import check_positive
+from taskbalance.methods.base import Combination, Context, Method
+from taskbalance.methods.registry import register
+
+
+@register
+class SmoothTchebycheff(Method):
+    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024).
+
+    Minimises ``g_mu(L) = mu log sum_i exp(lambda_i (L_i - z_i) / mu)``, a smooth upper
+    bound of the Tchebycheff scalarisation ``max_i lambda_i (L_i - z_i)`` (tight as
+    ``mu -> 0``). Its gradient is ``sum_i w_i grad L_i`` with
+    ``w_i = lambda_i softmax(lambda (L - z) / mu)_i``: the worst-off task (relative to the
+    reference point ``z``) gets most of the weight. Computed with a stable softmax, so it is
+    finite for any real losses, negative ones included.
+
+    Scale: with unit preferences the weights sum to 1.
+
+    Args:
+        mu: smoothing parameter (> 0).
+        preference: ``lambda`` (default: all ones).
+        reference: ideal point ``z`` (default: all zeros).
+    """
+
+    name = "stch"
+    family = "loss weighting"
+    needs = Need.LOSSES
+    reference = (
+        "Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024."
+    )
+
+    def __init__(
+        self,
+        mu: float = 1.0,
+        preference: Sequence[float] | None = None,
+        reference: Sequence[float] | None = None,
+    ) -> None:
+        self.mu = check_positive(self.name, "mu", mu)
+        self.preference = None if preference is None else [float(p) for p in preference]
+        self.reference_point = None if reference is None else [float(r) for r in reference]
+        if self.preference is not None and any(p < 0 for p in self.preference):
+            raise ValueError(f"stch: preference must be >= 0, got {self.preference}")
+
+    def hparams(self) -> dict[str, Any]:
+        return {"mu": self.mu, "preference": self.preference, "reference": self.reference_point}
+
+    def _vector(
+        self, values: list[float] | None, fill: float, ctx: Context, what: str
+    ) -> torch.Tensor:
+        losses = ctx.require_losses(self.name)
+        if values is None:
+            return torch.full((ctx.num_tasks,), fill, dtype=torch.float64, device=losses.device)
+        if len(values) != ctx.num_tasks:
+            raise ValueError(f"stch: {len(values)} {what} values for {ctx.num_tasks} tasks")
+        return torch.tensor(values, dtype=torch.float64, device=losses.device)
+
+    def combine(self, ctx: Context) -> Combination:
+        losses = ctx.require_losses(self.name).to(torch.float64)
+        preference = self._vector(self.preference, 1.0, ctx, "preference")
+        reference = self._vector(self.reference_point, 0.0, ctx, "reference")
+        weights = preference * torch.softmax(preference * (losses - reference) / self.mu, dim=0)
+        return Combination(weights=weights)

@@ -1,0 +1,181 @@
+"""Stateful and non-linear loss-weighting methods against their formulas."""
+
+import math
+
+import pytest
+import torch
+
+from taskbalance import aggregate, methods
+from taskbalance.methods.base import Context
+
+
+def ctx(losses: list[float], metrics: list[float] | None = None) -> Context:
+    return Context(
+        num_tasks=len(losses),
+        losses=torch.tensor(losses, dtype=torch.float64),
+        metrics=None if metrics is None else torch.tensor(metrics, dtype=torch.float64),
+    )
+
+
+def weights_of(method: methods.Method, context: Context) -> torch.Tensor:
+    result = method(context).weights
+    assert result is not None
+    return result
+
+
+def test_uw_weights_and_first_adam_step() -> None:
+    method = methods.create("uw", lr=0.1)
+    torch.testing.assert_close(
+        weights_of(method, ctx([3.0, 0.2])), torch.full((2,), 0.5, dtype=torch.float64)
+    )
+    # dObj/ds = 0.5 (1 - exp(-s) L) = [-1, 0.4]; Adam's first step moves s by -lr * sign(grad)
+    expected = 0.5 * torch.exp(-torch.tensor([0.1, -0.1], dtype=torch.float64))
+    torch.testing.assert_close(weights_of(method, ctx([3.0, 0.2])), expected)
+
+
+@pytest.mark.parametrize(("name", "fixed_point"), [("uw", 0.5), ("imtl_l", 1.0)])
+def test_learned_scales_converge_to_their_fixed_point(name: str, fixed_point: float) -> None:
+    method = methods.create(name, lr=0.05)
+    losses = [5.0, 0.3, 1.0]
+    for _ in range(3000):
+        w = weights_of(method, ctx(losses))
+    # UW: 0.5 exp(-s) L -> 0.5 at s = log L; IMTL-L: exp(s) L -> 1
+    torch.testing.assert_close(
+        w * torch.tensor(losses, dtype=torch.float64),
+        torch.full((3,), fixed_point, dtype=torch.float64),
+        atol=1e-3,
+        rtol=1e-3,
+    )
+
+
+def test_uw_handles_negative_losses() -> None:
+    method = methods.create("uw")
+    for _ in range(10):
+        assert torch.isfinite(weights_of(method, ctx([-2.0, 1.0]))).all()
+
+
+def test_rlw_is_a_seeded_softmax_of_gaussians() -> None:
+    method = methods.create("rlw", seed=7)
+    draw = torch.randn(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    w = weights_of(method, ctx([1.0] * 4))
+    torch.testing.assert_close(w, torch.softmax(draw, dim=0))
+    assert float(w.sum()) == pytest.approx(1.0)
+    state = method.state_dict()
+    following = weights_of(method, ctx([1.0] * 4))
+    restored = methods.create("rlw", seed=7)
+    restored.load_state_dict(state)
+    assert torch.equal(weights_of(restored, ctx([1.0] * 4)), following)
+
+
+def test_gls_weights_are_the_gradient_of_the_geometric_mean() -> None:
+    # L = [1, 4]: (L1 L2)^(1/2) = 2, w_i = 2 / (2 L_i) = [1, 0.25]
+    torch.testing.assert_close(
+        weights_of(methods.create("gls"), ctx([1.0, 4.0])),
+        torch.tensor([1.0, 0.25], dtype=torch.float64),
+    )
+    theta = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    losses = torch.stack([theta[0] ** 2, theta[1] ** 2 + 1, (theta[2] - 3) ** 2])
+    (reference,) = torch.autograd.grad(losses.prod() ** (1 / 3), theta, retain_graph=True)
+    J = torch.stack([torch.autograd.grad(loss, theta, retain_graph=True)[0] for loss in losses])
+    torch.testing.assert_close(aggregate("gls", J, losses=losses.detach()), reference)
+
+
+def test_gls_does_not_underflow_with_many_tasks() -> None:
+    losses = [1e-10] * 40
+    assert math.prod(losses) == 0.0  # the naive product underflows
+    w = weights_of(methods.create("gls"), ctx(losses))
+    torch.testing.assert_close(w, torch.full((40,), 1 / 40, dtype=torch.float64))
+
+
+def test_dwa_follows_the_loss_ratio_softmax() -> None:
+    method = methods.create("dwa", period_steps=2)
+    for _ in range(2):
+        assert weights_of(method, ctx([4.0, 2.0])).tolist() == [1.0, 1.0]
+    for _ in range(2):
+        assert weights_of(method, ctx([2.0, 1.5])).tolist() == [1.0, 1.0]
+    ratios = torch.tensor([2.0 / 4.0, 1.5 / 2.0], dtype=torch.float64)
+    expected = 2 * torch.softmax(ratios / 2.0, dim=0)
+    torch.testing.assert_close(weights_of(method, ctx([9.0, 9.0])), expected)
+    assert float(expected[1]) > float(expected[0])  # the slower task gets more weight
+
+
+def test_dwa_epoch_mode_uses_epoch_means() -> None:
+    method = methods.create("dwa")
+    for losses in ([4.0, 2.0], [2.0, 2.0]):
+        weights_of(method, ctx(losses))
+    method.end_epoch()  # epoch 1 mean: [3, 2]
+    weights_of(method, ctx([1.0, 2.0]))
+    method.end_epoch()  # epoch 2 mean: [1, 2]
+    ratios = torch.tensor([1 / 3, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        weights_of(method, ctx([1.0, 1.0])), 2 * torch.softmax(ratios / 2, dim=0)
+    )
+
+
+def test_stch_weights_are_the_softmax_gradient() -> None:
+    w = weights_of(methods.create("stch", mu=1.0), ctx([1.0, 2.0]))
+    e = math.exp(1.0)
+    torch.testing.assert_close(w, torch.tensor([1 / (1 + e), e / (1 + e)], dtype=torch.float64))
+    sharp = weights_of(methods.create("stch", mu=1e-3), ctx([1.0, 2.0]))
+    torch.testing.assert_close(sharp, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    negative = weights_of(methods.create("stch", mu=0.01), ctx([-1e6, -3.0]))
+    assert torch.isfinite(negative).all()
+    ref = weights_of(
+        methods.create("stch", preference=[2.0, 1.0], reference=[1.0, 0.0]), ctx([1.5, 1.0])
+    )
+    # lambda (L - z) = [1, 1] -> softmax [0.5, 0.5] -> w = [1, 0.5]
+    torch.testing.assert_close(ref, torch.tensor([1.0, 0.5], dtype=torch.float64))
+
+
+def test_dtp_focal_weights_from_smoothed_kpis() -> None:
+    method = methods.create("dtp", gamma=2.0, momentum=0.5)
+    assert weights_of(method, ctx([1.0, 1.0])).tolist() == [1.0, 1.0]
+    w = weights_of(method, ctx([1.0, 1.0], metrics=[0.5, 0.9]))
+    kpi = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(w, -((1 - kpi) ** 2) * torch.log(kpi))
+    w = weights_of(method, ctx([1.0, 1.0], metrics=[0.7, 0.9]))
+    kpi = 0.5 * kpi + 0.5 * torch.tensor([0.7, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(w, -((1 - kpi) ** 2) * torch.log(kpi))
+    assert torch.isfinite(weights_of(method, ctx([1.0, 1.0], metrics=[0.0, 1.0]))).all()
+    with pytest.raises(ValueError, match="KPI"):
+        weights_of(method, ctx([1.0, 1.0], metrics=[0.5, 2.0]))
+
+
+def test_famo_weights_and_logit_update() -> None:
+    method = methods.create("famo")
+    # z uniform: w_i proportional to 1 / L_i, summing to 1
+    torch.testing.assert_close(
+        weights_of(method, ctx([1.0, 3.0])), torch.tensor([0.75, 0.25], dtype=torch.float64)
+    )
+    # task 0 improved (1 -> 0.5), task 1 did not (3 -> 3): delta = [log 2, 0]
+    method.update(torch.tensor([0.5, 3.0]))  # type: ignore[attr-defined]
+    # grad_xi = z * (delta - z.delta) = [+, -] -> Adam's first step: xi = [-lr, +lr]
+    # (minus a tiny weight-decay term, zero at xi = 0): the lagging task gains weight
+    xi = torch.tensor([-0.025, 0.025], dtype=torch.float64)
+    z = torch.softmax(xi, dim=0)
+    gap = torch.tensor([1.0, 1.0], dtype=torch.float64) + 1e-8
+    torch.testing.assert_close(weights_of(method, ctx([1.0, 1.0])), (z / gap) / (z / gap).sum())
+
+
+def test_famo_uses_the_next_losses_when_update_is_not_called() -> None:
+    explicit, implicit = methods.create("famo"), methods.create("famo")
+    sequence = [[1.0, 3.0], [0.5, 3.0], [0.4, 2.0], [0.41, 1.0]]
+    weights_of(explicit, ctx(sequence[0]))
+    weights_of(implicit, ctx(sequence[0]))
+    for losses in sequence[1:]:
+        explicit.update(torch.tensor(losses))  # type: ignore[attr-defined]
+        torch.testing.assert_close(
+            weights_of(implicit, ctx(losses)), weights_of(explicit, ctx(losses))
+        )
+    with pytest.raises(RuntimeError, match="must follow"):
+        methods.create("famo").update([1.0, 2.0])  # type: ignore[attr-defined]
+
+
+def test_stateful_weighting_methods_reject_a_changing_number_of_tasks() -> None:
+    for name in ["uw", "imtl_l", "dwa", "famo", "dtp"]:
+        method = methods.create(name)
+        weights_of(method, ctx([1.0, 2.0], metrics=[0.5, 0.5]))
+        with pytest.raises(ValueError, match="reset"):
+            weights_of(method, ctx([1.0, 2.0, 3.0], metrics=[0.5, 0.5, 0.5]))
+        method.reset()
+        assert weights_of(method, ctx([1.0, 2.0, 3.0], metrics=[0.5, 0.5, 0.5])).shape == (3,)
