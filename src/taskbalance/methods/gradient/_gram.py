@@ -1,0 +1,23 @@
+"""Small helpers on Gram matrices shared by the gradient methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["inverse_norms", "normalised_gramian"]
+
+
+def inverse_norms(gramian: Tensor) -> Tensor:
+    """``1 / |g_i|`` from the diagonal, 0 for zero gradients (float64)."""
+    norms = gramian.diagonal().to(torch.float64).clamp_min(0).sqrt()
+    positive = norms > 0
+    return torch.where(positive, 1.0 / torch.where(positive, norms, 1.0), 0.0)
+
+
+def normalised_gramian(gramian: Tensor) -> Tensor:
+    """``G / max_i G_ii`` in float64 (unchanged when all gradients are zero)."""
+    G = gramian.to(torch.float64)
+    G = 0.5 * (G + G.T)
+    scale = G.diagonal().max()
+    return G / scale if bool(scale > 0) else G

@@ -1,0 +1,93 @@
+"""Exact non-negative quadratic programs, and projections onto the dual cone of the gradients.
+
+``nonneg_qp(A, b)`` solves ``min_x 1/2 x^T A x + b^T x  s.t.  x >= 0`` for a PSD ``A`` with an
+active-set method in the style of Lawson & Hanson's NNLS (Solving Least Squares Problems, 1974,
+ch. 23), written on ``A`` alone: the free set grows by the most violated KKT multiplier, each
+sub-problem on the free set is solved exactly (least squares, so singular ``A`` -- duplicate or
+collinear gradients -- is fine), and a step back to feasibility drops variables that hit zero.
+Finite termination; float64.
+
+``dual_cone_weights(G, U)`` projects combinations of task gradients onto the dual cone
+``{d : J d >= 0}`` of the rows of ``J`` (``G = J J^T``): for each row ``u`` of ``U``, the
+projection of ``J^T u`` is ``J^T v`` with ``v = argmin_{v >= u} v^T G v`` (Quinton & Rey, 2024,
+Jacobian Descent for Multi-Objective Optimization, Prop. 1). With ``x = v - u >= 0`` this is the
+non-negative QP above with ``A = G``, ``b = G u``. ``G`` is scaled by its largest diagonal entry
+first (the weights do not depend on the gradients' scale), never regularised: the projection
+stays exact at any scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["dual_cone_weights", "nonneg_qp"]
+
+
+def _solve_free(A: Tensor, b: Tensor, free: Tensor) -> Tensor:
+    index = free.nonzero().flatten()
+    sub_a = A[index][:, index]
+    sub_b = -b[index]
+    solution: Tensor
+    solution, info = torch.linalg.solve_ex(sub_a, sub_b)
+    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+        solution = torch.linalg.lstsq(sub_a, sub_b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    return solution
+
+
+def nonneg_qp(A: Tensor, b: Tensor, *, tol: float = 1e-12, max_iter: int | None = None) -> Tensor:
+    """``argmin_{x >= 0} 1/2 x^T A x + b^T x`` for symmetric PSD ``A`` (float64)."""
+    n = b.shape[0]
+    A = A.to(torch.float64)
+    b = b.to(torch.float64)
+    x = torch.zeros_like(b)
+    free = torch.zeros(n, dtype=torch.bool, device=b.device)
+    blocked = torch.zeros_like(free)
+    limit = max_iter if max_iter is not None else 3 * n + 20
+    scale = max(float(A.diagonal().abs().max()), float(b.abs().max()), 1e-300)
+    threshold = tol * scale
+    for _ in range(limit):
+        gradient = A @ x + b
+        violated = ~free & ~blocked & (gradient < -threshold)
+        if not bool(violated.any()):
+            break
+        candidate = int(torch.where(violated, gradient, torch.zeros_like(gradient)).argmin())
+        free[candidate] = True
+        while True:
+            index = free.nonzero().flatten()
+            target = _solve_free(A, b, free)
+            current = x[index]
+            if bool((target > 0).all()):
+                x.zero_()
+                x[index] = target
+                break
+            shrinking = target <= 0
+            steps = current[shrinking] / (current[shrinking] - target[shrinking])
+            step = float(torch.nan_to_num(steps, nan=0.0).min().clamp(0.0, 1.0))
+            moved = current + step * (target - current)
+            dropped = moved <= 1e-15 * max(float(moved.abs().max()), 1.0)
+            if bool(dropped[index == candidate].all()) and step == 0.0:
+                blocked[candidate] = True  # numerically degenerate direction: do not retry it
+            x.zero_()
+            x[index] = torch.where(dropped, torch.zeros_like(moved), moved)
+            free[index[dropped]] = False
+            if not bool(free.any()):
+                break
+    return x
+
+
+def dual_cone_weights(gramian: Tensor, targets: Tensor) -> Tensor:
+    """For each row ``u`` of ``targets`` (``(k, T)``), ``v = argmin_{v >= u} v^T G v``.
+
+    Returns ``(k, T)`` float64 weights: ``J^T v`` is the projection of ``J^T u`` onto the dual
+    cone of the task gradients. Scale-invariant; all-zero ``G`` returns ``targets``.
+    """
+    G = gramian.detach().to(torch.float64)
+    G = 0.5 * (G + G.T)
+    U = targets.to(torch.float64)
+    scale = G.diagonal().max()
+    if not bool(scale > 0):
+        return U.clone()
+    G = G / scale
+    rows = [u + nonneg_qp(G, G @ u) for u in U]
+    return torch.stack(rows)

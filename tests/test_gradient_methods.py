@@ -1,0 +1,238 @@
+"""Gram-matrix gradient methods against their papers' formulas and stated properties."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.optimize import minimize, nnls
+
+from taskbalance import aggregate, methods
+from taskbalance.methods.base import Context
+
+
+def weights(name: str, J: torch.Tensor, **hparams: object) -> torch.Tensor:
+    G = J.double() @ J.double().T
+    result = methods.create(name, **hparams)(Context(num_tasks=J.shape[0], gramian=G)).weights
+    assert result is not None
+    return result
+
+
+def random_jacobian(seed: int, num_tasks: int, dim: int) -> torch.Tensor:
+    return torch.randn(
+        num_tasks, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+
+
+# ----------------------------------------------------------------------------- dual cone
+def nnls_projection(J: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Reference: projection of J^T u onto {d: J d >= 0} via scipy's NNLS (test-only)."""
+    x, _ = nnls(J.T.numpy(), -(J.T @ u).numpy())
+    return J.T @ (torch.from_numpy(x) + u)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_upgrad_and_dualproj_match_an_nnls_reference(seed: int) -> None:
+    J = random_jacobian(seed, 5, 7)
+    J[1] = -0.5 * J[0]  # a conflict
+    T = J.shape[0]
+    expected_upgrad = torch.stack(
+        [nnls_projection(J, torch.eye(T, dtype=torch.float64)[i]) for i in range(T)]
+    ).mean(0)
+    torch.testing.assert_close(aggregate("upgrad", J), expected_upgrad, atol=1e-9, rtol=1e-9)
+    expected_dualproj = nnls_projection(J, torch.full((T,), 1 / T, dtype=torch.float64))
+    torch.testing.assert_close(aggregate("dualproj", J), expected_dualproj, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "dualproj", "mgda"])
+@pytest.mark.parametrize("scale", [1e-8, 1.0, 1e8])
+@given(seed=st.integers(0, 10_000), num_tasks=st.integers(1, 10), dim=st.integers(1, 12))
+def test_non_conflicting_update(
+    name: str, scale: float, seed: int, num_tasks: int, dim: int
+) -> None:
+    J = random_jacobian(seed, num_tasks, dim) * scale
+    d = aggregate(name, J)
+    tolerance = 1e-6 * J.norm(dim=1) * d.norm() + 1e-12 * J.norm() ** 2
+    assert torch.all(J @ d >= -tolerance)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "dualproj"])
+def test_dual_cone_methods_equal_the_mean_without_conflict(name: str) -> None:
+    J = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.0, 3.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(aggregate(name, J), J.mean(dim=0))
+    tiny = aggregate(name, J * 1e-6)  # TorchJD returns the mean below 1e-4 even with conflicts
+    torch.testing.assert_close(tiny, J.mean(dim=0) * 1e-6)
+
+
+def test_upgrad_keeps_its_guarantee_at_small_scale() -> None:
+    J = torch.tensor([[1.0, 0.0], [-2.0, 0.1]], dtype=torch.float64) * 1e-7
+    d = aggregate("upgrad", J)
+    assert float((J @ d).min()) >= 0
+    assert not torch.allclose(d, J.mean(dim=0))
+
+
+# ----------------------------------------------------------------------------- IMTL-G
+@given(seed=st.integers(0, 10_000), num_tasks=st.integers(2, 6))
+def test_imtl_g_gives_equal_projections(seed: int, num_tasks: int) -> None:
+    J = random_jacobian(seed, num_tasks, 10)
+    w = weights("imtl_g", J)
+    assert float(w.sum()) == pytest.approx(1.0)
+    d = J.T @ w
+    projections = (J / J.norm(dim=1, keepdim=True)) @ d
+    torch.testing.assert_close(
+        projections, projections.mean().expand_as(projections), rtol=1e-7, atol=1e-9
+    )
+
+
+def test_imtl_g_two_tasks_hand_computed() -> None:
+    # g1 = (1, 0), g2 = (0, 2): d = a g1 + (1-a) g2 with d.u1 = d.u2 -> a = 2 (1 - a) -> a = 2/3
+    J = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        weights("imtl_g", J), torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)
+    )
+
+
+# ----------------------------------------------------------------------------- Nash-MTL, FairGrad
+def test_nash_mtl_orthogonal_gradients() -> None:
+    norms = torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64)
+    J = torch.diag(norms)
+    G = J @ J.T
+    frobenius = torch.linalg.matrix_norm(G)
+    # alpha_i = 1 / |g_i| for the Frobenius-normalised matrix
+    torch.testing.assert_close(weights("nash_mtl", J), frobenius.sqrt() / norms)
+
+
+@given(seed=st.integers(0, 10_000))
+def test_nash_mtl_two_tasks_follow_the_normalised_gradient_sum(seed: int) -> None:
+    J = random_jacobian(seed, 2, 6)
+    d = aggregate("nash_mtl", J)
+    target = J[0] / J[0].norm() + J[1] / J[1].norm()
+    cosine = float(d @ target / (d.norm() * target.norm()))
+    assert cosine == pytest.approx(1.0, abs=1e-9)
+
+
+@given(seed=st.integers(0, 10_000), num_tasks=st.integers(1, 8))
+def test_nash_mtl_solves_the_bargaining_condition(seed: int, num_tasks: int) -> None:
+    J = random_jacobian(seed, num_tasks, 12)
+    G = J @ J.T
+    G = G / torch.linalg.matrix_norm(G)
+    alpha = weights("nash_mtl", J)
+    assert torch.all(alpha > 0)
+    torch.testing.assert_close(G @ alpha, 1 / alpha, rtol=1e-7, atol=1e-9)
+
+
+def test_nash_mtl_max_norm_and_update_every() -> None:
+    J = random_jacobian(0, 3, 5) * 100
+    d = aggregate(methods.create("nash_mtl", max_norm=1.0), J)
+    assert float(d.norm()) == pytest.approx(1.0, rel=1e-6)
+    method = methods.create("nash_mtl", update_weights_every=3)
+    first = aggregate(method, J)
+    torch.testing.assert_close(aggregate(method, J * 2), first * 2)  # weights reused
+    torch.testing.assert_close(aggregate(method, J * 2), first * 2)
+    # 4th call recomputes: Nash weights are scale-invariant, so the update matches the 2J solve
+    torch.testing.assert_close(aggregate(method, J * 2), aggregate("nash_mtl", J * 2))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 8.0])
+def test_fairgrad_solves_its_fairness_condition(alpha: float) -> None:
+    J = random_jacobian(3, 4, 9) * 7.0
+    G = J @ J.T
+    w = weights("fairgrad", J, alpha=alpha)
+    assert torch.all(w > 0)
+    torch.testing.assert_close(G @ w, w ** (-1 / alpha), rtol=1e-7, atol=1e-9)
+
+
+def test_fairgrad_alpha_one_orthogonal() -> None:
+    J = torch.diag(torch.tensor([2.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        weights("fairgrad", J), torch.tensor([0.5, 0.25], dtype=torch.float64)
+    )
+
+
+# ----------------------------------------------------------------------------- CAGrad
+def cagrad_reference(J: torch.Tensor, c: float) -> torch.Tensor:
+    """The paper's procedure with scipy's SLSQP on the dual (test-only reference)."""
+    G = (J @ J.T).numpy()
+    T = G.shape[0]
+    a = np.ones(T) / T
+    g0_norm = np.sqrt(a @ G @ a)
+    rho = c * g0_norm
+
+    def objective(w: np.ndarray) -> float:
+        return float(w @ G @ a + rho * np.sqrt(max(w @ G @ w, 0.0) + 1e-18))
+
+    result = minimize(
+        objective,
+        a,
+        bounds=[(0, 1)] * T,
+        constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    w = torch.from_numpy(result.x)
+    gw = J.T @ w
+    d = J.mean(dim=0) + rho / gw.norm() * gw
+    return d / (1 + c**2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("c", [0.2, 0.4, 1.0])
+def test_cagrad_matches_the_slsqp_reference(seed: int, c: float) -> None:
+    J = random_jacobian(seed, 4, 6)
+    J[1] = -0.3 * J[0] + 0.1 * J[1]
+    torch.testing.assert_close(
+        aggregate(methods.create("cagrad", c=c), J), cagrad_reference(J, c), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_cagrad_with_c_zero_is_the_mean() -> None:
+    J = random_jacobian(1, 5, 8)
+    torch.testing.assert_close(aggregate(methods.create("cagrad", c=0.0), J), J.mean(dim=0))
+
+
+def test_cagrad_improves_the_worst_task_over_the_mean() -> None:
+    J = torch.tensor([[1.0, 0.0], [-0.9, 0.2]], dtype=torch.float64)
+    d = aggregate(methods.create("cagrad", c=0.8), J)
+    assert float((J @ d).min()) > float((J @ J.mean(dim=0)).min())
+
+
+# ----------------------------------------------------------------------------- Aligned-MTL
+@given(seed=st.integers(0, 10_000), num_tasks=st.integers(1, 6))
+def test_aligned_mtl_aligns_the_singular_values(seed: int, num_tasks: int) -> None:
+    J = random_jacobian(seed, num_tasks, 9)
+    G = J @ J.T
+    eigenvalues, vectors = torch.linalg.eigh(G)
+    B = eigenvalues.min().sqrt() * (vectors * eigenvalues.rsqrt()) @ vectors.T
+    aligned = B @ J
+    singular = torch.linalg.svdvals(aligned)
+    torch.testing.assert_close(singular, singular.min().expand_as(singular), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(weights("aligned_mtl", J), B.sum(dim=1))
+
+
+def test_aligned_mtl_orthogonal_hand_computed() -> None:
+    J = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
+    # sigma_min = 1, B = diag(1 / |g_i|): update = u_1 + u_2
+    torch.testing.assert_close(
+        aggregate("aligned_mtl", J), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    )
+    median = aggregate(methods.create("aligned_mtl", scale_mode="rmse"), J)
+    torch.testing.assert_close(median, torch.tensor([1.0, 1.0], dtype=torch.float64) * (8.5**0.5))
+
+
+def test_aligned_mtl_drops_numerically_null_directions() -> None:
+    J = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    assert torch.isfinite(aggregate("aligned_mtl", J)).all()
+
+
+# ----------------------------------------------------------------------------- ConFIG
+@given(seed=st.integers(0, 10_000), num_tasks=st.integers(1, 6))
+def test_config_has_equal_positive_cosines_and_the_sum_of_projections(
+    seed: int, num_tasks: int
+) -> None:
+    J = random_jacobian(seed, num_tasks, 10)
+    d = aggregate("config", J)
+    cosines = (J / J.norm(dim=1, keepdim=True)) @ d / d.norm()
+    torch.testing.assert_close(cosines, cosines.mean().expand_as(cosines), rtol=1e-7, atol=1e-9)
+    assert float(cosines.min()) > 0
+    unit = d / d.norm()
+    assert float(d.norm()) == pytest.approx(float((J @ unit).sum()), rel=1e-9)
