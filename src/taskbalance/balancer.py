@@ -81,6 +81,7 @@ def make_context(
     metrics: Tensor | None = None,
     step: int = 0,
     task_names: tuple[str, ...] = (),
+    level: str = "parameters",
 ) -> Context:
     """The :class:`Context` holding what ``method`` declared it needs."""
     return Context(
@@ -91,6 +92,8 @@ def make_context(
         metrics=metrics,
         step=step,
         task_names=task_names,
+        block_shapes=tuple(b.shape[1:] for b in grads.blocks) if grads is not None else (),
+        level=level,
     )
 
 
@@ -318,6 +321,7 @@ class Balancer:
             metrics=metrics_tensor,
             step=self.step,
             task_names=names,
+            level=self.level,
         )
         combination = self.method(ctx)
         params, param_grads = self._parameter_gradients(

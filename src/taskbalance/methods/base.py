@@ -26,6 +26,8 @@ from taskbalance.methods._adam import AdamState
 
 __all__ = ["Combination", "Context", "Method"]
 
+_ADAM_FIELDS = {"exp_avg", "exp_avg_sq", "step"}
+
 
 @dataclass(frozen=True)
 class Context:
@@ -40,6 +42,9 @@ class Context:
         metrics: task metrics ``(T,)`` the caller reported for this step, if any.
         step: index of this step (0-based, counts only steps that were not skipped).
         task_names: names of the tasks, in order.
+        block_shapes: shape of each block of the Jacobian's columns (one per shared parameter
+            at parameter level; the representation's shape at representation level).
+        level: ``"parameters"`` or ``"representation"``.
     """
 
     num_tasks: int
@@ -49,6 +54,8 @@ class Context:
     metrics: Tensor | None = None
     step: int = 0
     task_names: tuple[str, ...] = ()
+    block_shapes: tuple[torch.Size, ...] = ()
+    level: str = "parameters"
 
     def require_losses(self, method: str) -> Tensor:
         if self.losses is None:
@@ -119,6 +126,7 @@ class Method(ABC):
         fresh = type(self)(**self.hparams())
         for attribute in self.state_attributes:
             setattr(self, attribute, getattr(fresh, attribute))
+        # (nested methods are replaced by fresh ones as well)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
@@ -128,6 +136,8 @@ class Method(ABC):
                 state[attribute] = value.get_state()
             elif isinstance(value, AdamState):
                 state[attribute] = {k: v.clone() for k, v in vars(value).items()}
+            elif isinstance(value, Method):
+                state[attribute] = value.state_dict()
             elif isinstance(value, Tensor):
                 state[attribute] = value.detach().clone()
             else:
@@ -147,7 +157,9 @@ class Method(ABC):
             value = state[attribute]
             if isinstance(current, torch.Generator):
                 current.set_state(value)
-            elif isinstance(current, AdamState):
+            elif isinstance(current, Method):
+                current.load_state_dict(value)
+            elif isinstance(value, Mapping) and set(value) == _ADAM_FIELDS:
                 setattr(self, attribute, AdamState(**{k: v.clone() for k, v in value.items()}))
             elif isinstance(value, Tensor):
                 setattr(self, attribute, value.detach().clone())

@@ -21,3 +21,15 @@ def normalised_gramian(gramian: Tensor) -> Tensor:
     G = 0.5 * (G + G.T)
     scale = G.diagonal().max()
     return G / scale if bool(scale > 0) else G
+
+
+def row_norms(matrix: Tensor) -> Tensor:
+    """Euclidean norms of the rows in float64, without overflow or underflow at any scale."""
+    scale = matrix.detach().abs().amax().to(torch.float64)
+    wide = matrix.to(torch.float64)
+    norms: Tensor
+    if not bool(scale > 0) or not bool(torch.isfinite(scale)):
+        norms = torch.linalg.vector_norm(wide, dim=-1)
+        return norms
+    norms = torch.linalg.vector_norm(wide / scale, dim=-1) * scale
+    return norms

@@ -1,0 +1,98 @@
+"""MoCo: stochastic multi-objective descent with tracked gradients (``moco``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from taskbalance.engine.needs import Need
+from taskbalance.methods._validation import check_positive
+from taskbalance.methods.base import Combination, Context, Method
+from taskbalance.methods.gradient._gram import row_norms
+from taskbalance.methods.registry import register
+
+_EPS = 1e-8
+
+
+@register
+class MoCo(Method):
+    """MoCo (Fernando et al., ICLR 2023): MGDA-style weights on momentum-tracked gradients,
+    which removes the bias of stochastic MGDA.
+
+    At step ``k`` (from 1), with task gradients normalised and scaled by their losses
+    (``g_i <- g_i / |g_i| * L_i``, as in LibMTL):
+
+    * tracking: ``y_i <- y_i - beta_k (y_i - g_i)``, ``beta_k = beta / k^beta_sigma``;
+    * weights: ``lambda <- softmax(lambda - gamma_k (Y Y^T + rho I) lambda)``,
+      ``gamma_k = gamma / k^gamma_sigma`` (LibMTL's softmax step on the simplex);
+    * update: ``d = Y^T lambda``.
+
+    ``Y`` (``T x P``) and ``lambda`` are tensors in the state, so they checkpoint. Needs the
+    Jacobian and the losses; returns a direction.
+
+    Scale: LibMTL's (``lambda`` sums to 1; ``y_i`` has the size of ``L_i``).
+    """
+
+    name = "moco"
+    family = "gradient manipulation"
+    needs = Need.JACOBIAN
+    reference = (
+        "Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: A Provably "
+        "Convergent Approach, ICLR 2023."
+    )
+    state_attributes = ("tracked", "task_weights", "steps")
+
+    def __init__(
+        self,
+        beta: float = 0.5,
+        beta_sigma: float = 0.5,
+        gamma: float = 0.1,
+        gamma_sigma: float = 0.5,
+        rho: float = 0.0,
+    ) -> None:
+        self.beta = check_positive(self.name, "beta", beta)
+        self.beta_sigma = check_positive(self.name, "beta_sigma", beta_sigma, allow_zero=True)
+        self.gamma = check_positive(self.name, "gamma", gamma)
+        self.gamma_sigma = check_positive(self.name, "gamma_sigma", gamma_sigma, allow_zero=True)
+        self.rho = check_positive(self.name, "rho", rho, allow_zero=True)
+        self.tracked: Tensor | None = None
+        self.task_weights: Tensor | None = None
+        self.steps = 0
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            "beta": self.beta,
+            "beta_sigma": self.beta_sigma,
+            "gamma": self.gamma,
+            "gamma_sigma": self.gamma_sigma,
+            "rho": self.rho,
+        }
+
+    def combine(self, ctx: Context) -> Combination:
+        J = ctx.require_jacobian(self.name)
+        losses = ctx.require_losses(self.name).to(J.device, J.dtype)
+        num_tasks = J.shape[0]
+        if self.tracked is None or self.task_weights is None:
+            self.tracked = torch.zeros_like(J)
+            self.task_weights = torch.full(
+                (num_tasks,), 1.0 / num_tasks, dtype=torch.float64, device=J.device
+            )
+        elif self.tracked.shape != J.shape:
+            raise ValueError(
+                f"moco tracks gradients of shape {tuple(self.tracked.shape)}, "
+                f"got {tuple(J.shape)}; call reset() to start over"
+            )
+        self.steps += 1
+        norms = row_norms(J).to(J.dtype).unsqueeze(1)
+        scaled = J / (norms + _EPS) * losses.unsqueeze(1)
+        beta = self.beta / self.steps**self.beta_sigma
+        gamma = self.gamma / self.steps**self.gamma_sigma
+        self.tracked = self.tracked - beta * (self.tracked - scaled)
+        Y = self.tracked.to(torch.float64)
+        gram = Y @ Y.T + self.rho * torch.eye(num_tasks, dtype=torch.float64, device=J.device)
+        self.task_weights = torch.softmax(
+            self.task_weights - gamma * gram @ self.task_weights, dim=0
+        )
+        return Combination(direction=self.task_weights.to(J.dtype) @ self.tracked)

@@ -1,0 +1,188 @@
+"""GradVac, GradDrop, MoCo, DB-MTL, GradNorm, IMTL against their formulas."""
+
+import pytest
+import torch
+
+from taskbalance import aggregate, methods
+from taskbalance.methods.base import Context
+from test_pcgrad import reference_pcgrad
+
+
+def jacobian(seed: int, num_tasks: int = 3, dim: int = 6) -> torch.Tensor:
+    return torch.randn(
+        num_tasks, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+
+
+def reference_gradvac(
+    J: torch.Tensor, orders: torch.Tensor, targets: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct transcription of Wang et al.'s update on explicit vectors."""
+    targets = targets.clone()
+    out = []
+    for i in range(J.shape[0]):
+        g = J[i].clone()
+        for j in orders[i].tolist():
+            cos = float(g @ J[j] / (g.norm() * J[j].norm()))
+            target = float(targets[i, j])
+            if cos < target:
+                w = (
+                    g.norm()
+                    * (target * (1 - cos**2) ** 0.5 - cos * (1 - target**2) ** 0.5)
+                    / (J[j].norm() * (1 - target**2) ** 0.5)
+                )
+                g = g + w * J[j]
+            targets[i, j] = (1 - beta) * target + beta * cos
+        out.append(g)
+    return torch.stack(out).sum(0), targets
+
+
+def test_gradvac_first_step_is_pcgrad_and_later_steps_follow_the_targets() -> None:
+    J = jacobian(0, 4, 5)
+    method = methods.create("gradvac", beta=0.5, seed=3)
+    probe = methods.create("gradvac", beta=0.5, seed=3)
+    orders = probe._orders(4)  # type: ignore[attr-defined]
+    d = aggregate(method, J)
+    expected, targets = reference_gradvac(J, orders, torch.zeros(4, 4, dtype=torch.float64), 0.5)
+    torch.testing.assert_close(d, expected)
+    # with zero targets the update is PCGrad's (self excluded from the order)
+    torch.testing.assert_close(d, reference_pcgrad(J, orders))
+    torch.testing.assert_close(method.targets[0], targets)  # type: ignore[attr-defined]
+    orders = probe._orders(4)  # type: ignore[attr-defined]
+    J2 = jacobian(1, 4, 5)
+    expected, _ = reference_gradvac(J2, orders, targets, 0.5)
+    torch.testing.assert_close(aggregate(method, J2), expected)
+
+
+def test_gradvac_layer_mode_vaccinates_each_block() -> None:
+    J = jacobian(2, 3, 6)
+    method = methods.create("gradvac", granularity="layer", seed=1)
+    orders = methods.create("gradvac", seed=1)._orders(3)  # type: ignore[attr-defined]
+    ctx = Context(
+        num_tasks=3, jacobian=J, gramian=J @ J.T, block_shapes=(torch.Size([2]), torch.Size([4]))
+    )
+    d = method(ctx).direction
+    first, _ = reference_gradvac(J[:, :2], orders, torch.zeros(3, 3, dtype=torch.float64), 0.5)
+    second, _ = reference_gradvac(J[:, 2:], orders, torch.zeros(3, 3, dtype=torch.float64), 0.5)
+    torch.testing.assert_close(d, torch.cat([first, second]))
+    assert method.targets.shape == (2, 3, 3)  # type: ignore[attr-defined]
+
+
+def test_graddrop_keeps_agreeing_signs_and_drops_by_purity() -> None:
+    J = torch.tensor([[1.0, 2.0, -1.0], [3.0, -2.0, -4.0]], dtype=torch.float64)
+    method = methods.create("graddrop", seed=5)
+    uniform = torch.rand(3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    purity = 0.5 * (1 + J.sum(0) / (J.abs().sum(0) + 1e-7))
+    keep = ((purity > uniform) & (J > 0)) | ((purity < uniform) & (J < 0))
+    d = aggregate(method, J)
+    torch.testing.assert_close(d, (keep * J).sum(0))
+    # coordinates 0 and 2 have pure signs: always fully kept
+    torch.testing.assert_close(d[[0, 2]], J[:, [0, 2]].sum(0))
+    assert float(d[1]) in (2.0, -2.0)  # coordinate 1: exactly one task survives
+
+
+def test_graddrop_at_representation_level_shares_the_mask_across_the_batch() -> None:
+    batch, features = 4, 3
+    J = torch.randn(
+        2, batch * features, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    ctx = Context(
+        num_tasks=2,
+        jacobian=J,
+        block_shapes=(torch.Size([batch, features]),),
+        level="representation",
+    )
+    d = methods.create("graddrop", seed=2)(ctx).direction
+    per_sample = J.reshape(2, batch, features)
+    pooled = per_sample.sum(1)
+    uniform = torch.rand(features, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    purity = 0.5 * (1 + pooled.sum(0) / (pooled.abs().sum(0) + 1e-7))
+    keep = ((purity > uniform) & (pooled > 0)) | ((purity < uniform) & (pooled < 0))
+    torch.testing.assert_close(d, (keep.unsqueeze(1) * per_sample).sum(0).reshape(-1))
+
+
+def test_graddrop_leak_one_half() -> None:
+    J = torch.tensor([[1.0], [-3.0]], dtype=torch.float64)
+    d = aggregate(methods.create("graddrop", leak=0.5, seed=0), J)
+    assert float(d) in (1.0 - 1.5, 0.5 - 3.0)
+
+
+def test_moco_follows_libmtl_recursions() -> None:
+    method = methods.create("moco")
+    y = torch.zeros(3, 6, dtype=torch.float64)
+    lam = torch.full((3,), 1 / 3, dtype=torch.float64)
+    for step in range(1, 4):
+        J = jacobian(step, 3, 6)
+        losses = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64) * step
+        ctx = Context(num_tasks=3, jacobian=J, losses=losses)
+        d = method(ctx).direction
+        g = J / (J.norm(dim=1, keepdim=True) + 1e-8) * losses.unsqueeze(1)
+        y = y - 0.5 / step**0.5 * (y - g)
+        lam = torch.softmax(lam - 0.1 / step**0.5 * (y @ y.T) @ lam, dim=0)
+        torch.testing.assert_close(d, y.T @ lam)
+
+
+def test_db_mtl_follows_its_formula() -> None:
+    method = methods.create("db_mtl", beta=0.9)
+    buffer = torch.zeros(2, 4, dtype=torch.float64)
+    for step in range(1, 4):
+        J = jacobian(step, 2, 4)
+        losses = torch.tensor([0.5, 4.0], dtype=torch.float64)
+        d = method(Context(num_tasks=2, jacobian=J, losses=losses)).direction
+        log_grads = J / (losses.unsqueeze(1) + 1e-8)
+        buffer = log_grads + 0.9 * (buffer - log_grads)
+        norms = buffer.norm(dim=1)
+        torch.testing.assert_close(d, (norms.max() / norms) @ buffer)
+    # the balanced gradients all have the largest norm
+    balanced = (norms.max() / norms).unsqueeze(1) * buffer
+    torch.testing.assert_close(balanced.norm(dim=1), norms.max().expand(2))
+
+
+def test_gradnorm_moves_weight_towards_the_slower_task() -> None:
+    method = methods.create("gradnorm", alpha=1.5, lr=0.1)
+    J = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    G = J @ J.T
+    w0 = method(
+        Context(num_tasks=2, gramian=G, losses=torch.tensor([1.0, 1.0], dtype=torch.float64))
+    ).weights
+    assert w0.tolist() == [1.0, 1.0]
+    # task 0 trains fast (loss halves), task 1 stalls: r = [2/3, 4/3]
+    for _ in range(20):
+        w = method(
+            Context(num_tasks=2, gramian=G, losses=torch.tensor([0.5, 1.0], dtype=torch.float64))
+        ).weights
+    assert w is not None
+    assert float(w[1]) > 1.2 > float(w[0])
+    assert float(w.sum()) == pytest.approx(2.0)
+
+
+def test_gradnorm_balances_gradient_norms_at_equal_rates() -> None:
+    method = methods.create("gradnorm", lr=0.05)
+    J = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    ctx = Context(
+        num_tasks=2, gramian=J @ J.T, losses=torch.tensor([1.0, 1.0], dtype=torch.float64)
+    )
+    for _ in range(300):
+        w = method(ctx).weights
+    assert w is not None
+    # equal training rates: w_i |g_i| become equal -> w = [2/5, 8/5]
+    torch.testing.assert_close(w, torch.tensor([0.4, 1.6], dtype=torch.float64), atol=0.05, rtol=0)
+
+
+def test_imtl_composes_imtl_l_and_imtl_g() -> None:
+    J = jacobian(4, 3, 5)
+    losses = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
+    imtl, loss_half = methods.create("imtl", lr=0.1), methods.create("imtl_l", lr=0.1)
+    for _ in range(3):
+        ctx = Context(num_tasks=3, gramian=J @ J.T, losses=losses)
+        scales = loss_half(ctx).weights
+        assert scales is not None
+        scaled = scales.unsqueeze(1) * J
+        alpha = methods.create("imtl_g")(Context(num_tasks=3, gramian=scaled @ scaled.T)).weights
+        assert alpha is not None
+        torch.testing.assert_close(imtl(ctx).weights, alpha * scales)
+    d = J.T @ imtl(Context(num_tasks=3, gramian=J @ J.T, losses=losses)).weights
+    scales = loss_half(Context(num_tasks=3, gramian=J @ J.T, losses=losses)).weights
+    units = scales.unsqueeze(1) * J
+    projections = (units / units.norm(dim=1, keepdim=True)) @ d
+    torch.testing.assert_close(projections, projections.mean().expand(3))
