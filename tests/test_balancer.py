@@ -236,3 +236,47 @@ def test_state_dict_round_trip_gives_identical_next_steps() -> None:
     run(1, restored, model)
     for a, b in zip(grads_of(list(model.parameters())), expected, strict=True):
         assert torch.equal(a, b)
+
+
+def test_update_every_reuses_the_last_weights_with_one_ordinary_backward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_engine import AutogradSpy
+
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    balancer = Balancer("mgda", model.trunk.parameters(), update_every=3)
+    infos = []
+    for step in range(5):
+        model.zero_grad()
+        _, losses = task_losses(model, x * (1 + step), y)
+        spy = AutogradSpy(monkeypatch)
+        infos.append(balancer.backward(losses))
+        monkeypatch.undo()
+        if step % 3 == 0:
+            assert spy.calls[0]["batched"]
+            assert not infos[-1].reused_weights
+        else:
+            assert spy.calls == [{"batched": False, "numel": 1}]
+            assert infos[-1].reused_weights
+            assert infos[-1].task_grad_norms is None
+            assert infos[-1].weights is not None
+            assert infos[0].weights is not None
+            assert torch.equal(infos[-1].weights, infos[3 * (step // 3)].weights)  # type: ignore[arg-type]
+    # an in-between step writes exactly the gradient of sum_i w_i L_i
+    weights = infos[4].weights.tolist()  # type: ignore[union-attr]
+    model.zero_grad()
+    _, losses = task_losses(model, x * 5, y)
+    sum(w * loss for w, loss in zip(weights, losses, strict=True)).backward()  # type: ignore[union-attr]
+    expected = grads_of(list(model.parameters()))
+    state = balancer.state_dict()
+    restored = Balancer("mgda", model.trunk.parameters(), update_every=3)
+    restored.load_state_dict(state)
+    model.zero_grad()
+    _, losses = task_losses(model, x * 5, y)
+    info = restored.backward(losses)
+    assert info.reused_weights
+    for got, want in zip(grads_of(list(model.parameters())), expected, strict=True):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="update_every"):
+        Balancer("mgda", model.trunk.parameters(), update_every=0)

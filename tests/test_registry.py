@@ -67,3 +67,10 @@ def test_public_names() -> None:
     assert taskbalance.Balancer
     assert taskbalance.StepInfo
     assert taskbalance.__version__
+
+
+def test_variants_of_other_libraries_explain_how_to_get_them() -> None:
+    with pytest.raises(ValueError, match="level='representation'"):
+        methods.create("mgda_ub")
+    with pytest.raises(ValueError, match="reduction='mean'"):
+        methods.create("pcgrad_mean")

@@ -5,7 +5,7 @@ nothing, the Gram matrix, or the Jacobian; at parameter or representation level)
 (weights or a direction) -> transforms (clipping) -> ``.grad`` -> your optimizer.
 """
 
-from taskbalance import methods, transforms
+from taskbalance import methods, optim, transforms
 from taskbalance.aggregate import aggregate
 from taskbalance.balancer import Balancer
 from taskbalance.engine.needs import Need
@@ -13,4 +13,13 @@ from taskbalance.step_info import StepInfo
 
 __version__ = "0.1.0"
 
-__all__ = ["Balancer", "Need", "StepInfo", "__version__", "aggregate", "methods", "transforms"]
+__all__ = [
+    "Balancer",
+    "Need",
+    "StepInfo",
+    "__version__",
+    "aggregate",
+    "methods",
+    "optim",
+    "transforms",
+]

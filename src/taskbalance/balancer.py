@@ -131,6 +131,10 @@ class Balancer:
         task_names: names of the tasks when losses are given as a sequence.
         batched: compute per-task gradients with one batched backward (falls back to a loop
             automatically where unsupported).
+        update_every: for gradient methods that return weights, compute per-task gradients
+            and new weights only every ``k`` steps; in between, reuse the last applied weights
+            with one ordinary backward of ``sum_i w_i L_i`` (amortises the per-task cost to
+            ``1/k``). Methods that return a direction are recomputed every step.
 
     Example::
 
@@ -151,6 +155,7 @@ class Balancer:
         task_params: Iterable[Tensor] | None = None,
         task_names: Sequence[str] | None = None,
         batched: bool = True,
+        update_every: int = 1,
     ) -> None:
         self.method = resolve_method(method)
         self.shared_params = _as_parameter_list(shared_params, "shared_params")
@@ -176,6 +181,10 @@ class Balancer:
             raise ValueError("a tensor is listed both in shared_params and task_params")
         self.task_names: tuple[str, ...] | None = tuple(task_names) if task_names else None
         self.batched = batched
+        if not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be a positive int, got {update_every!r}")
+        self.update_every = update_every
+        self._cached_weights: Tensor | None = None
         self.step = 0
         self._skips = 0
         self._warned_bypass = False
@@ -302,7 +311,8 @@ class Balancer:
                 "backward(losses, representation=z) with the trunk output z the heads read"
             )
         task_params, separable = self._task_params(values, representation)
-        grads = self._task_gradients(values, stacked, representation, separable)
+        reuse = self._cached_weights is not None and self.step % self.update_every != 0
+        grads = None if reuse else self._task_gradients(values, stacked, representation, separable)
         scales: Tensor | None = None
         if grads is not None:
             for transform in self.transforms:
@@ -323,7 +333,14 @@ class Balancer:
             task_names=names,
             level=self.level,
         )
-        combination = self.method(ctx)
+        if reuse:
+            assert self._cached_weights is not None
+            combination = Combination(weights=self._cached_weights)
+        else:
+            combination = self.method(ctx)
+            if self.update_every > 1 and combination.weights is not None:
+                applied = combination.weights if scales is None else combination.weights * scales
+                self._cached_weights = applied.detach().clone()
         params, param_grads = self._parameter_gradients(
             combination, grads, stacked, scales, representation, task_params
         )
@@ -353,6 +370,7 @@ class Balancer:
             task_grad_norms=grads.norms() if grads is not None else None,
             cosines=cosine_matrix(grads.raw_gramian) if grads is not None else None,
             grad_norm=total_norm,
+            reused_weights=reuse,
         )
         self.step += 1
         return info
@@ -478,6 +496,7 @@ class Balancer:
             "transforms": [t.state_dict() for t in self.transforms],
             "step": self.step,
             "task_names": list(self.task_names) if self.task_names is not None else None,
+            "cached_weights": self._cached_weights,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -492,6 +511,8 @@ class Balancer:
         self.step = int(state["step"])
         names = state["task_names"]
         self.task_names = tuple(names) if names is not None else None
+        cached = state.get("cached_weights")
+        self._cached_weights = None if cached is None else cached.clone()
 
     def __repr__(self) -> str:
         return (

@@ -40,6 +40,8 @@ class StepInfo:
         reason: why the step was skipped.
         level: ``"parameters"`` or ``"representation"``.
         step: index of the step (counts steps that were not skipped).
+        reused_weights: ``True`` on the in-between steps of ``Balancer(update_every=k)``,
+            where the last weights were reused without per-task gradients.
     """
 
     task_names: tuple[str, ...]
@@ -53,6 +55,7 @@ class StepInfo:
     grad_norm: Tensor | None = None
     skipped: bool = False
     reason: str | None = None
+    reused_weights: bool = False
 
     @property
     def conflict_rate(self) -> float | None:

@@ -12,6 +12,15 @@ __all__ = ["available", "create", "get", "register"]
 
 _REGISTRY: dict[str, type[Method]] = {}
 
+# Names other libraries use for a method + setting of ours: say how to get it.
+_VARIANTS = {
+    "mgda_ub": "MGDA-UB is 'mgda' at representation level: Balancer('mgda', shared_params, "
+    "level='representation') and backward(losses, representation=z)",
+    "pcgrad_mean": "use methods.create('pcgrad', reduction='mean')",
+    "mean": "TorchJD's Mean is 'ew' divided by the number of tasks: use 'ew' (sum) or "
+    "methods.create('fixed', weights=[1 / T] * T)",
+}
+
 M = TypeVar("M", bound=type[Method])
 
 
@@ -33,6 +42,8 @@ def get(name: str) -> type[Method]:
     if not isinstance(name, str):
         raise TypeError(f"a method name must be a string, got {type(name).__name__}")
     key = name.strip().lower().replace("-", "_")
+    if key in _VARIANTS:
+        raise ValueError(f"{name!r} is not a separate method: {_VARIANTS[key]}.")
     if key not in _REGISTRY:
         raise ValueError(
             f"unknown method {name!r}.{suggest(key, _REGISTRY)} "
