@@ -280,3 +280,9 @@ def test_update_every_reuses_the_last_weights_with_one_ordinary_backward(
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="update_every"):
         Balancer("mgda", model.trunk.parameters(), update_every=0)
+
+
+@pytest.mark.parametrize("name", ["db_mtl", "moco"])
+def test_methods_tracking_gradient_coordinates_refuse_the_representation_level(name: str) -> None:
+    with pytest.raises(ValueError, match="use level='parameters'"):
+        Balancer(name, TwoLevelNet(2).trunk.parameters(), level="representation")

@@ -179,3 +179,16 @@ def test_stateful_weighting_methods_reject_a_changing_number_of_tasks() -> None:
             weights_of(method, ctx([1.0, 2.0, 3.0], metrics=[0.5, 0.5, 0.5]))
         method.reset()
         assert weights_of(method, ctx([1.0, 2.0, 3.0], metrics=[0.5, 0.5, 0.5])).shape == (3,)
+
+
+def test_stch_normalised_terms_are_scale_free() -> None:
+    method = methods.create("stch", mu=0.5, normalise=True)
+    first = weights_of(method, ctx([30.0, 2.0]))
+    # at the first step every term is log(1) = 0: softmax uniform, w_i = T * 0.5 / L_i
+    torch.testing.assert_close(first, torch.tensor([1 / 30, 1 / 2], dtype=torch.float64))
+    # the task whose loss fell less (relative to its start) gets the larger share
+    w = weights_of(method, ctx([15.0, 1.8]))
+    terms = torch.log(torch.tensor([0.5, 0.9], dtype=torch.float64))
+    soft = torch.softmax(terms / 0.5, dim=0)
+    torch.testing.assert_close(w, 2 * soft / torch.tensor([15.0, 1.8], dtype=torch.float64))
+    assert float(soft[1]) > float(soft[0])

@@ -167,6 +167,12 @@ class Balancer:
                 "Use 'parameters' or 'representation'."
             )
         self.level: Level = level
+        if level == "representation" and not self.method.representation_level:
+            raise ValueError(
+                f"{self.method.name!r} keeps per-coordinate gradient state across steps, which "
+                "has no meaning for representation gradients (their coordinates are the samples "
+                "of each batch): use level='parameters'"
+            )
         self.transforms = list(transforms)
         for transform in self.transforms:
             if not isinstance(transform, Transform):

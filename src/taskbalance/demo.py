@@ -53,9 +53,14 @@ class Variant:
 DEFAULT_VARIANTS = (
     Variant("ew"),
     Variant("loss_ratio"),
+    Variant("uw"),
+    Variant("famo"),
     Variant("pcgrad"),
-    Variant("mgda"),
+    Variant("cagrad"),
     Variant("mgda", "representation"),
+    Variant("imtl_g"),
+    Variant("nash_mtl"),
+    Variant("upgrad"),
 )
 
 

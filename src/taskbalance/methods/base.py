@@ -98,6 +98,9 @@ class Method(ABC):
     needs: ClassVar[Need]
     reference: ClassVar[str] = ""
     state_attributes: ClassVar[tuple[str, ...]] = ()
+    # False for methods whose state is indexed by gradient coordinates (tracked gradients):
+    # at representation level those coordinates are samples of a batch, which change.
+    representation_level: ClassVar[bool] = True
 
     @abstractmethod
     def combine(self, ctx: Context) -> Combination:

@@ -40,6 +40,7 @@ class DBMTL(Method):
     family = "gradient manipulation"
     needs = Need.JACOBIAN
     reference = "Lin et al., Dual-Balancing for Multi-Task Learning, 2023 (arXiv:2308.12029)."
+    representation_level = False  # tracks per-coordinate gradients across steps
     state_attributes = ("buffer", "steps")
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:

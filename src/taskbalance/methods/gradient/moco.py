@@ -42,6 +42,7 @@ class MoCo(Method):
         "Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: A Provably "
         "Convergent Approach, ICLR 2023."
     )
+    representation_level = False  # tracks per-coordinate gradients across steps
     state_attributes = ("tracked", "task_weights", "steps")
 
     def __init__(
