@@ -12,7 +12,7 @@ from taskbalance.transforms import ClipGlobalNorm, ClipPerTaskNorm
 CASES = [(name, "parameters") for name in methods.available()] + [
     (name, "representation")
     for name in methods.available()
-    if methods.get(name).needs > Need.LOSSES
+    if methods.get(name).needs > Need.LOSSES and methods.get(name).representation_level
 ]
 
 
