@@ -44,6 +44,7 @@ from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import TaskGradients
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import create
+from taskbalance.models.contract import MultiTaskModel
 from taskbalance.step_info import StepInfo, cosine_matrix
 from taskbalance.transforms.base import (
     CombinedTransform,
@@ -191,9 +192,29 @@ class Balancer:
             raise ValueError(f"update_every must be a positive int, got {update_every!r}")
         self.update_every = update_every
         self._cached_weights: Tensor | None = None
+        self._model: MultiTaskModel | None = None
         self.step = 0
         self._skips = 0
         self._warned_bypass = False
+
+    @classmethod
+    def for_model(cls, method: Method | str, model: MultiTaskModel, **kwargs: Any) -> Balancer:
+        """A balancer for a :class:`~taskbalance.models.MultiTaskModel`: shared and task
+        parameters come from the model's contract, and :meth:`backward` reads the model's
+        representation of the last forward pass when none is given."""
+        if kwargs.get("level") == "representation" and not model.supports_representation:
+            raise ValueError(
+                f"{type(model).__name__} has no single shared representation: use "
+                "level='parameters'"
+            )
+        balancer = cls(
+            method,
+            list(model.shared_parameters()),
+            task_params=list(model.task_parameters()),
+            **kwargs,
+        )
+        balancer._model = model
+        return balancer
 
     @property
     def needs(self) -> Need:
@@ -293,6 +314,9 @@ class Balancer:
             skip ``optimizer.step()`` (parameters whose ``.grad`` is ``None`` are not touched
             by ``torch.optim`` optimizers anyway).
         """
+        model = self._model
+        if representation is None and model is not None and model.supports_representation:
+            representation = model.representation
         names, values, stacked = self._stack_losses(losses)
         metrics_tensor = self._metrics_tensor(metrics, names)
         detached = stacked.detach()

@@ -1,0 +1,113 @@
+"""Soft parameter sharing: one network per task, tied by a regulariser in the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from taskbalance._validation import suggest
+from taskbalance.models.contract import MultiTaskModel
+
+__all__ = ["Regulariser", "SoftSharing"]
+
+Regulariser = Literal["l2_to_mean", "pairwise_l2", "trace_norm"]
+
+
+class SoftSharing(MultiTaskModel):
+    """Soft parameter sharing (Duong et al., ACL 2015; Yang & Hospedales, ICLR-W 2017).
+
+    Every task has its own column (a full network with the same architecture), and
+    corresponding parameters of the columns (same name and shape) are pulled together by a
+    task-interaction regulariser, returned by :meth:`regularisation` as its **own loss term** so
+    you see it and can weight or balance it like a task::
+
+        predictions = model(x)
+        losses = {t: loss_fn[t](predictions[t], y[t]) for t in model.task_names}
+        losses["coupling"] = model.regularisation()
+        balancer.backward(losses)
+
+    Regularisers (``theta_t``: one parameter tensor of column ``t``, flattened; summed over
+    the parameter tensors):
+
+    * ``"l2_to_mean"``: ``sum_t |theta_t - mean_s theta_s|^2``;
+    * ``"pairwise_l2"``: ``sum_{s<t} |theta_s - theta_t|^2``;
+    * ``"trace_norm"``: the nuclear norm of the ``T x P`` stack of the ``theta_t`` (a convex
+      surrogate of its rank: encourages the columns to share a low-dimensional subspace).
+
+    Data flow: ``x -> column_t -> prediction_t`` for every task; the only interaction is the
+    regulariser. No parameter is used by two tasks' predictions, so for the balancer all
+    column parameters count as "shared" (gradient methods then see every task's gradient,
+    disjoint except through the regulariser term) and :meth:`task_parameters` is empty.
+    There is no shared representation: use ``level="parameters"``.
+
+    Args:
+        columns: ``task name -> network``; identical parameter names and shapes.
+        regulariser: one of the names above.
+        strength: multiplier of the regulariser.
+    """
+
+    supports_representation = False
+
+    def __init__(
+        self,
+        columns: Mapping[str, nn.Module],
+        regulariser: Regulariser = "l2_to_mean",
+        strength: float = 1e-3,
+    ) -> None:
+        super().__init__(tuple(columns))
+        if regulariser not in get_args(Regulariser):
+            choices = get_args(Regulariser)
+            raise ValueError(
+                f"unknown regulariser {regulariser!r}.{suggest(regulariser, choices)} "
+                f"Choose from {', '.join(choices)}."
+            )
+        if not strength >= 0:
+            raise ValueError(f"strength must be >= 0, got {strength!r}")
+        self.columns = nn.ModuleDict(dict(columns))
+        self.regulariser = regulariser
+        self.strength = float(strength)
+        shapes = [
+            {name: p.shape for name, p in column.named_parameters()}
+            for column in self.columns.values()
+        ]
+        for task, column_shapes in zip(self.task_names[1:], shapes[1:], strict=True):
+            if column_shapes != shapes[0]:
+                raise ValueError(
+                    f"column {task!r} does not match column {self.task_names[0]!r}: soft "
+                    "sharing ties corresponding parameters, so columns need the same names and "
+                    "shapes"
+                )
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        return {task: column(*args, **kwargs) for task, column in self.columns.items()}
+
+    def regularisation(self) -> Tensor:
+        """The task-interaction loss term (already multiplied by ``strength``)."""
+        named = [dict(column.named_parameters()) for column in self.columns.values()]
+        total = torch.zeros(())
+        for name in named[0]:
+            stacked = torch.stack([params[name].reshape(-1) for params in named])  # (T, P)
+            if self.regulariser == "l2_to_mean":
+                term = (stacked - stacked.mean(dim=0, keepdim=True)).pow(2).sum()
+            elif self.regulariser == "pairwise_l2":
+                differences = stacked.unsqueeze(0) - stacked.unsqueeze(1)
+                term = differences.pow(2).sum() / 2
+            else:
+                term = torch.linalg.matrix_norm(stacked, ord="nuc")
+            total = total.to(term) + term
+        return self.strength * total
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        return self.columns.parameters()
+
+    def task_parameters(self, task: str | None = None) -> Iterator[nn.Parameter]:
+        if task is not None:
+            self.check_task(task)
+        return iter(())
+
+    def column_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Parameters of one task's column."""
+        return self.columns[self.check_task(task)].parameters()
