@@ -1,0 +1,155 @@
+"""Adaptive clipping: AutoClip (percentile of the norm history) and AGC (unit-wise ratio)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from taskbalance.transforms.base import CombinedTransform, PerTaskTransform, global_norm, positive
+
+__all__ = ["AGC", "AutoClip", "AutoClipPerTask"]
+
+_EPS = 1e-6
+
+
+class _NormHistory:
+    """Ring buffer of observed norms (one column per tracked quantity), as tensors."""
+
+    def __init__(self, percentile: float, max_history: int) -> None:
+        if not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        if not isinstance(max_history, int) or max_history < 1:
+            raise ValueError(f"max_history must be a positive int, got {max_history!r}")
+        self.percentile = float(percentile)
+        self.max_history = max_history
+        self.history: Tensor | None = None  # (n, k)
+
+    def threshold(self, norms: Tensor) -> Tensor:
+        """Record ``norms`` (``(k,)``) and return the percentile of each column so far."""
+        row = norms.detach().to(torch.float64).reshape(1, -1)
+        row = torch.where(torch.isfinite(row), row, torch.zeros_like(row))
+        if self.history is None or self.history.shape[1] != row.shape[1]:
+            self.history = row
+        else:
+            self.history = torch.cat([self.history, row])[-self.max_history :]
+        return torch.quantile(self.history, self.percentile / 100.0, dim=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": None if self.history is None else self.history.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        history = state["history"]
+        self.history = None if history is None else history.clone()
+
+
+class AutoClip(CombinedTransform):
+    """AutoClip (Seetharaman et al., MLSP 2020) on the combined update.
+
+    Every step the global norm of the update is added to a history and the update is clipped to
+    the ``percentile``-th percentile of that history (``g <- g min(1, q / (||g|| + 1e-6))``).
+    No threshold to tune: it adapts to the scale of the gradients, and only clips the rare
+    spikes (10th percentile in the paper clips most steps a little; 90 clips only outliers).
+
+    Args:
+        percentile: in ``(0, 100]`` (paper: 10).
+        max_history: keep the last ``max_history`` norms (a window; the paper keeps all).
+    """
+
+    def __init__(self, percentile: float = 10.0, max_history: int = 10_000) -> None:
+        self._history = _NormHistory(percentile, max_history)
+
+    def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+        total = global_norm(grads)
+        threshold = self._history.threshold(total.reshape(1))[0]
+        factor = torch.clamp(threshold / (total + _EPS), max=1.0)
+        return [g * factor.to(g.dtype) for g in grads]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._history.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._history.load_state_dict(state)
+
+    def reset(self) -> None:
+        self._history.history = None
+
+    def __repr__(self) -> str:
+        return f"AutoClip(percentile={self._history.percentile})"
+
+
+class AutoClipPerTask(PerTaskTransform):
+    """AutoClip applied to each task's gradient before combining, with one norm history per
+    task: a task whose gradient suddenly spikes is clipped back to its own usual size, without
+    shrinking the other tasks. Needs the per-task gradient norms (the Gram diagonal).
+
+    Args:
+        percentile: in ``(0, 100]``.
+        max_history: window of norms kept per task.
+    """
+
+    def __init__(self, percentile: float = 10.0, max_history: int = 10_000) -> None:
+        self._history = _NormHistory(percentile, max_history)
+
+    def row_scale(self, norms: Tensor) -> Tensor:
+        thresholds = self._history.threshold(norms).to(norms)
+        return torch.clamp(thresholds / (norms + _EPS), max=1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._history.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._history.load_state_dict(state)
+
+    def reset(self) -> None:
+        self._history.history = None
+
+    def __repr__(self) -> str:
+        return f"AutoClipPerTask(percentile={self._history.percentile})"
+
+
+def unitwise_norm(x: Tensor) -> Tensor:
+    """Norm per output unit (over all dimensions but the first) for matrices and kernels,
+    the whole norm for vectors and scalars, broadcastable against ``x``."""
+    norms: Tensor
+    if x.ndim <= 1:
+        norms = torch.linalg.vector_norm(x).expand_as(x)
+    else:
+        norms = torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+    return norms
+
+
+class AGC(CombinedTransform):
+    """Adaptive gradient clipping (Brock et al., ICML 2021, NFNets).
+
+    For every unit ``i`` of every parameter (a row of a weight matrix, an output channel of a
+    convolution kernel, a whole bias vector):
+
+    ``G_i <- G_i * min(1, lambda * max(||W_i||, eps) / ||G_i||)``,
+
+    i.e. a unit's gradient may not exceed a fraction ``lambda`` of its weights' norm. Scale-free
+    across layers, which makes it the clipping of choice for deep networks whose layers have
+    very different weight scales; applied after combining.
+
+    Args:
+        clipping: ``lambda`` (paper: 0.01 for large batches, larger for small ones).
+        eps: floor of the weight norm (paper: 1e-3), so zero-initialised units can move.
+    """
+
+    def __init__(self, clipping: float = 0.01, eps: float = 1e-3) -> None:
+        self.clipping = positive("clipping", clipping)
+        self.eps = positive("eps", eps)
+
+    def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+        clipped = []
+        for g, p in zip(grads, params, strict=True):
+            max_norm = self.clipping * unitwise_norm(p.detach()).clamp_min(self.eps)
+            grad_norm = unitwise_norm(g)
+            factor = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-30), 1.0)
+            clipped.append(g * factor.to(g.dtype))
+        return clipped
+
+    def __repr__(self) -> str:
+        return f"AGC(clipping={self.clipping}, eps={self.eps})"
