@@ -42,6 +42,7 @@ from taskbalance.engine.graph import reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian, task_jacobian
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import TaskGradients
+from taskbalance.health.monitor import HealthMonitor
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import create
 from taskbalance.models.contract import MultiTaskModel
@@ -98,6 +99,23 @@ def make_context(
     )
 
 
+def _named_parameter_list(
+    params: Iterable[Tensor] | Iterable[tuple[str, Tensor]],
+) -> tuple[tuple[str, ...], list[Tensor]]:
+    """Shared parameters given as tensors or as ``(name, tensor)`` pairs (names for logs)."""
+    items = [params] if isinstance(params, Tensor) else list(params)
+    names: list[str] = []
+    tensors: list[Any] = []
+    for index, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            names.append(item[0])
+            tensors.append(item[1])
+        else:
+            names.append(f"shared.{index}")
+            tensors.append(item)
+    return tuple(names), _as_parameter_list(tensors, "shared_params")
+
+
 def _as_parameter_list(params: Iterable[Tensor], what: str) -> list[Tensor]:
     if isinstance(params, Tensor):
         params = [params]
@@ -122,7 +140,8 @@ class Balancer:
     Args:
         method: a :class:`~taskbalance.methods.Method` or a registry name (``"pcgrad"``).
         shared_params: parameters shared by the tasks (the trunk), e.g.
-            ``model.trunk.parameters()``.
+            ``model.trunk.parameters()``, or ``(name, parameter)`` pairs such as
+            ``model.trunk.named_parameters()`` (the names appear in health reports).
         transforms: gradient transforms applied in order (per-task ones before combining,
             combined ones after), e.g. ``[ClipPerTaskNorm(1.0), ClipGlobalNorm(5.0)]``.
         level: ``"parameters"`` (per-task gradients w.r.t. ``shared_params``) or
@@ -132,6 +151,8 @@ class Balancer:
         task_names: names of the tasks when losses are given as a sequence.
         batched: compute per-task gradients with one batched backward (falls back to a loop
             automatically where unsupported).
+        monitor: a :class:`~taskbalance.health.HealthMonitor` observing the steps (gradient
+            norms per task and layer, conflicts, warnings).
         update_every: for gradient methods that return weights, compute per-task gradients
             and new weights only every ``k`` steps; in between, reuse the last applied weights
             with one ordinary backward of ``sum_i w_i L_i`` (amortises the per-task cost to
@@ -149,7 +170,7 @@ class Balancer:
     def __init__(
         self,
         method: Method | str,
-        shared_params: Iterable[Tensor],
+        shared_params: Iterable[Tensor] | Iterable[tuple[str, Tensor]],
         *,
         transforms: Sequence[Transform] = (),
         level: Level = "parameters",
@@ -157,9 +178,10 @@ class Balancer:
         task_names: Sequence[str] | None = None,
         batched: bool = True,
         update_every: int = 1,
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.method = resolve_method(method)
-        self.shared_params = _as_parameter_list(shared_params, "shared_params")
+        self.shared_names, self.shared_params = _named_parameter_list(shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: pass the trunk's parameters")
         if level not in get_args(Level):
@@ -193,6 +215,7 @@ class Balancer:
         self.update_every = update_every
         self._cached_weights: Tensor | None = None
         self._model: MultiTaskModel | None = None
+        self.monitor = monitor
         self.step = 0
         self._skips = 0
         self._warned_bypass = False
@@ -207,12 +230,9 @@ class Balancer:
                 f"{type(model).__name__} has no single shared representation: use "
                 "level='parameters'"
             )
-        balancer = cls(
-            method,
-            list(model.shared_parameters()),
-            task_params=list(model.task_parameters()),
-            **kwargs,
-        )
+        shared_ids = {id(p) for p in model.shared_parameters()}
+        named = [(n, p) for n, p in model.named_parameters() if id(p) in shared_ids]
+        balancer = cls(method, named, task_params=list(model.task_parameters()), **kwargs)
         balancer._model = model
         return balancer
 
@@ -342,7 +362,15 @@ class Balancer:
             )
         task_params, separable = self._task_params(values, representation)
         reuse = self._cached_weights is not None and self.step % self.update_every != 0
-        grads = None if reuse else self._task_gradients(values, stacked, representation, separable)
+        observing = self.monitor is not None and self.monitor.wants(self.step)
+        need = self.needs
+        if observing and self.monitor is not None and self.monitor.task_gradients:
+            need = max(need, Need.GRAMIAN)
+        grads = (
+            None
+            if reuse
+            else self._task_gradients(values, stacked, representation, separable, need)
+        )
         scales: Tensor | None = None
         if grads is not None:
             for transform in self.transforms:
@@ -401,9 +429,30 @@ class Balancer:
             cosines=cosine_matrix(grads.raw_gramian) if grads is not None else None,
             grad_norm=total_norm,
             reused_weights=reuse,
+            **(self._layer_statistics(params, param_grads) if observing else {}),
         )
+        if observing and self.monitor is not None:
+            self.monitor.observe(info)
         self.step += 1
         return info
+
+    def _layer_statistics(self, params: list[Tensor], grads: list[Tensor]) -> dict[str, Any]:
+        """Per shared parameter: the norm of the update written and of the weights."""
+        by_id = {id(p): g for p, g in zip(params, grads, strict=True)}
+        grad_norms = [
+            torch.linalg.vector_norm(by_id[id(p)]).to(torch.float64)
+            if id(p) in by_id
+            else torch.zeros((), dtype=torch.float64, device=p.device)
+            for p in self.shared_params
+        ]
+        weight_norms = [
+            torch.linalg.vector_norm(p.detach()).to(torch.float64) for p in self.shared_params
+        ]
+        return {
+            "layer_names": self.shared_names,
+            "layer_grad_norms": torch.stack(grad_norms),
+            "layer_weight_norms": torch.stack(weight_norms),
+        }
 
     def _task_params(
         self, losses: list[Tensor], representation: Tensor | None
@@ -433,6 +482,7 @@ class Balancer:
         stacked: Tensor,
         representation: Tensor | None,
         separable: bool,
+        need: Need,
     ) -> TaskGradients | None:
         """The engine: per-task gradients at the chosen level, only if something needs them.
 
@@ -442,7 +492,7 @@ class Balancer:
           backward (no head is traversed more than once per task);
         * parameter level otherwise: one batched backward of the stacked losses.
         """
-        if self.needs < Need.GRAMIAN:
+        if need < Need.GRAMIAN:
             return None
         if self.level == "representation":
             assert representation is not None
@@ -505,7 +555,7 @@ class Balancer:
                 reason,
                 self._skips,
             )
-        return StepInfo(
+        info = StepInfo(
             task_names=names,
             losses=losses,
             level=self.level,
@@ -514,6 +564,9 @@ class Balancer:
             skipped=True,
             reason=reason,
         )
+        if self.monitor is not None:
+            self.monitor.observe(info)
+        return info
 
     def end_epoch(self) -> None:
         """Tell the method an epoch ended (epoch-based methods such as ``dwa`` need it)."""

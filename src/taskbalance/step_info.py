@@ -42,6 +42,9 @@ class StepInfo:
         step: index of the step (counts steps that were not skipped).
         reused_weights: ``True`` on the in-between steps of ``Balancer(update_every=k)``,
             where the last weights were reused without per-task gradients.
+        layer_names, layer_grad_norms, layer_weight_norms: per shared parameter tensor, the
+            norm of the update written and of the weights (only on steps a
+            :class:`~taskbalance.health.HealthMonitor` observes).
     """
 
     task_names: tuple[str, ...]
@@ -56,6 +59,9 @@ class StepInfo:
     skipped: bool = False
     reason: str | None = None
     reused_weights: bool = False
+    layer_names: tuple[str, ...] = ()
+    layer_grad_norms: Tensor | None = None
+    layer_weight_norms: Tensor | None = None
 
     @property
     def conflict_rate(self) -> float | None:
