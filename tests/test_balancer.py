@@ -286,3 +286,23 @@ def test_update_every_reuses_the_last_weights_with_one_ordinary_backward(
 def test_methods_tracking_gradient_coordinates_refuse_the_representation_level(name: str) -> None:
     with pytest.raises(ValueError, match="use level='parameters'"):
         Balancer(name, TwoLevelNet(2).trunk.parameters(), level="representation")
+
+
+def test_steps_with_a_subset_of_the_tasks() -> None:
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    balancer = Balancer("mgda", model.trunk.parameters(), task_names=["a", "b", "c"])
+    _, losses = task_losses(model, x, y)
+    info = balancer.backward({"c": losses[2], "a": losses[0]})
+    assert info.task_names == ("a", "c")
+    assert info.weights is not None and info.weights.shape == (2,)
+    # the present tasks are balanced as if the absent one did not exist
+    model2 = TwoLevelNet(3)
+    _, losses2 = task_losses(model2, x, y)
+    reference = Balancer("mgda", model2.trunk.parameters()).backward([losses2[0], losses2[2]])
+    torch.testing.assert_close(info.weights, reference.weights)
+    assert model.heads[1].weight.grad is None  # the absent task's head is untouched
+    with pytest.raises(ValueError, match="keeps\\s+per-task state"):
+        stateful = Balancer("uw", model.trunk.parameters(), task_names=["a", "b", "c"])
+        _, losses = task_losses(model, x, y)
+        stateful.backward({"a": losses[0], "b": losses[1]})

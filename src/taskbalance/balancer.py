@@ -282,7 +282,23 @@ class Balancer:
                 )
         if self.task_names is None:
             self.task_names = names
+        elif (
+            isinstance(losses, Mapping)
+            and set(names) < set(self.task_names)
+            and self.method.supports_task_subsets()
+        ):
+            # a step with only some tasks (e.g. no labels for the others in this batch)
+            order = {n: i for i, n in enumerate(self.task_names)}
+            pairs = sorted(zip(names, values, strict=True), key=lambda item: order[item[0]])
+            names = tuple(n for n, _ in pairs)
+            values = [v for _, v in pairs]
         elif len(values) != len(self.task_names) or names != self.task_names:
+            if isinstance(losses, Mapping) and set(names) < set(self.task_names):
+                raise ValueError(
+                    f"this step has losses for {list(names)} only, but {self.method.name!r} keeps "
+                    f"per-task state and needs every task {list(self.task_names)} at each step; "
+                    "use a method without per-task state, or batches labelled for every task"
+                )
             given = list(names) if isinstance(losses, Mapping) else f"{len(values)} losses"
             raise ValueError(
                 f"this Balancer was set up for tasks {list(self.task_names)} "
@@ -361,7 +377,11 @@ class Balancer:
                 "backward(losses, representation=z) with the trunk output z the heads read"
             )
         task_params, separable = self._task_params(values, representation)
-        reuse = self._cached_weights is not None and self.step % self.update_every != 0
+        reuse = (
+            self._cached_weights is not None
+            and self._cached_weights.shape == (len(names),)
+            and self.step % self.update_every != 0
+        )
         observing = self.monitor is not None and self.monitor.wants(self.step)
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:

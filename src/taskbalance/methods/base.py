@@ -115,6 +115,11 @@ class Method(ABC):
             )
         return combination
 
+    def supports_task_subsets(self) -> bool:
+        """Whether a step may involve only some of the tasks (a batch without labels for a
+        task). True for methods without per-task state (a seeded generator is fine)."""
+        return set(self.state_attributes) <= {"generator"}
+
     def end_epoch(self) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Called at the end of every epoch (by :meth:`Balancer.end_epoch` or the trainer).
 

@@ -58,6 +58,9 @@ class NashMTL(Method):
     def hparams(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm, "update_weights_every": self.update_weights_every}
 
+    def supports_task_subsets(self) -> bool:
+        return self.update_weights_every == 1
+
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name).to(torch.float64)
         reuse = (

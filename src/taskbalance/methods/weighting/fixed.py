@@ -40,15 +40,17 @@ class FixedWeighting(Method):
     def hparams(self) -> dict[str, Any]:
         return {"weights": self.weights}
 
+    def supports_task_subsets(self) -> bool:
+        return isinstance(self.weights, dict)  # by name: a subset of tasks is well defined
+
     def _ordered(self, ctx: Context) -> list[float]:
         if isinstance(self.weights, dict):
             names = ctx.task_names
             missing = [n for n in names if n not in self.weights]
-            extra = [n for n in self.weights if n not in names]
-            if not names or missing or extra:
+            if not names or missing:
                 raise ValueError(
                     f"fixed: weights are keyed by task name but the tasks are {list(names)}; "
-                    f"missing {missing}, unknown {extra}. Pass losses as a dict with these names."
+                    f"no weight for {missing}. Pass losses as a dict keyed by the weights' names."
                 )
             return [float(self.weights[n]) for n in names]
         if len(self.weights) != ctx.num_tasks:

@@ -72,6 +72,9 @@ class SmoothTchebycheff(Method):
             "normalise": self.normalise,
         }
 
+    def supports_task_subsets(self) -> bool:
+        return not self.normalise and self.preference is None and self.reference_point is None
+
     def _vector(
         self, values: list[float] | None, fill: float, ctx: Context, what: str
     ) -> torch.Tensor:
