@@ -10,6 +10,8 @@ from taskbalance.aggregate import aggregate
 from taskbalance.balancer import Balancer
 from taskbalance.engine.needs import Need
 from taskbalance.step_info import StepInfo
+from taskbalance.train.tasks import Task
+from taskbalance.train.trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,8 @@ __all__ = [
     "Balancer",
     "Need",
     "StepInfo",
+    "Task",
+    "Trainer",
     "__version__",
     "aggregate",
     "methods",

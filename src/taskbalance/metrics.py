@@ -1,0 +1,100 @@
+"""Per-task metrics (computed on whole evaluation sets) with their direction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["METRICS", "Metric", "accuracy", "auc", "f1", "mae", "miou", "mse"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric ``fn(prediction, target) -> float`` and whether higher is better."""
+
+    fn: Callable[[Tensor, Tensor], float]
+    higher_is_better: bool
+
+    def __call__(self, prediction: Tensor, target: Tensor) -> float:
+        return self.fn(prediction, target)
+
+
+def _labels(prediction: Tensor) -> Tensor:
+    """Class predictions from logits ``(N, C)`` / ``(N, C, ...)``, or from one logit/probability."""
+    if prediction.ndim >= 2 and prediction.shape[1] > 1:
+        return prediction.argmax(dim=1)
+    flat = (
+        prediction.reshape(prediction.shape[0], *prediction.shape[2:])
+        if prediction.ndim >= 2
+        else prediction
+    )
+    threshold = 0.5 if bool(((flat >= 0) & (flat <= 1)).all()) else 0.0
+    return (flat > threshold).long()
+
+
+def _accuracy(prediction: Tensor, target: Tensor) -> float:
+    return float((_labels(prediction) == target.long()).float().mean())
+
+
+def _mae(prediction: Tensor, target: Tensor) -> float:
+    return float((prediction.reshape(target.shape).float() - target.float()).abs().mean())
+
+
+def _mse(prediction: Tensor, target: Tensor) -> float:
+    return float((prediction.reshape(target.shape).float() - target.float()).pow(2).mean())
+
+
+def _auc(prediction: Tensor, target: Tensor) -> float:
+    """ROC AUC (Mann-Whitney U with tied ranks averaged) of a score for binary targets."""
+    scores = prediction.reshape(-1).double()
+    if prediction.ndim == 2 and prediction.shape[1] == 2:
+        scores = (prediction[:, 1] - prediction[:, 0]).double()
+    labels = target.reshape(-1).bool()
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=scores.dtype)
+    unique, inverse = torch.unique(scores, return_inverse=True)
+    mean_ranks = torch.zeros_like(unique).scatter_add_(0, inverse, ranks) / torch.bincount(
+        inverse
+    ).to(scores)
+    ranks = mean_ranks[inverse]
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def _f1(prediction: Tensor, target: Tensor) -> float:
+    """Macro-averaged F1 over the classes present in target or prediction."""
+    predicted, truth = _labels(prediction).reshape(-1), target.reshape(-1).long()
+    scores = []
+    for cls in torch.unique(torch.cat([predicted, truth])).tolist():
+        tp = int(((predicted == cls) & (truth == cls)).sum())
+        fp = int(((predicted == cls) & (truth != cls)).sum())
+        fn = int(((predicted != cls) & (truth == cls)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def _miou(prediction: Tensor, target: Tensor) -> float:
+    """Mean intersection over union of dense class masks (logits ``(N, C, ...)``)."""
+    predicted, truth = _labels(prediction).reshape(-1), target.reshape(-1).long()
+    ious = []
+    for cls in torch.unique(torch.cat([predicted, truth])).tolist():
+        intersection = int(((predicted == cls) & (truth == cls)).sum())
+        union = int(((predicted == cls) | (truth == cls)).sum())
+        ious.append(intersection / union)
+    return sum(ious) / len(ious) if ious else float("nan")
+
+
+accuracy = Metric(_accuracy, higher_is_better=True)
+mae = Metric(_mae, higher_is_better=False)
+mse = Metric(_mse, higher_is_better=False)
+auc = Metric(_auc, higher_is_better=True)
+f1 = Metric(_f1, higher_is_better=True)
+miou = Metric(_miou, higher_is_better=True)
+
+METRICS = {"accuracy": accuracy, "mae": mae, "mse": mse, "auc": auc, "f1": f1, "miou": miou}

@@ -1,0 +1,139 @@
+"""Trainer callbacks: a small hook set, early stopping and CSV / TensorBoard logging.
+
+Hooks (all optional, each receives the trainer): ``on_fit_start``, ``on_step_end(trainer,
+record)`` after every optimizer step with the step's record (losses, weights, norms),
+``on_epoch_end(trainer, metrics)`` with the validation metrics, ``on_fit_end``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskbalance.train.trainer import Trainer
+
+__all__ = ["CSVLogger", "Callback", "EarlyStopping", "TensorBoardLogger"]
+
+
+class Callback:
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called once before the first step."""
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, float]) -> None:
+        """Called after every optimizer step."""
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Called after every epoch with the validation metrics (empty without validation)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Called once after training."""
+
+
+class EarlyStopping:
+    """Stop when a validation metric has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: key of the validation metrics (e.g. ``"mean_loss"`` or ``"digit/accuracy"``).
+        mode: ``"min"`` or ``"max"``.
+        patience: epochs without improvement before stopping.
+        min_delta: smallest change that counts as an improvement.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "mean_loss",
+        mode: str = "min",
+        patience: int = 5,
+        min_delta: float = 0.0,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.bad_epochs = 0
+
+    def improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, metrics: dict[str, float]) -> tuple[bool, bool]:
+        """``(improved, stop)`` after an epoch's validation metrics."""
+        if self.monitor not in metrics:
+            raise KeyError(
+                f"early stopping monitors {self.monitor!r}, "
+                f"not in validation metrics {sorted(metrics)}"
+            )
+        value = metrics[self.monitor]
+        if self.improved(value):
+            self.best, self.bad_epochs = value, 0
+            return True, False
+        self.bad_epochs += 1
+        return False, self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+class CSVLogger(Callback):
+    """Writes ``steps.csv`` (every ``every`` steps: per-task loss, weight, gradient norm and
+    cosines) and ``epochs.csv`` (validation metrics) into ``directory``."""
+
+    def __init__(self, directory: str | Path, every: int = 1) -> None:
+        self.directory = Path(directory)
+        self.every = every
+        self._columns: dict[str, list[str]] = {}
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        path = self.directory / name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        columns = self._columns.get(name)
+        if columns is None:
+            if path.exists():
+                with path.open() as stream:
+                    columns = next(csv.reader(stream), list(row))
+            else:
+                columns = list(row)
+                with path.open("w", newline="") as stream:
+                    csv.writer(stream).writerow(columns)
+            self._columns[name] = columns
+        with path.open("a", newline="") as stream:
+            csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore").writerow(row)
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, float]) -> None:
+        if record["step"] % self.every == 0:
+            self._append("steps.csv", record)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._append("epochs.csv", {"epoch": trainer.epoch, "step": trainer.global_step, **metrics})
+
+
+class TensorBoardLogger(Callback):
+    """Scalars to TensorBoard (needs the ``tensorboard`` package)."""
+
+    def __init__(self, directory: str | Path, every: int = 1) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("TensorBoard logging needs `pip install tensorboard`") from error
+        self.writer = SummaryWriter(str(directory))
+        self.every = every
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, float]) -> None:
+        if record["step"] % self.every == 0:
+            for key, value in record.items():
+                if key != "step":
+                    self.writer.add_scalar(f"train/{key}", value, int(record["step"]))
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"val/{key}", value, trainer.global_step)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.flush()

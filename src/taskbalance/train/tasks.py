@@ -1,0 +1,100 @@
+"""What the trainer needs to know about a task: its loss and its metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from taskbalance.metrics import METRICS, Metric
+
+__all__ = ["LOSSES", "Task"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _cross_entropy(prediction: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(prediction, target.long())
+
+
+def _binary_cross_entropy(prediction: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(
+        prediction.reshape(target.shape), target.float()
+    )
+
+
+def _mse(prediction: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.mse_loss(prediction.reshape(target.shape), target.float())
+
+
+def _l1(prediction: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.l1_loss(prediction.reshape(target.shape), target.float())
+
+
+LOSSES: dict[str, LossFn] = {
+    "cross_entropy": _cross_entropy,
+    "binary_cross_entropy": _binary_cross_entropy,
+    "mse": _mse,
+    "l1": _l1,
+}
+
+
+@dataclass
+class Task:
+    """One task of a multi-task model.
+
+    Attributes:
+        name: key of the task in the model's output dict and in the batches' targets.
+        loss: ``(prediction, target) -> scalar`` (mean over the samples given), or a name from
+            :data:`LOSSES`. Several loss terms for one task: pass a function that sums them.
+        metrics: ``metric name -> Metric`` (see :mod:`taskbalance.metrics`), or names.
+        weight: constant multiplier of the loss before balancing (1 by default).
+    """
+
+    name: str
+    loss: LossFn | str
+    metrics: Mapping[str, Metric] | list[str] = field(default_factory=dict)
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, str):
+            if self.loss not in LOSSES:
+                raise ValueError(
+                    f"task {self.name!r}: unknown loss {self.loss!r}; "
+                    f"use one of {sorted(LOSSES)} or a function"
+                )
+            self.loss = LOSSES[self.loss]
+        if isinstance(self.metrics, list):
+            unknown = [m for m in self.metrics if m not in METRICS]
+            if unknown:
+                raise ValueError(
+                    f"task {self.name!r}: unknown metrics {unknown}; use {sorted(METRICS)}"
+                )
+            self.metrics = {m: METRICS[m] for m in self.metrics}
+
+    def compute_loss(
+        self, prediction: Tensor, target: Tensor, mask: Tensor | None
+    ) -> Tensor | None:
+        """The task's loss on the labelled samples, or None when the batch labels none."""
+        if mask is not None:
+            mask = mask.bool().reshape(-1)
+            if not bool(mask.any()):
+                return None
+            prediction, target = prediction[mask], target[mask]
+        loss_fn = self.loss
+        assert callable(loss_fn)
+        loss = loss_fn(prediction, target)
+        return loss * self.weight if self.weight != 1.0 else loss
+
+    def evaluate(self, prediction: Tensor, target: Tensor) -> dict[str, float]:
+        loss_fn = self.loss
+        assert callable(loss_fn)
+        assert isinstance(self.metrics, Mapping)
+        with torch.no_grad():
+            results = {"loss": float(loss_fn(prediction, target))}
+            results.update(
+                {name: metric(prediction, target) for name, metric in self.metrics.items()}
+            )
+        return results

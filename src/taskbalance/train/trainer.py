@@ -1,0 +1,423 @@
+"""The trainer: a multi-task training loop around :class:`~taskbalance.Balancer`.
+
+Per step: forward -> per-task losses on the labelled samples (tasks without labels in the
+batch are left out of the step) -> ``Balancer.backward`` (engine, method, transforms,
+``.grad``) -> ``optimizer.step()`` every ``grad_accumulation`` batches (skipped when the
+balancer skipped: non-finite loss or gradient). Per epoch: ``end_epoch`` for epoch-based
+methods, validation, early stopping on a validation metric (never on test), best-model
+selection, callbacks, an atomic checkpoint.
+
+Checkpoints hold the model, optimizer, scheduler, balancer (method and transform state),
+health monitor, every RNG state (also the one at the start of the epoch) and the position in
+the epoch, so :meth:`Trainer.fit` with ``resume=`` continues bit-identically to an
+uninterrupted run, mid-epoch included (the epoch's batches are replayed from the epoch-start
+RNG state and skipped without computing, then the step-time RNG state is restored).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from taskbalance.balancer import Balancer, Level
+from taskbalance.health.monitor import HealthMonitor
+from taskbalance.methods.base import Method
+from taskbalance.models.contract import MultiTaskModel
+from taskbalance.train.callbacks import Callback, CSVLogger, EarlyStopping
+from taskbalance.train.checkpoint import (
+    atomic_save,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    seed_everything,
+)
+from taskbalance.train.data import unpack_batch
+from taskbalance.train.tasks import Task
+from taskbalance.transforms.base import Transform
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+class Trainer:
+    """Train a multi-task model with any balancing method.
+
+    Args:
+        model: a :class:`~taskbalance.models.MultiTaskModel`, or any module returning a dict
+            ``task -> prediction`` (then pass ``shared_params``).
+        tasks: the tasks (name, loss, metrics, weight).
+        method: balancing method (name or instance).
+        optimizer: default ``Adam(model.parameters(), lr=1e-3)``.
+        scheduler: a ``torch.optim.lr_scheduler`` stepped every epoch (or every optimizer step
+            with ``scheduler_interval="step"``).
+        transforms, level, update_every: passed to the :class:`Balancer`.
+        shared_params: shared parameters when ``model`` is not a ``MultiTaskModel``.
+        callbacks: :class:`~taskbalance.train.callbacks.Callback` objects.
+        early_stopping: stop on a validation metric; with ``restore_best`` the model ends with
+            the weights of its best validation epoch.
+        grad_accumulation: batches per optimizer step (losses divided accordingly).
+        amp: bfloat16 autocast of the forward pass on CUDA (no loss scaling needed); ignored,
+            with a log line, on CPU.
+        device: where to train (default: the model's device).
+        seed: seeds Python, NumPy and torch at construction (``None``: leave them).
+        run_dir: folder for ``steps.csv``, ``epochs.csv``, ``last.pt`` and ``best.pt``.
+        checkpoint_every: also checkpoint every this many optimizer steps.
+        monitor: a :class:`~taskbalance.health.HealthMonitor`.
+        method_metrics: ``task -> validation metric`` passed to metric-based methods
+            (``metric_weighting``, ``dtp``) after each validation.
+        progress: show a progress bar (default: when stderr is a terminal and tqdm exists).
+        log_every: keep a step record (and write it) every this many steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Task],
+        method: Method | str = "ew",
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
+        transforms: Sequence[Transform] = (),
+        level: Level = "parameters",
+        update_every: int = 1,
+        shared_params: Iterable[Tensor] | None = None,
+        callbacks: Sequence[Callback] = (),
+        early_stopping: EarlyStopping | None = None,
+        restore_best: bool = True,
+        grad_accumulation: int = 1,
+        amp: bool = False,
+        device: str | torch.device | None = None,
+        seed: int | None = 0,
+        run_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        monitor: HealthMonitor | None = None,
+        method_metrics: Mapping[str, str] | None = None,
+        progress: bool | None = None,
+        log_every: int = 1,
+    ) -> None:
+        if seed is not None:
+            seed_everything(seed)
+        self.model = model
+        self.tasks = {task.name: task for task in tasks}
+        if len(self.tasks) != len(tasks) or not tasks:
+            raise ValueError("tasks must be non-empty with unique names")
+        if isinstance(model, MultiTaskModel):
+            unknown = [t for t in self.tasks if t not in model.task_names]
+            if unknown:
+                raise ValueError(
+                    f"tasks {unknown} are not outputs of the model ({list(model.task_names)})"
+                )
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+            )
+        if grad_accumulation < 1:
+            raise ValueError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
+        first = next(model.parameters(), None)
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else (first.device if first is not None else torch.device("cpu"))
+        )
+        self.model.to(self.device)
+        common: dict[str, Any] = {
+            "transforms": transforms,
+            "level": level,
+            "task_names": list(self.tasks),
+            "monitor": monitor,
+            "update_every": update_every,
+        }
+        if isinstance(model, MultiTaskModel):
+            self.balancer = Balancer.for_model(method, model, **common)
+        elif shared_params is not None:
+            self.balancer = Balancer(method, shared_params, **common)
+        else:
+            raise ValueError("pass shared_params=... for a model that is not a MultiTaskModel")
+        self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.callbacks = list(callbacks)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and not any(isinstance(c, CSVLogger) for c in self.callbacks):
+            self.callbacks.append(CSVLogger(self.run_dir, every=log_every))
+        self.early_stopping = early_stopping
+        self.restore_best = restore_best
+        self.grad_accumulation = grad_accumulation
+        self.amp = amp and self.device.type == "cuda"
+        if amp and not self.amp:
+            logger.info("AMP needs CUDA; training in float32 on %s", self.device)
+        self.checkpoint_every = checkpoint_every
+        self.monitor = monitor
+        self.method_metrics = dict(method_metrics or {})
+        self.progress = progress
+        self.log_every = log_every
+        self.epoch = 0
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.steps: list[dict[str, float]] = []
+        self._best_state: dict[str, Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None
+        self._metric_values: list[float] | None = None
+        self._micro = 0
+
+    # ----------------------------------------------------------------- training
+    def fit(
+        self,
+        train: Iterable[Any],
+        val: Iterable[Any] | None = None,
+        epochs: int = 1,
+        *,
+        resume: str | Path | None = None,
+        stop_after_steps: int | None = None,
+    ) -> list[dict[str, float]]:
+        """Train for ``epochs`` epochs (in total, counting a resumed run's); returns the
+        per-epoch validation history. ``stop_after_steps`` stops (with a checkpoint when
+        ``run_dir`` is set) after that many optimizer steps in total."""
+        resume_rng: dict[str, Any] | None = None
+        if resume is not None:
+            resume_rng = self.load_checkpoint(resume)
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        stop = False
+        while self.epoch < epochs and not stop:
+            if self.batch_in_epoch == 0 or self._epoch_rng is None:
+                self._epoch_rng = capture_rng()
+            else:
+                restore_rng(self._epoch_rng)  # replay the epoch's data order
+            set_epoch = getattr(train, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.epoch)
+            iterator = iter(train)
+            for _ in range(self.batch_in_epoch):
+                next(iterator)
+            if resume_rng is not None:
+                restore_rng(resume_rng)
+                resume_rng = None
+            total = len(train) if hasattr(train, "__len__") else None  # type: ignore[arg-type]
+            for batch in self._progress(iterator, total, initial=self.batch_in_epoch):
+                self._train_batch(batch)
+                self.batch_in_epoch += 1
+                if (
+                    stop_after_steps is not None
+                    and self.global_step >= stop_after_steps
+                    and self._micro == 0
+                ):
+                    if self.run_dir is not None:
+                        self.save_checkpoint(self.run_dir / "last.pt")
+                    return self.history
+            stop = self._end_epoch(val)
+        if self.restore_best and self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        if self.monitor is not None:
+            logger.info("%s", self.monitor.summary())
+        return self.history
+
+    def _progress(self, iterator: Iterable[Any], total: int | None, initial: int) -> Iterable[Any]:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not show:
+            return iterator
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iterator
+        bar: Iterable[Any] = tqdm(
+            iterator, total=total, initial=initial, desc=f"epoch {self.epoch + 1}", leave=False
+        )
+        return bar
+
+    def _train_batch(self, batch: Any) -> None:
+        data = unpack_batch(batch)
+        inputs = _to(data.inputs, self.device)
+        self.model.train()
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+            predictions = self.model(inputs)
+        losses: dict[str, Tensor] = {}
+        for name, target in data.targets.items():
+            if name not in self.tasks:
+                raise ValueError(
+                    f"the batch has targets for {name!r}, which is not a task ({list(self.tasks)})"
+                )
+            mask = data.masks.get(name)
+            loss = self.tasks[name].compute_loss(
+                predictions[name].float(),
+                target.to(self.device),
+                None if mask is None else mask.to(self.device),
+            )
+            if loss is not None:
+                losses[name] = loss / self.grad_accumulation
+        info = None
+        if losses:
+            info = self.balancer.backward(losses, metrics=self._step_metrics(losses))
+        self._micro = (self._micro + 1) % self.grad_accumulation
+        if self._micro != 0:
+            return
+        has_grad = any(p.grad is not None for p in self.model.parameters())
+        if has_grad:
+            self.optimizer.step()
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if info is not None and self.global_step % self.log_every == 0:
+            record = {"step": float(self.global_step), "epoch": float(self.epoch), **info.as_dict()}
+            self.steps.append(record)
+            for callback in self.callbacks:
+                callback.on_step_end(self, record)
+        if (
+            self.checkpoint_every
+            and self.run_dir is not None
+            and self.global_step % self.checkpoint_every == 0
+        ):
+            self.save_checkpoint(self.run_dir / "last.pt")
+
+    def _step_metrics(self, losses: Mapping[str, Tensor]) -> list[float] | None:
+        if self._metric_values is None or set(losses) != set(self.tasks):
+            return None
+        return self._metric_values
+
+    def _end_epoch(self, val: Iterable[Any] | None) -> bool:
+        self.balancer.end_epoch()
+        metrics = self.evaluate(val) if val is not None else {}
+        stop = False
+        if metrics:
+            self.history.append({"epoch": float(self.epoch + 1), **metrics})
+            if self.method_metrics:
+                self._metric_values = (
+                    [float(metrics[f"{task}/{self.method_metrics[task]}"]) for task in self.tasks]
+                    if set(self.method_metrics) == set(self.tasks)
+                    else None
+                )
+            if self.early_stopping is not None:
+                improved, stop = self.early_stopping.update(metrics)
+                if improved:
+                    self._best_state = copy.deepcopy(self.model.state_dict())
+                    if self.run_dir is not None:
+                        atomic_save(self._best_state, self.run_dir / "best.pt")
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, metrics)
+        if self.run_dir is not None:
+            self.save_checkpoint(self.run_dir / "last.pt")
+        return stop
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+        """Per-task loss and metrics on ``loader`` (``"task/metric"`` keys), plus
+        ``mean_loss`` (mean of the task losses) and ``average_accuracy`` when tasks report
+        accuracy. Returns the values; prints nothing."""
+        was_training = self.model.training
+        self.model.eval()
+        predictions: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        targets: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        for batch in loader:
+            data = unpack_batch(batch)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+                output = self.model(_to(data.inputs, self.device))
+            for name, target in data.targets.items():
+                prediction = output[name].float()
+                target = target.to(self.device)
+                mask = data.masks.get(name)
+                if mask is not None:
+                    mask = mask.to(self.device).bool().reshape(-1)
+                    prediction, target = prediction[mask], target[mask]
+                predictions[name].append(prediction)
+                targets[name].append(target)
+        self.model.train(was_training)
+        results: dict[str, float] = {}
+        losses, accuracies = [], []
+        for name, task in self.tasks.items():
+            if not predictions[name]:
+                continue
+            values = task.evaluate(torch.cat(predictions[name]), torch.cat(targets[name]))
+            for key, value in values.items():
+                results[f"{name}/{key}"] = value
+            losses.append(values["loss"])
+            if "accuracy" in values:
+                accuracies.append(values["accuracy"])
+        if losses:
+            results["mean_loss"] = sum(losses) / len(losses)
+        if accuracies:
+            results["average_accuracy"] = sum(accuracies) / len(accuracies)
+        return results
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "balancer": self.balancer.state_dict(),
+            "monitor": self.monitor.state_dict() if self.monitor is not None else None,
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "trainer": {
+                "epoch": self.epoch,
+                "global_step": self.global_step,
+                "batch_in_epoch": self.batch_in_epoch,
+                "micro": self._micro,
+                "history": self.history,
+                "metric_values": self._metric_values,
+            },
+            "rng": capture_rng(),
+            "epoch_rng": self._epoch_rng,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomically write everything needed to resume exactly."""
+        return atomic_save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint; returns the RNG state of the moment it was written."""
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.balancer.load_state_dict(state["balancer"])
+        if self.monitor is not None and state["monitor"] is not None:
+            self.monitor.load_state_dict(state["monitor"])
+        if self.early_stopping is not None and state["early_stopping"] is not None:
+            self.early_stopping.load_state_dict(state["early_stopping"])
+        trainer = state["trainer"]
+        self.epoch = int(trainer["epoch"])
+        self.global_step = int(trainer["global_step"])
+        self.batch_in_epoch = int(trainer["batch_in_epoch"])
+        self._micro = int(trainer["micro"])
+        self.history = list(trainer["history"])
+        self._metric_values = trainer["metric_values"]
+        self._epoch_rng = state["epoch_rng"]
+        if self.run_dir is not None and (self.run_dir / "best.pt").exists():
+            self._best_state = torch.load(self.run_dir / "best.pt", weights_only=True)
+        rng: dict[str, Any] = state["rng"]
+        restore_rng(rng)
+        return rng
+
+    @property
+    def best_metric(self) -> float:
+        return self.early_stopping.best if self.early_stopping is not None else math.nan

@@ -1,0 +1,228 @@
+"""Trainer: exact resume, atomic checkpoints, missing labels, multi-input sampling, AMP on CPU."""
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from taskbalance.models import HardSharing
+from taskbalance.train import CSVLogger, EarlyStopping, MultiTaskSampler, Task, Trainer, atomic_save
+
+
+def make_model() -> HardSharing:
+    trunk = nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 16), nn.ReLU()
+    )
+    return HardSharing(trunk, {"a": nn.Linear(16, 3), "b": nn.Linear(16, 1)})
+
+
+def dataset(n: int = 96, seed: int = 0) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=generator)
+    a = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    b = torch.sin(x[:, 2]) + 0.5 * x[:, 3]
+    return TensorDataset(x, a, b)
+
+
+def collate(rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x, a, b = (torch.stack(column) for column in zip(*rows, strict=True))
+    return x, {"a": a, "b": b}
+
+
+def loader(seed: int = 0, shuffle: bool = True) -> DataLoader:  # type: ignore[type-arg]
+    return DataLoader(dataset(seed=seed), batch_size=16, shuffle=shuffle, collate_fn=collate)
+
+
+TASKS = [Task("a", "cross_entropy", ["accuracy"]), Task("b", "mse", ["mae"])]
+
+
+def trainer_for(method: str, run_dir: Path | None = None, **options: object) -> Trainer:
+    torch.manual_seed(123)
+    model = make_model()
+    return Trainer(
+        model,
+        TASKS,
+        method,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        run_dir=run_dir,
+        seed=0,
+        **options,
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["dwa", "uw", "famo", "nash_mtl", "moco", "gradvac"])
+def test_resuming_mid_epoch_is_bit_identical(method: str, tmp_path: Path) -> None:
+    full = trainer_for(method)
+    full.fit(loader(), loader(seed=1, shuffle=False), epochs=3)
+    interrupted = trainer_for(method, run_dir=tmp_path)
+    interrupted.fit(
+        loader(), loader(seed=1, shuffle=False), epochs=3, stop_after_steps=9
+    )  # mid epoch 2
+    assert interrupted.epoch == 1
+    assert interrupted.batch_in_epoch == 3
+    resumed = trainer_for(method, run_dir=tmp_path)
+    resumed.fit(loader(), loader(seed=1, shuffle=False), epochs=3, resume=tmp_path / "last.pt")
+    for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), method
+    assert resumed.global_step == full.global_step == 18
+    assert resumed.history == full.history
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    atomic_save({"version": 1}, path)
+    original = torch.save
+
+    def crash(obj: object, stream: object) -> None:
+        original({"partial": True}, stream)  # type: ignore[arg-type]
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"version": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_missing_labels_use_labelled_samples_only() -> None:
+    torch.manual_seed(0)
+    model = make_model().eval()  # no dropout: compare gradients exactly
+    x, a, b = dataset(16).tensors
+    mask_b = torch.tensor([True, False] * 8)
+    reference = make_model()
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    out = reference(x)
+    expected = nn.functional.cross_entropy(out["a"], a) + nn.functional.mse_loss(
+        out["b"][mask_b].squeeze(-1), b[mask_b]
+    )
+    grads = torch.autograd.grad(expected, list(reference.parameters()))
+    trainer = Trainer(
+        model, TASKS, "ew", optimizer=torch.optim.SGD(model.parameters(), lr=1.0), seed=None
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train = lambda mode=True: model  # type: ignore[method-assign, assignment]  # keep eval mode
+    trainer._train_batch((x, {"a": a, "b": b}, {"b": mask_b}))
+    for p, old, g in zip(model.parameters(), before, grads, strict=True):
+        torch.testing.assert_close(old - p.detach(), g, rtol=1e-5, atol=1e-7)
+
+
+def test_a_task_without_labels_is_left_out_of_the_step() -> None:
+    torch.manual_seed(0)
+    model = make_model()
+    trainer = Trainer(model, TASKS, "mgda", seed=None, log_every=1)
+    x, a, b = dataset(16).tensors
+    trainer._train_batch((x, {"a": a, "b": b}, {"b": torch.zeros(16, dtype=torch.bool)}))
+    record = trainer.steps[-1]
+    assert "loss/b" not in record
+    assert record["weight/a"] == 1.0
+    assert all(p.grad is None for p in model.heads["b"].parameters())
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"), [("proportional", 0.8), ("temperature", 2 / 3), ("round_robin", 0.5)]
+)
+def test_multi_input_sampling_proportions(strategy: str, expected: float) -> None:
+    small = DataLoader(TensorDataset(torch.zeros(100, 1), torch.zeros(100)), batch_size=10)
+    large = DataLoader(TensorDataset(torch.ones(400, 1), torch.ones(400)), batch_size=10)
+    sampler = MultiTaskSampler(
+        {"small": small, "large": large}, strategy=strategy, temperature=2.0, steps_per_epoch=6000
+    )  # type: ignore[arg-type]
+    assert sampler.probabilities()["large"] == pytest.approx(expected)
+    counts = Counter(task for task, _ in sampler)
+    assert counts["large"] / 6000 == pytest.approx(expected, abs=0.02)
+    for task, (inputs, _) in MultiTaskSampler(
+        {"small": small, "large": large}, strategy=strategy, steps_per_epoch=20
+    ):  # type: ignore[arg-type]
+        assert float(inputs[0, 0]) == (1.0 if task == "large" else 0.0)
+
+
+def test_multi_input_training_runs_with_one_task_per_step() -> None:
+    data = dataset(64)
+    x, a, b = data.tensors
+    loaders = {
+        "a": DataLoader(TensorDataset(x, a), batch_size=16, shuffle=True),
+        "b": DataLoader(TensorDataset(x, b), batch_size=16, shuffle=True),
+    }
+    torch.manual_seed(0)
+    model = make_model()
+    trainer = Trainer(
+        model, TASKS, "ew", optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), seed=0
+    )
+    history = trainer.fit(
+        MultiTaskSampler(loaders, "round_robin"), loader(shuffle=False), epochs=10
+    )  # type: ignore[arg-type]
+    assert history[-1]["a/accuracy"] > 0.5
+    assert {"a/loss", "b/loss", "b/mae", "mean_loss", "average_accuracy"} <= set(history[-1])
+
+
+def test_amp_is_skipped_cleanly_on_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="taskbalance"):
+        trainer = trainer_for("ew", amp=True)
+    assert not trainer.amp
+    assert any("AMP needs CUDA" in r.message for r in caplog.records)
+    trainer.fit(loader(), epochs=1)
+    assert trainer.global_step == 6
+
+
+def test_early_stopping_restores_the_best_model_and_logs(tmp_path: Path) -> None:
+    trainer = trainer_for(
+        "ew", run_dir=tmp_path, early_stopping=EarlyStopping("mean_loss", "min", patience=2)
+    )
+    history = trainer.fit(loader(), loader(seed=1, shuffle=False), epochs=40)
+    best_epoch = min(history, key=lambda row: row["mean_loss"])
+    assert len(history) < 40  # stopped early
+    assert trainer.evaluate(loader(seed=1, shuffle=False))["mean_loss"] == pytest.approx(
+        best_epoch["mean_loss"], rel=1e-6
+    )
+    steps = (tmp_path / "steps.csv").read_text().splitlines()
+    assert steps[0].startswith("step,epoch")
+    assert "loss/a" in steps[0]
+    assert len(steps) > 10
+    assert "a/accuracy" in (tmp_path / "epochs.csv").read_text().splitlines()[0]
+    assert (tmp_path / "best.pt").exists()
+    assert (tmp_path / "last.pt").exists()
+    assert isinstance(trainer.callbacks[0], CSVLogger)
+
+
+def test_gradient_accumulation_matches_a_larger_batch() -> None:
+    torch.manual_seed(0)
+    model_a, model_b = make_model().eval(), make_model().eval()
+    model_b.load_state_dict(model_a.state_dict())
+    for model in (model_a, model_b):
+        model.train = lambda mode=True, m=model: m  # type: ignore[method-assign, misc]
+    x, a, b = dataset(32).tensors
+    big = Trainer(
+        model_a, TASKS, "ew", optimizer=torch.optim.SGD(model_a.parameters(), lr=0.1), seed=None
+    )
+    big._train_batch((x, {"a": a, "b": b}))
+    small = Trainer(
+        model_b,
+        TASKS,
+        "ew",
+        optimizer=torch.optim.SGD(model_b.parameters(), lr=0.1),
+        seed=None,
+        grad_accumulation=2,
+    )
+    small._train_batch((x[:16], {"a": a[:16], "b": b[:16]}))
+    assert small.global_step == 0
+    small._train_batch((x[16:], {"a": a[16:], "b": b[16:]}))
+    assert small.global_step == 1
+    for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_validates_its_inputs() -> None:
+    with pytest.raises(ValueError, match="not outputs of the model"):
+        Trainer(make_model(), [Task("c", "mse")], "ew")
+    with pytest.raises(ValueError, match="unknown loss"):
+        Task("a", "hinge")
+    with pytest.raises(ValueError, match="unknown metrics"):
+        Task("a", "mse", ["acc"])
+    with pytest.raises(ValueError, match="shared_params"):
+        Trainer(nn.Linear(2, 2), [Task("a", "mse")], "ew")
