@@ -1,0 +1,192 @@
+"""Command line: ``taskbalance methods | train CONFIG | report RUN_DIR | affinity CONFIG``
+and ``taskbalance bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _methods(_: argparse.Namespace) -> int:
+    from taskbalance import methods
+
+    rows = []
+    for name in methods.available():
+        cls = methods.get(name)
+        rows.append((name, cls.family, cls.needs.name.lower(), cls.reference))
+    widths = [
+        max(len(row[i]) for row in [*rows, ("name", "family", "needs", "")]) for i in range(3)
+    ]
+    print(f"{'name':<{widths[0]}}  {'family':<{widths[1]}}  {'needs':<{widths[2]}}  reference")
+    for name, family, needs, reference in rows:
+        print(f"{name:<{widths[0]}}  {family:<{widths[1]}}  {needs:<{widths[2]}}  {reference}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from taskbalance.config import load_config
+    from taskbalance.report import write_report
+    from taskbalance.run import run_config
+
+    config = load_config(args.config)
+    if args.epochs is not None:
+        config.training.epochs = args.epochs
+    root = run_config(config, Path(args.out) if args.out else None)
+    report = write_report(root)
+    summary = json.loads((root / "summary.json").read_text())
+    keys = [k for k in summary["runs"][0]["test"] if "/" in k and not k.endswith("/loss")]
+    print("\n" + " | ".join(["method", *keys, "mean_loss"]))
+    for run in summary["runs"]:
+        values = [f"{run['test'][k]:.4f}" for k in keys] + [f"{run['test']['mean_loss']:.4f}"]
+        print(" | ".join([run["method"], *values]))
+    print(f"\nwrote {root} and {report}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from taskbalance.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def _affinity(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from taskbalance import Balancer
+    from taskbalance.config import load_config
+    from taskbalance.datasets import collate, load_dataset
+    from taskbalance.health import HealthMonitor, LookaheadAffinity, rank_groupings
+    from taskbalance.report import _plt
+    from taskbalance.run import build_model
+    from taskbalance.train import Task
+
+    config = load_config(args.config)
+    data = load_dataset(config.data.dataset, seed=config.seed, **config.data.options)
+    specs = {s.name: s for s in data.tasks}
+    names = [t.name for t in config.tasks] if config.tasks else list(specs)
+    tasks = {n: Task(n, specs[n].loss) for n in names}
+    torch.manual_seed(config.seed)
+    model = build_model(config, data, names)
+    monitor = HealthMonitor(every=1, task_gradients=True, warn=False)
+    balancer = Balancer.for_model("ew", model, monitor=monitor)
+    lr = config.training.optimizer.lr
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    lookahead = LookaheadAffinity(model.shared_parameters(), lr=lr)
+    loader = DataLoader(
+        data.train, batch_size=config.data.batch_size, shuffle=True, collate_fn=collate
+    )
+    epochs = args.epochs or config.training.epochs
+    step = 0
+    for _ in range(epochs):
+        for x, targets in loader:
+
+            def losses(
+                x: torch.Tensor = x, targets: dict[str, torch.Tensor] = targets
+            ) -> dict[str, torch.Tensor]:
+                out = model(x)
+                return {n: tasks[n].compute_loss(out[n], targets[n], None) for n in names}  # type: ignore[misc]
+
+            if step % args.every == 0:
+                lookahead.measure(losses)
+            optimizer.zero_grad()
+            balancer.backward(losses())
+            optimizer.step()
+            step += 1
+    out = Path(args.out or Path(config.output) / "affinity")
+    out.mkdir(parents=True, exist_ok=True)
+    cosines = monitor.mean_cosines()
+    assert cosines is not None
+    plt = _plt()
+    lines = []
+    for label, matrix in (("gradient cosine", cosines), ("look-ahead (TAG)", lookahead.matrix)):
+        fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 1.0 * len(names) + 1.5))
+        limit = float(matrix.abs().max()) or 1.0
+        image = ax.imshow(matrix.numpy(), cmap="coolwarm", vmin=-limit, vmax=limit)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_title(f"task affinity: {label} (row i helps column j)")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        file = "affinity_cosine.png" if "cosine" in label else "affinity_lookahead.png"
+        fig.savefig(out / file, dpi=100)
+        plt.close(fig)
+        lines.append(f"{label}:")
+        for grouping in rank_groupings(matrix, args.budget, names, top=3):
+            lines.append(f"  {grouping}")
+    (out / "groups.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.name == "demo":
+        from taskbalance import demo
+
+        return demo.main(["--out", args.out or "runs/demo"])
+    print(
+        f"benchmark {args.name!r} is not available; available: demo (the scripts in benchmarks/ "
+        "of the source tree run the others: step_time.py, solver_time.py, mmoe_synthetic.py)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="taskbalance", description="Multi-task learning that keeps tasks in balance."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "methods", help="list the balancing methods and what they need"
+    ).set_defaults(run=_methods)
+    train = commands.add_parser("train", help="train every method of a config and write a report")
+    train.add_argument("config", help="YAML / TOML / JSON run file (see examples/)")
+    train.add_argument("--out", help="output directory (default: the config's 'output')")
+    train.add_argument("--epochs", type=int, help="override training.epochs")
+    train.set_defaults(run=_train)
+    report = commands.add_parser("report", help="write report.html for a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(run=_report)
+    affinity = commands.add_parser("affinity", help="measure task affinity and suggest task groups")
+    affinity.add_argument("config")
+    affinity.add_argument("--budget", type=int, default=2, help="number of models (groups)")
+    affinity.add_argument(
+        "--every", type=int, default=5, help="look-ahead measurement every N steps"
+    )
+    affinity.add_argument("--epochs", type=int, help="override training.epochs")
+    affinity.add_argument("--out", help="output directory (default: <output>/affinity)")
+    affinity.set_defaults(run=_affinity)
+    bench = commands.add_parser("bench", help="run a packaged benchmark (demo)")
+    bench.add_argument("name", nargs="?", default="demo")
+    bench.add_argument("--out")
+    bench.set_defaults(run=_bench)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from taskbalance.config import ConfigError
+
+    try:
+        result: int = args.run(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

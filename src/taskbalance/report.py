@@ -1,0 +1,265 @@
+"""HTML reports with PNG plots (matplotlib, Agg) from run directories.
+
+A run directory (written by the trainer) holds ``steps.csv`` and ``epochs.csv``; a comparison
+directory (written by ``taskbalance train``) holds ``summary.json`` and one run directory per
+method. :func:`write_report` renders either into ``report.html`` next to the data:
+
+* per run: per-task training loss, validation metrics per epoch, task weights over time,
+  per-task gradient norms, and the mean task-gradient cosine heatmap (when recorded);
+* for a comparison: the table of test metrics per method (best value per column in bold,
+  with the step time), the Pareto front of two task metrics, and every run's page.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report"]
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    rows = []
+    with path.open() as stream:
+        for row in csv.DictReader(stream):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value) if value not in ("", None) else math.nan
+                except ValueError:
+                    continue
+            rows.append(parsed)
+    return rows
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _line_plot(
+    rows: list[dict[str, float]], prefix: str, x_key: str, title: str, path: Path, log: bool = False
+) -> bool:
+    keys = sorted({k for row in rows for k in row if k.startswith(prefix)})
+    if not keys:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key in keys:
+        points = [(row[x_key], row[key]) for row in rows if key in row and not math.isnan(row[key])]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, label=key.removeprefix(prefix), linewidth=1.2)
+    ax.set_title(title)
+    ax.set_xlabel(x_key)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _cosine_heatmap(rows: list[dict[str, float]], path: Path) -> bool:
+    pairs = sorted({k for row in rows for k in row if k.startswith("cosine/")})
+    if not pairs:
+        return False
+    tasks: list[str] = []
+    for key in pairs:
+        _, a, b = key.split("/")
+        for t in (a, b):
+            if t not in tasks:
+                tasks.append(t)
+    import numpy as np
+
+    matrix = np.eye(len(tasks))
+    for key in pairs:
+        _, a, b = key.split("/")
+        values = [row[key] for row in rows if key in row and not math.isnan(row[key])]
+        mean = float(np.mean(values)) if values else 0.0
+        matrix[tasks.index(a), tasks.index(b)] = matrix[tasks.index(b), tasks.index(a)] = mean
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.2 * len(tasks) + 2, 1.0 * len(tasks) + 1.5))
+    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title("mean task-gradient cosine")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _run_section(run_dir: Path, title: str, base: Path) -> str:
+    steps = _read_csv(run_dir / "steps.csv")
+    epochs = _read_csv(run_dir / "epochs.csv")
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    images = []
+    plots = [
+        (steps, "loss/", "step", "training loss per task", "loss.png", True),
+        (epochs, "", "epoch", "validation metrics per epoch", "validation.png", False),
+        (steps, "weight/", "step", "task weights", "weights.png", False),
+        (steps, "grad_norm/", "step", "task gradient norms", "grad_norms.png", True),
+    ]
+    for rows, prefix, x_key, name, file, log in plots:
+        if prefix == "":
+            rows = [
+                {k: v for k, v in row.items() if "/" in k} | {"epoch": row.get("epoch", math.nan)}
+                for row in rows
+            ]
+        if rows and _line_plot(rows, prefix, x_key, name, figures / file, log):
+            images.append(figures / file)
+    if _cosine_heatmap(steps, figures / "cosines.png"):
+        images.append(figures / "cosines.png")
+    body = "".join(
+        f'<img src="{html.escape(p.relative_to(base).as_posix())}" alt="{html.escape(p.stem)}">'
+        for p in images
+    )
+    results = run_dir / "results.json"
+    extra = ""
+    if results.exists():
+        health = json.loads(results.read_text()).get("health")
+        if health:
+            extra = f"<pre>{html.escape(health)}</pre>"
+    return (
+        f"<section><h2>{html.escape(title)}</h2><div class='figures'>{body}</div>{extra}</section>"
+    )
+
+
+def _comparison(root: Path, summary: dict[str, Any]) -> str:
+    runs = summary["runs"]
+    keys = [k for k in runs[0]["test"] if "/" in k and not k.endswith("/loss")]
+    directions = runs[0].get("directions", {})
+    best = {}
+    for key in keys:
+        values = [r["test"].get(key, math.nan) for r in runs]
+        finite = [v for v in values if not math.isnan(v)]
+        if finite:
+            best[key] = max(finite) if directions.get(key, True) else min(finite)
+    header = "".join(
+        f"<th>{html.escape(k)} {'↑' if directions.get(k, True) else '↓'}</th>" for k in keys
+    )
+    rows = []
+    for run in runs:
+        cells = []
+        for key in keys:
+            value = run["test"].get(key, math.nan)
+            text = f"{value:.4f}"
+            cells.append(
+                f"<td><b>{text}</b></td>" if value == best.get(key) else f"<td>{text}</td>"
+            )
+        rows.append(
+            f"<tr><td>{html.escape(run['method'])}</td>{''.join(cells)}"
+            f"<td>{run['test'].get('mean_loss', math.nan):.4f}</td>"
+            f"<td>{run['ms_per_step']:.2f}</td></tr>"
+        )
+    head = f"<tr><th>method</th>{header}<th>mean loss ↓</th><th>ms / step</th></tr>"
+    table = f"<table>{head}{''.join(rows)}</table>"
+    pareto = ""
+    if len(keys) >= 2:
+        pareto_path = root / "pareto.png"
+        _pareto_plot(runs, keys[0], keys[1], directions, pareto_path)
+        pareto = '<img src="pareto.png" alt="pareto">'
+    return f"<section><h2>Test metrics (best validation epoch)</h2>{table}{pareto}</section>"
+
+
+def _pareto_plot(
+    runs: list[dict[str, Any]], x_key: str, y_key: str, directions: dict[str, bool], path: Path
+) -> None:
+    points = [(r["test"][x_key], r["test"][y_key], r["method"]) for r in runs]
+    sign_x = 1 if directions.get(x_key, True) else -1
+    sign_y = 1 if directions.get(y_key, True) else -1
+    front = [
+        p
+        for p in points
+        if not any(
+            sign_x * q[0] >= sign_x * p[0]
+            and sign_y * q[1] >= sign_y * p[1]
+            and (q[0], q[1]) != (p[0], p[1])
+            for q in points
+        )
+    ]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for x, y, label in points:
+        ax.scatter(x, y, color="tab:red" if (x, y, label) in front else "tab:gray", zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ordered = sorted(front, key=lambda p: p[0])
+    ax.plot(
+        [p[0] for p in ordered],
+        [p[1] for p in ordered],
+        color="tab:red",
+        alpha=0.5,
+        label="Pareto front",
+    )
+    ax.set_xlabel(f"{x_key} ({'higher' if sign_x > 0 else 'lower'} is better)")
+    ax.set_ylabel(f"{y_key} ({'higher' if sign_y > 0 else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.figures img { max-width: 48%; margin: 0.5%; border: 1px solid #eee; }
+pre { background: #f6f6f6; padding: 0.8em; }
+"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``report.html`` for a run or comparison directory; returns its path."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    summary_path = root / "summary.json"
+    sections = []
+    title = root.name
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        title = summary.get("name", title)
+        sections.append(_comparison(root, summary))
+        for run in summary["runs"]:
+            sub = root / run["method"].replace("@", "_")
+            if sub.is_dir():
+                sections.append(_run_section(sub, run["method"], root))
+        meta = summary.get("meta", {})
+        sections.append(
+            "<section><h2>Environment</h2>"
+            f"<pre>{html.escape(json.dumps(meta, indent=1))}</pre></section>"
+        )
+    elif (root / "steps.csv").exists():
+        sections.append(_run_section(root, root.name, root))
+    else:
+        raise FileNotFoundError(
+            f"{root} has neither summary.json nor steps.csv: is it a run directory?"
+        )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>taskbalance report: {html.escape(title)}</h1>"
+        f"{''.join(sections)}</body></html>"
+    )
+    output = root / "report.html"
+    output.write_text(page)
+    return output

@@ -1,0 +1,171 @@
+"""Run a configuration: one training run per method, results and a comparison summary."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import taskbalance
+from taskbalance.config import MethodConfig, RunConfig
+from taskbalance.datasets import MultiTaskData, collate, load_dataset
+from taskbalance.health.monitor import HealthMonitor
+from taskbalance.metrics import METRICS
+from taskbalance.models import HardSharing, MMoE, MultiTaskModel
+from taskbalance.train import EarlyStopping, Task, Trainer
+
+__all__ = ["build_model", "run_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def build_model(config: RunConfig, data: MultiTaskData, task_names: list[str]) -> MultiTaskModel:
+    outputs = {spec.name: spec.outputs for spec in data.tasks}
+    hidden = config.model.hidden
+    if config.model.kind == "hard_sharing":
+        trunk = _mlp([data.input_features, *hidden], config.model.dropout)
+        return HardSharing(trunk, {t: nn.Linear(hidden[-1], outputs[t]) for t in task_names})
+    experts = [
+        _mlp([data.input_features, *hidden], config.model.dropout)
+        for _ in range(config.model.experts)
+    ]
+    towers = {t: nn.Linear(hidden[-1], outputs[t]) for t in task_names}
+    return MMoE(experts, towers, gate_features=data.input_features)
+
+
+def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    options = config.training.optimizer
+    if options.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=options.lr,
+            momentum=options.momentum,
+            weight_decay=options.weight_decay,
+        )
+    cls = torch.optim.AdamW if options.name == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+
+
+def run_one(
+    config: RunConfig, method: MethodConfig, data: MultiTaskData, run_dir: Path
+) -> dict[str, Any]:
+    """Train with one method; returns its summary (test metrics of the best validation model)."""
+    specs = {spec.name: spec for spec in data.tasks}
+    task_weights = {t.name: t.weight for t in config.tasks} if config.tasks else {}
+    names = [t.name for t in config.tasks] if config.tasks else list(specs)
+    tasks = [
+        Task(n, specs[n].loss, list(specs[n].metrics), task_weights.get(n, 1.0)) for n in names
+    ]
+    torch.manual_seed(config.seed)
+    model = build_model(config, data, names)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = config.data.batch_size
+
+    def keep(rows: list[Any]) -> Any:
+        x, targets = collate(rows)
+        return x, {t: y for t, y in targets.items() if t in names}
+
+    train = DataLoader(
+        data.train, batch_size=batch, shuffle=True, collate_fn=keep, generator=generator
+    )
+    val = DataLoader(data.val, batch_size=512, collate_fn=keep)
+    test = DataLoader(data.test, batch_size=512, collate_fn=keep)
+    stopping = config.training.early_stopping
+    monitor = (
+        HealthMonitor(config.monitor.every, config.monitor.task_gradients)
+        if config.monitor
+        else None
+    )
+    trainer = Trainer(
+        model,
+        tasks,
+        taskbalance.methods.create(method.name, **method.hparams),
+        optimizer=_optimizer(config, model),
+        transforms=[t.build() for t in config.transforms],
+        level=method.level or config.training.level,
+        early_stopping=EarlyStopping(stopping.monitor, stopping.mode, stopping.patience)
+        if stopping
+        else EarlyStopping("mean_loss", "min", patience=10**9),
+        grad_accumulation=config.training.grad_accumulation,
+        seed=config.seed,
+        run_dir=run_dir,
+        monitor=monitor,
+        log_every=config.training.log_every,
+    )
+    started = time.perf_counter()
+    history = trainer.fit(train, val, epochs=config.training.epochs)
+    seconds = time.perf_counter() - started
+    test_metrics = trainer.evaluate(test)
+    summary = {
+        "method": method.display,
+        "name": method.name,
+        "hparams": method.hparams,
+        "level": method.level or config.training.level,
+        "epochs_run": trainer.epoch,
+        "steps": trainer.global_step,
+        "seconds": round(seconds, 2),
+        "ms_per_step": round(1000 * seconds / max(trainer.global_step, 1), 3),
+        "best_val": trainer.best_metric,
+        "test": test_metrics,
+        "directions": {
+            f"{t.name}/{m}": METRICS[m].higher_is_better
+            for t in tasks
+            for m in specs[t.name].metrics
+        },
+        "health": monitor.summary() if monitor else None,
+        "history": history,
+    }
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def run_config(config: RunConfig, output: Path | None = None) -> Path:
+    """Run every method of ``config``; writes ``<output>/<method>/...`` and ``summary.json``."""
+    root = Path(output or config.output)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(config.model_dump_json(indent=1))
+    options = {"seed": config.seed, **config.data.options}
+    if config.data.dataset == "digits" or "val_fraction" not in config.data.options:
+        options.update(
+            val_fraction=config.data.val_fraction, test_fraction=config.data.test_fraction
+        )
+    data = load_dataset(config.data.dataset, **options)
+    runs = []
+    for method in config.methods:
+        run_dir = root / method.display.replace("@", "_")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("training %s", method.display)
+        print(f"[taskbalance] training {method.display} ...", flush=True)
+        runs.append(run_one(config, method, data, run_dir))
+    meta = {
+        "taskbalance": taskbalance.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "dataset": config.data.dataset,
+        "seed": config.seed,
+    }
+    summary = {
+        "name": config.name,
+        "meta": meta,
+        "runs": [{k: v for k, v in r.items() if k != "history"} for r in runs],
+    }
+    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    return root
