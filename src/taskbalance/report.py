@@ -50,7 +50,7 @@ def _plt() -> Any:
 def _line_plot(
     rows: list[dict[str, float]], prefix: str, x_key: str, title: str, path: Path, log: bool = False
 ) -> bool:
-    keys = sorted({k for row in rows for k in row if k.startswith(prefix)})
+    keys = sorted({k for row in rows for k in row if k.startswith(prefix) and k != x_key})
     if not keys:
         return False
     plt = _plt()
@@ -119,9 +119,10 @@ def _run_section(run_dir: Path, title: str, base: Path) -> str:
         (steps, "grad_norm/", "step", "task gradient norms", "grad_norms.png", True),
     ]
     for rows, prefix, x_key, name, file, log in plots:
-        if prefix == "":
+        if prefix == "":  # validation metrics (losses are in the training plot)
             rows = [
-                {k: v for k, v in row.items() if "/" in k} | {"epoch": row.get("epoch", math.nan)}
+                {k: v for k, v in row.items() if "/" in k and not k.endswith("/loss")}
+                | {"epoch": row.get("epoch", math.nan)}
                 for row in rows
             ]
         if rows and _line_plot(rows, prefix, x_key, name, figures / file, log):
