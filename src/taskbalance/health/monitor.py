@@ -186,19 +186,7 @@ class HealthMonitor:
                 )
                 continue
             baseline = self._baseline(key, norm)
-            recent = self._recent[key]
-            if len(recent) >= 5:
-                median = statistics.median(recent)
-                if median > 0 and norm > th.exploding_factor * median:
-                    found += self._raise(
-                        "exploding",
-                        f"task {name!r}",
-                        step,
-                        f"gradient norm {norm:.3g} is {norm / median:.0f}x its recent "
-                        f"median {median:.3g}",
-                        always=True,
-                    )
-            recent.append(norm)
+            found += self._jump_rule(key, f"task {name!r}", norm, step)
             low = baseline is not None and norm < th.vanishing_ratio * baseline
             if self._persist(f"vanish:{key}", low):
                 found += self._raise(
@@ -263,18 +251,7 @@ class HealthMonitor:
                     "exploding", f"layer {layer!r}", step, "non-finite gradient", always=True
                 )
                 continue
-            recent = self._recent[key]
-            if len(recent) >= 5:
-                median = statistics.median(recent)
-                if median > 0 and norm > self.thresholds.exploding_factor * median:
-                    found += self._raise(
-                        "exploding",
-                        f"layer {layer!r}",
-                        step,
-                        f"gradient norm {norm:.3g} is {norm / median:.0f}x its recent median",
-                        always=True,
-                    )
-            recent.append(norm)
+            found += self._jump_rule(key, f"layer {layer!r}", norm, step)
             vanishing = largest > 0 and ratio < self.thresholds.vanishing_ratio * largest
             if self._persist(f"vanish:{key}", vanishing):
                 found += self._raise(
@@ -285,6 +262,21 @@ class HealthMonitor:
                     f"{self.thresholds.vanishing_ratio:g} of the largest layer's ({largest:.2g})",
                     remedy="vanishing_layer",
                 )
+        return found
+
+    def _jump_rule(self, key: str, subject: str, norm: float, step: int) -> list[Diagnosis]:
+        """Exploding: a norm above ``exploding_factor`` times its recent median."""
+        recent = self._recent[key]
+        found: list[Diagnosis] = []
+        if len(recent) >= 5:
+            median = statistics.median(recent)
+            if median > 0 and norm > self.thresholds.exploding_factor * median:
+                detail = (
+                    f"gradient norm {norm:.3g} is {norm / median:.0f}x its recent median "
+                    f"{median:.3g}"
+                )
+                found = self._raise("exploding", subject, step, detail, always=True)
+        recent.append(norm)
         return found
 
     # ----------------------------------------------------------------- bookkeeping

@@ -45,7 +45,22 @@ class _NormHistory:
         self.history = None if history is None else history.clone()
 
 
-class AutoClip(CombinedTransform):
+class _WithHistory:
+    """State handling shared by the AutoClip transforms (the norm history)."""
+
+    _history: _NormHistory
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._history.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._history.load_state_dict(state)
+
+    def reset(self) -> None:
+        self._history.history = None
+
+
+class AutoClip(_WithHistory, CombinedTransform):
     """AutoClip (Seetharaman et al., MLSP 2020) on the combined update.
 
     Every step the global norm of the update is added to a history and the update is clipped to
@@ -67,20 +82,11 @@ class AutoClip(CombinedTransform):
         factor = torch.clamp(threshold / (total + _EPS), max=1.0)
         return [g * factor.to(g.dtype) for g in grads]
 
-    def state_dict(self) -> dict[str, Any]:
-        return self._history.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._history.load_state_dict(state)
-
-    def reset(self) -> None:
-        self._history.history = None
-
     def __repr__(self) -> str:
         return f"AutoClip(percentile={self._history.percentile})"
 
 
-class AutoClipPerTask(PerTaskTransform):
+class AutoClipPerTask(_WithHistory, PerTaskTransform):
     """AutoClip applied to each task's gradient before combining, with one norm history per
     task: a task whose gradient suddenly spikes is clipped back to its own usual size, without
     shrinking the other tasks. Needs the per-task gradient norms (the Gram diagonal).
@@ -96,15 +102,6 @@ class AutoClipPerTask(PerTaskTransform):
     def row_scale(self, norms: Tensor) -> Tensor:
         thresholds = self._history.threshold(norms).to(norms)
         return torch.clamp(thresholds / (norms + _EPS), max=1.0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._history.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._history.load_state_dict(state)
-
-    def reset(self) -> None:
-        self._history.history = None
 
     def __repr__(self) -> str:
         return f"AutoClipPerTask(percentile={self._history.percentile})"
