@@ -8,7 +8,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["METRICS", "Metric", "accuracy", "auc", "f1", "mae", "miou", "mse"]
+__all__ = [
+    "METRICS",
+    "Metric",
+    "accuracy",
+    "auc",
+    "delta_m",
+    "f1",
+    "mae",
+    "mean_rank",
+    "miou",
+    "mse",
+    "pareto_front",
+]
 
 
 @dataclass(frozen=True)
@@ -98,3 +110,84 @@ f1 = Metric(_f1, higher_is_better=True)
 miou = Metric(_miou, higher_is_better=True)
 
 METRICS = {"accuracy": accuracy, "mae": mae, "mse": mse, "auc": auc, "f1": f1, "miou": miou}
+
+
+def _relative_gains(
+    results: dict[str, float], baselines: dict[str, float], higher_is_better: dict[str, bool]
+) -> dict[str, float]:
+    gains = {}
+    for key, baseline in baselines.items():
+        if key not in results:
+            raise KeyError(f"no result for metric {key!r} (results have {sorted(results)})")
+        if baseline == 0:
+            raise ValueError(f"baseline of {key!r} is 0: relative change undefined")
+        sign = 1.0 if higher_is_better[key] else -1.0
+        gains[key] = sign * (results[key] - baseline) / abs(baseline)
+    return gains
+
+
+def delta_m(
+    results: dict[str, float],
+    baselines: dict[str, float],
+    higher_is_better: dict[str, bool],
+    average: str = "metrics",
+) -> float:
+    """Delta-m%: mean relative improvement over single-task baselines, in percent.
+
+    ``100 * mean_k (-1)^{l_k} (M_k - M_b,k) / M_b,k`` with ``l_k = 1`` when lower is better, so
+    a positive value is an improvement. Keys are ``"task/metric"``.
+
+    * ``average="metrics"``: uniform over all metrics (Maninis et al., CVPR 2019;
+      Vandenhende et al., TPAMI 2021);
+    * ``average="tasks"``: first within each task, then over tasks (LibMTL's Delta_p), so a
+      task with many metrics does not weigh more.
+    """
+    gains = _relative_gains(results, baselines, higher_is_better)
+    if not gains:
+        raise ValueError("no baseline metrics given")
+    if average == "metrics":
+        return 100.0 * sum(gains.values()) / len(gains)
+    if average != "tasks":
+        raise ValueError(f"average must be 'metrics' or 'tasks', got {average!r}")
+    per_task: dict[str, list[float]] = {}
+    for key, gain in gains.items():
+        per_task.setdefault(key.split("/")[0], []).append(gain)
+    return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+
+
+def mean_rank(
+    table: dict[str, dict[str, float]], higher_is_better: dict[str, bool]
+) -> dict[str, float]:
+    """Average rank of each method (row) over the metrics (1 = best; ties share the mean rank)."""
+    ranks: dict[str, list[float]] = {method: [] for method in table}
+    for key, higher in higher_is_better.items():
+        values = sorted(((row[key], method) for method, row in table.items()), reverse=higher)
+        position = 0
+        while position < len(values):
+            end = position
+            while end + 1 < len(values) and values[end + 1][0] == values[position][0]:
+                end += 1
+            shared = (position + end) / 2 + 1
+            for index in range(position, end + 1):
+                ranks[values[index][1]].append(shared)
+            position = end + 1
+    return {method: sum(r) / len(r) for method, r in ranks.items() if r}
+
+
+def pareto_front(
+    table: dict[str, dict[str, float]], higher_is_better: dict[str, bool]
+) -> list[str]:
+    """Methods whose metrics no other method matches or beats everywhere and beats somewhere."""
+
+    def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
+        better_or_equal = all(
+            (a[k] >= b[k]) if up else (a[k] <= b[k]) for k, up in higher_is_better.items()
+        )
+        strictly = any((a[k] > b[k]) if up else (a[k] < b[k]) for k, up in higher_is_better.items())
+        return better_or_equal and strictly
+
+    return [
+        m
+        for m, row in table.items()
+        if not any(dominates(o, row) for n, o in table.items() if n != m)
+    ]

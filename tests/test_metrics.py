@@ -1,0 +1,53 @@
+"""Metrics, Delta-m% (both definitions), mean rank and Pareto front on hand-computed cases."""
+
+import pytest
+import torch
+
+from taskbalance.metrics import accuracy, auc, delta_m, f1, mae, mean_rank, miou, mse, pareto_front
+
+
+def test_basic_metrics() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 2.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 1, 1])) == 0.75
+    assert accuracy(torch.tensor([0.9, 0.2, 0.7]), torch.tensor([1, 0, 0])) == pytest.approx(2 / 3)
+    assert mae(torch.tensor([[1.0], [3.0]]), torch.tensor([2.0, 2.0])) == 1.0
+    assert mse(torch.tensor([1.0, 4.0]), torch.tensor([2.0, 2.0])) == 2.5
+    assert f1(logits, torch.tensor([0, 1, 1, 1])) == pytest.approx((2 / 3 + 0.8) / 2)
+    masks = torch.zeros(1, 2, 2, 2)
+    masks[0, 1, 0, :] = 1.0  # predicts class 1 on the first row
+    assert miou(masks, torch.tensor([[[1, 1], [1, 0]]])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_auc_matches_pairwise_counting() -> None:
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    pairs = [(p, n) for p in range(5) for n in range(5) if labels[p] == 1 and labels[n] == 0]
+    expected = sum(
+        1.0 if scores[p] > scores[n] else 0.5 if scores[p] == scores[n] else 0.0 for p, n in pairs
+    ) / len(pairs)
+    assert auc(scores, labels) == pytest.approx(expected)
+
+
+def test_delta_m_both_definitions() -> None:
+    baselines = {"seg/miou": 0.40, "seg/acc": 0.50, "depth/abs_err": 0.60}
+    results = {"seg/miou": 0.44, "seg/acc": 0.45, "depth/abs_err": 0.54}
+    higher = {"seg/miou": True, "seg/acc": True, "depth/abs_err": False}
+    # gains: +10%, -10%, +10% (lower error is better)
+    assert delta_m(results, baselines, higher) == pytest.approx(100 * (0.1 - 0.1 + 0.1) / 3)
+    assert delta_m(results, baselines, higher, average="tasks") == pytest.approx(
+        100 * ((0.1 - 0.1) / 2 + 0.1) / 2
+    )
+    with pytest.raises(KeyError, match="no result"):
+        delta_m({}, baselines, higher)
+
+
+def test_mean_rank_and_pareto_front() -> None:
+    table = {
+        "ew": {"a/acc": 0.9, "b/mae": 1.0},
+        "mgda": {"a/acc": 0.95, "b/mae": 1.5},
+        "pcgrad": {"a/acc": 0.9, "b/mae": 1.1},
+    }
+    higher = {"a/acc": True, "b/mae": False}
+    ranks = mean_rank(table, higher)
+    assert ranks == {"ew": (2.5 + 1) / 2, "mgda": (1 + 3) / 2, "pcgrad": (2.5 + 2) / 2}
+    assert pareto_front(table, higher) == ["ew", "mgda"]
