@@ -11,6 +11,7 @@ from taskbalance import Balancer, methods
 from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.solvers import min_norm_simplex
+from taskbalance.transforms import ClipPerTaskNorm
 
 
 def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -307,3 +308,28 @@ def test_steps_with_a_subset_of_the_tasks() -> None:
     _, losses = task_losses(model, x, y)
     with pytest.raises(ValueError, match=r"keeps\s+per-task state"):
         stateful.backward({"a": losses[0], "b": losses[1]})
+
+
+@pytest.mark.parametrize("method", ["ew", "mgda", "pcgrad", "graddrop"])
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_loss_scaling_gives_the_unscaled_gradients(method: str, level: str) -> None:
+    x, y = regression_problem(3)
+    results = []
+    for scale in (1.0, 1024.0):
+        model = TwoLevelNet(3)
+        z, losses = task_losses(model, x, y)
+        transforms = [ClipPerTaskNorm(0.05)]  # norms must be the true, unscaled ones
+        info = Balancer(
+            method, model.trunk.parameters(), level=level, transforms=transforms
+        ).backward(  # type: ignore[arg-type]
+            losses, representation=z, loss_scale=scale
+        )
+        results.append((grads_of(list(model.parameters())), info))
+    for a, b in zip(results[0][0], results[1][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(results[0][1].losses, results[1][1].losses)
+    overflow_model = TwoLevelNet(3)
+    _, losses = task_losses(overflow_model, x, y)
+    info = Balancer(method, overflow_model.trunk.parameters()).backward(losses, loss_scale=1e39)
+    assert info.skipped  # overflow: nothing written, the caller lowers the scale
+    assert all(p.grad is None for p in overflow_model.parameters())

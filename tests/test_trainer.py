@@ -226,3 +226,17 @@ def test_trainer_validates_its_inputs() -> None:
         Task("a", "mse", ["acc"])
     with pytest.raises(ValueError, match="shared_params"):
         Trainer(nn.Linear(2, 2), [Task("a", "mse")], "ew")
+
+
+def test_float16_loss_scale_policy() -> None:
+    trainer = trainer_for("ew", amp="float16")
+    assert not trainer.amp
+    assert trainer.loss_scale == 1.0
+    trainer.amp, trainer.amp_dtype, trainer.loss_scale = True, torch.float16, 2.0**16  # as on CUDA
+    trainer._update_loss_scale(skipped=True)
+    assert trainer.loss_scale == 2.0**15
+    for _ in range(2000):
+        trainer._update_loss_scale(skipped=False)
+    assert trainer.loss_scale == 2.0**16
+    with pytest.raises(ValueError, match="amp must be"):
+        trainer_for("ew", amp="fp8")

@@ -31,6 +31,7 @@ that requires grad and is not shared), or given explicitly with ``task_params=``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
@@ -335,6 +336,7 @@ class Balancer:
         representation: Tensor | None = None,
         *,
         metrics: MetricsLike | None = None,
+        loss_scale: float = 1.0,
     ) -> StepInfo:
         """Compute the balanced gradients of ``losses`` and add them to ``.grad``.
 
@@ -344,6 +346,9 @@ class Balancer:
             representation: the shared features (output of the trunk) that the losses were
                 computed from; required at ``level="representation"``.
             metrics: optional per-task metrics for methods that use them.
+            loss_scale: back-propagate ``loss_scale * L`` (float16 mixed precision: keeps small
+                gradients from underflowing) and divide every gradient by it before the
+                method and the transforms see it, so balancing works on true gradients.
 
         Returns:
             A :class:`StepInfo`. When ``skipped`` is true nothing was written to ``.grad``:
@@ -376,6 +381,11 @@ class Balancer:
                 "level='representation' needs the shared features: call "
                 "backward(losses, representation=z) with the trunk output z the heads read"
             )
+        if not (math.isfinite(loss_scale) and loss_scale > 0):
+            raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
+        if loss_scale != 1.0:
+            values = [v * loss_scale for v in values]
+            stacked = stacked * loss_scale
         task_params, separable = self._task_params(values, representation)
         reuse = (
             self._cached_weights is not None
@@ -391,6 +401,10 @@ class Balancer:
             if reuse
             else self._task_gradients(values, stacked, representation, separable, need)
         )
+        if grads is not None and loss_scale != 1.0:
+            grads = TaskGradients([b / loss_scale for b in grads.blocks])
+        if grads is not None and not bool(torch.isfinite(grads.raw_gramian).all()):
+            return self._skip(names, detached, "non-finite gradient")
         scales: Tensor | None = None
         if grads is not None:
             for transform in self.transforms:
@@ -420,7 +434,7 @@ class Balancer:
                 applied = combination.weights if scales is None else combination.weights * scales
                 self._cached_weights = applied.detach().clone()
         params, param_grads = self._parameter_gradients(
-            combination, grads, stacked, scales, representation, task_params
+            combination, grads, stacked, scales, representation, task_params, 1.0 / loss_scale
         )
 
         for transform in self.transforms:
@@ -536,17 +550,23 @@ class Balancer:
         scales: Tensor | None,
         representation: Tensor | None,
         task_params: list[Tensor],
+        unscale: float = 1.0,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Gradients of all parameters involved, from the method's combination."""
+        """Gradients of all parameters involved, from the method's combination (gradients
+        that autograd computes from the scaled losses are multiplied by ``unscale``)."""
         ones = torch.ones_like(stacked)
         row_factor = ones if scales is None else scales.to(stacked)
         if combination.weights is not None:
             applied = combination.weights.to(stacked) * row_factor
             objective = (applied * stacked).sum()
             if grads is None or self.level == "representation":
-                return _grad(objective, self.shared_params + task_params, retain_graph=False)
+                return _grad(
+                    objective, self.shared_params + task_params, retain_graph=False, unscale=unscale
+                )
             shared = grads.combine(combination.weights.to(stacked.device))
-            head_params, head_grads = _grad(objective, task_params, retain_graph=False)
+            head_params, head_grads = _grad(
+                objective, task_params, retain_graph=False, unscale=unscale
+            )
             return self.shared_params + head_params, shared + head_grads
         if grads is None or combination.direction is None:
             raise RuntimeError(
@@ -555,12 +575,18 @@ class Balancer:
         pieces = grads.split(combination.direction)
         objective = (row_factor * stacked).sum()
         at_parameters = self.level == "parameters"
-        head_params, head_grads = _grad(objective, task_params, retain_graph=not at_parameters)
+        head_params, head_grads = _grad(
+            objective, task_params, retain_graph=not at_parameters, unscale=unscale
+        )
         if at_parameters:
             return self.shared_params + head_params, pieces + head_grads
         assert representation is not None
         trunk_params, trunk_grads = _grad(
-            representation, self.shared_params, grad_output=pieces[0], retain_graph=False
+            representation,
+            self.shared_params,
+            grad_output=pieces[0] / unscale,
+            retain_graph=False,
+            unscale=unscale,
         )
         return trunk_params + head_params, trunk_grads + head_grads
 
@@ -630,6 +656,7 @@ def _grad(
     *,
     retain_graph: bool,
     grad_output: Tensor | None = None,
+    unscale: float = 1.0,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Gradients of ``output`` w.r.t. ``params``; parameters it does not reach are dropped."""
     if not params:
@@ -642,4 +669,5 @@ def _grad(
         allow_unused=True,
     )
     pairs = [(p, g) for p, g in zip(params, result, strict=True) if g is not None]
-    return [p for p, _ in pairs], [g for _, g in pairs]
+    grads = [g if unscale == 1.0 else g * unscale for _, g in pairs]
+    return [p for p, _ in pairs], grads

@@ -75,8 +75,12 @@ class Trainer:
         early_stopping: stop on a validation metric; with ``restore_best`` the model ends with
             the weights of its best validation epoch.
         grad_accumulation: batches per optimizer step (losses divided accordingly).
-        amp: bfloat16 autocast of the forward pass on CUDA (no loss scaling needed); ignored,
-            with a log line, on CPU.
+        amp: mixed precision on CUDA (ignored, with a log line, on CPU): ``True`` or
+            ``"bfloat16"`` autocasts the forward pass to bfloat16 (no loss scaling needed);
+            ``"float16"`` autocasts to float16 with dynamic loss scaling (the policy of
+            ``torch.amp.GradScaler``: start at 2^16, halve on a non-finite step, which is then
+            skipped, double after 2000 good steps). The balancer unscales the gradients before
+            the method and the transforms see them.
         device: where to train (default: the model's device).
         seed: seeds Python, NumPy and torch at construction (``None``: leave them).
         run_dir: folder for ``steps.csv``, ``epochs.csv``, ``last.pt`` and ``best.pt``.
@@ -105,7 +109,7 @@ class Trainer:
         early_stopping: EarlyStopping | None = None,
         restore_best: bool = True,
         grad_accumulation: int = 1,
-        amp: bool = False,
+        amp: bool | str = False,
         device: str | torch.device | None = None,
         seed: int | None = 0,
         run_dir: str | Path | None = None,
@@ -163,9 +167,14 @@ class Trainer:
         self.early_stopping = early_stopping
         self.restore_best = restore_best
         self.grad_accumulation = grad_accumulation
-        self.amp = amp and self.device.type == "cuda"
+        if amp not in (False, True, "bfloat16", "float16"):
+            raise ValueError(f"amp must be False, True, 'bfloat16' or 'float16', got {amp!r}")
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if amp == "float16" else torch.bfloat16
         if amp and not self.amp:
             logger.info("AMP needs CUDA; training in float32 on %s", self.device)
+        self.loss_scale = 2.0**16 if self.amp and self.amp_dtype == torch.float16 else 1.0
+        self._good_steps = 0
         self.checkpoint_every = checkpoint_every
         self.monitor = monitor
         self.method_metrics = dict(method_metrics or {})
@@ -252,7 +261,7 @@ class Trainer:
         data = unpack_batch(batch)
         inputs = _to(data.inputs, self.device)
         self.model.train()
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp):
             predictions = self.model(inputs)
         losses: dict[str, Tensor] = {}
         for name, target in data.targets.items():
@@ -270,7 +279,10 @@ class Trainer:
                 losses[name] = loss / self.grad_accumulation
         info = None
         if losses:
-            info = self.balancer.backward(losses, metrics=self._step_metrics(losses))
+            info = self.balancer.backward(
+                losses, metrics=self._step_metrics(losses), loss_scale=self.loss_scale
+            )
+            self._update_loss_scale(info.skipped)
         self._micro = (self._micro + 1) % self.grad_accumulation
         if self._micro != 0:
             return
@@ -292,6 +304,19 @@ class Trainer:
             and self.global_step % self.checkpoint_every == 0
         ):
             self.save_checkpoint(self.run_dir / "last.pt")
+
+    def _update_loss_scale(self, skipped: bool) -> None:
+        """Dynamic loss scaling for float16 (GradScaler's policy)."""
+        if self.loss_scale == 1.0 and not (self.amp and self.amp_dtype == torch.float16):
+            return
+        if skipped:
+            self.loss_scale = max(self.loss_scale * 0.5, 1.0)
+            self._good_steps = 0
+            return
+        self._good_steps += 1
+        if self._good_steps >= 2000:
+            self.loss_scale *= 2.0
+            self._good_steps = 0
 
     def _step_metrics(self, losses: Mapping[str, Tensor]) -> list[float] | None:
         if self._metric_values is None or set(losses) != set(self.tasks):
@@ -338,7 +363,7 @@ class Trainer:
         targets: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         for batch in loader:
             data = unpack_batch(batch)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp):
                 output = self.model(_to(data.inputs, self.device))
             for name, target in data.targets.items():
                 prediction = output[name].float()
@@ -383,6 +408,8 @@ class Trainer:
                 "micro": self._micro,
                 "history": self.history,
                 "metric_values": self._metric_values,
+                "loss_scale": self.loss_scale,
+                "good_steps": self._good_steps,
             },
             "rng": capture_rng(),
             "epoch_rng": self._epoch_rng,
@@ -411,6 +438,8 @@ class Trainer:
         self._micro = int(trainer["micro"])
         self.history = list(trainer["history"])
         self._metric_values = trainer["metric_values"]
+        self.loss_scale = float(trainer["loss_scale"])
+        self._good_steps = int(trainer["good_steps"])
         self._epoch_rng = state["epoch_rng"]
         if self.run_dir is not None and (self.run_dir / "best.pt").exists():
             self._best_state = torch.load(self.run_dir / "best.pt", weights_only=True)
