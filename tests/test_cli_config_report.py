@@ -149,3 +149,27 @@ def test_affinity_command_recovers_planted_groups(tmp_path: Path) -> None:
     expected = "task0, task2, task4 | task1, task3, task5"
     assert text[1].strip().startswith(expected), text  # best grouping by gradient cosine
     assert (tmp_path / "affinity_lookahead.png").exists()
+
+
+def test_report_includes_health_curves_and_affinity(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: {dataset: synthetic, options: {num_tasks: 4, clusters: 2}}\n"
+        "model: {hidden: [16]}\n"
+        "training: {epochs: 2, optimizer: {lr: 0.01}}\n"
+        "methods: [{name: pcgrad}]\n"
+        "monitor: {every: 1}\n"
+        f"output: {tmp_path / 'out'}\n"
+    )
+    assert main(["train", str(config)]) == 0
+    assert main(["affinity", str(config), "--budget", "2"]) == 0
+    assert main(["report", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    for figure in [
+        "pcgrad/figures/layers.png",
+        "pcgrad/figures/conflict.png",
+        "affinity/affinity_cosine.png",
+    ]:
+        assert figure in page
+        assert (tmp_path / "out" / figure).exists()
+    assert "Suggested task groups" in page or "task affinity" in page.lower()

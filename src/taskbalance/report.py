@@ -59,7 +59,7 @@ def _line_plot(
         points = [(row[x_key], row[key]) for row in rows if key in row and not math.isnan(row[key])]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, label=key.removeprefix(prefix), linewidth=1.2)
+            ax.plot(xs, ys, label=key.removeprefix(prefix) or key, linewidth=1.2)
     ax.set_title(title)
     ax.set_xlabel(x_key)
     if log:
@@ -117,6 +117,15 @@ def _run_section(run_dir: Path, title: str, base: Path) -> str:
         (epochs, "", "epoch", "validation metrics per epoch", "validation.png", False),
         (steps, "weight/", "step", "task weights", "weights.png", False),
         (steps, "grad_norm/", "step", "task gradient norms", "grad_norms.png", True),
+        (steps, "layer_grad_norm/", "step", "gradient norm per shared layer", "layers.png", True),
+        (
+            steps,
+            "conflict_rate",
+            "step",
+            "conflict rate (share of task pairs with cos < 0)",
+            "conflict.png",
+            False,
+        ),
     ]
     for rows, prefix, x_key, name, file, log in plots:
         if prefix == "":  # validation metrics (losses are in the training plot)
@@ -129,6 +138,7 @@ def _run_section(run_dir: Path, title: str, base: Path) -> str:
             images.append(figures / file)
     if _cosine_heatmap(steps, figures / "cosines.png"):
         images.append(figures / "cosines.png")
+
     body = "".join(
         f'<img src="{html.escape(p.relative_to(base).as_posix())}" alt="{html.escape(p.stem)}">'
         for p in images
@@ -139,8 +149,25 @@ def _run_section(run_dir: Path, title: str, base: Path) -> str:
         health = json.loads(results.read_text()).get("health")
         if health:
             extra = f"<pre>{html.escape(health)}</pre>"
+
     return (
         f"<section><h2>{html.escape(title)}</h2><div class='figures'>{body}</div>{extra}</section>"
+    )
+
+
+def _affinity_section(directory: Path, base: Path) -> str:
+    """Affinity heatmaps and suggested groups written by ``taskbalance affinity``."""
+    if not directory.is_dir():
+        return ""
+    images = "".join(
+        f'<img src="{html.escape(p.relative_to(base).as_posix())}" alt="{html.escape(p.stem)}">'
+        for p in sorted(directory.glob("affinity_*.png"))
+    )
+    groups = directory / "groups.txt"
+    text = f"<pre>{html.escape(groups.read_text())}</pre>" if groups.exists() else ""
+    return (
+        "<section><h2>Task affinity and suggested groups</h2>"
+        f"<div class='figures'>{images}</div>{text}</section>"
     )
 
 
@@ -245,6 +272,7 @@ def write_report(run_dir: str | Path) -> Path:
             sub = root / run["method"].replace("@", "_")
             if sub.is_dir():
                 sections.append(_run_section(sub, run["method"], root))
+        sections.append(_affinity_section(root / "affinity", root))
         meta = summary.get("meta", {})
         sections.append(
             "<section><h2>Environment</h2>"
@@ -252,6 +280,7 @@ def write_report(run_dir: str | Path) -> Path:
         )
     elif (root / "steps.csv").exists():
         sections.append(_run_section(root, root.name, root))
+        sections.append(_affinity_section(root / "affinity", root))
     else:
         raise FileNotFoundError(
             f"{root} has neither summary.json nor steps.csv: is it a run directory?"

@@ -92,6 +92,9 @@ class StepInfo:
                     out[f"cosine/{a}/{self.task_names[j]}"] = float(values[i][j])
         if self.grad_norm is not None:
             out["grad_norm"] = float(self.grad_norm)
+        if self.layer_grad_norms is not None:
+            for name, value in zip(self.layer_names, self.layer_grad_norms.tolist(), strict=True):
+                out[f"layer_grad_norm/{name}"] = float(value)
         rate = self.conflict_rate
         if rate is not None:
             out["conflict_rate"] = rate
