@@ -54,7 +54,9 @@ class Net(nn.Module):
         return z, [head(z) for head in self.heads]
 
 
-def make_step(num_tasks: int, method: str | None, level: str) -> Callable[[], None]:
+def make_step(
+    num_tasks: int, method: str | None, level: str, update_every: int = 1
+) -> Callable[[], None]:
     """One training step of the benchmark model with ``method`` (``None``: plain backward)."""
     torch.manual_seed(0)
     model = Net(num_tasks)
@@ -68,6 +70,7 @@ def make_step(num_tasks: int, method: str | None, level: str) -> Callable[[], No
             methods.create(method, **hparams),
             model.trunk.parameters(),
             level=level,  # type: ignore[arg-type]
+            update_every=update_every,
         )
 
     def step() -> None:
@@ -85,8 +88,10 @@ def make_step(num_tasks: int, method: str | None, level: str) -> Callable[[], No
 
 def measure_interleaved(
     steps: dict[tuple[str, str], Callable[[], None]], warmup: int, repeats: int
-) -> dict[tuple[str, str], float]:
-    """Median seconds per step, configurations interleaved round by round to cancel drift."""
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(median, mean) seconds per step, configurations interleaved round by round to cancel
+    drift. The mean matters for amortised configurations (``update_every``), whose expensive
+    steps are a minority."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -96,13 +101,16 @@ def measure_interleaved(
             begin = time.perf_counter()
             step()
             times[key].append(time.perf_counter() - begin)
-    return {key: statistics.median(values) for key, values in times.items()}
+    return {key: (statistics.median(v), statistics.mean(v)) for key, v in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 3, 10])
     parser.add_argument("--methods", nargs="+", default=methods.available())
+    parser.add_argument(
+        "--amortised", nargs="*", default=["mgda"], help="also time with update_every=5"
+    )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -116,25 +124,32 @@ def main() -> None:
             ("ew", "parameters"): make_step(num_tasks, "ew", "parameters"),
         }
         for name in args.methods:
-            gradient_method = methods.get(name).needs > Need.LOSSES
-            for level in ["parameters", "representation"] if gradient_method else ["parameters"]:
+            cls = methods.get(name)
+            both = cls.needs > Need.LOSSES and cls.representation_level
+            for level in ["parameters", "representation"] if both else ["parameters"]:
                 if (name, level) not in configs:
                     configs[(name, level)] = make_step(num_tasks, name, level)
-        medians = measure_interleaved(configs, args.warmup, args.repeats)
-        ew = medians[("ew", "parameters")]
-        for (name, level), seconds in medians.items():
+        for name in args.amortised:
+            configs[(f"{name} (update_every=5)", "parameters")] = make_step(
+                num_tasks, name, "parameters", update_every=5
+            )
+        timings = measure_interleaved(configs, args.warmup, args.repeats)
+        ew_median, ew_mean = timings[("ew", "parameters")]
+        for (name, level), (median, mean) in timings.items():
             rows.append(
                 {
                     "T": num_tasks,
                     "method": name,
                     "level": level,
-                    "ms": 1e3 * seconds,
-                    "ratio": seconds / ew,
+                    "ms": 1e3 * median,
+                    "ratio": median / ew_median,
+                    "mean_ms": 1e3 * mean,
+                    "mean_ratio": mean / ew_mean,
                 }
             )
 
-    print("| T | method | level | median step (ms) | ratio to ew |")
-    print("|---|---|---|---|---|")
+    print("| T | method | level | median step (ms) | ratio to ew | mean ratio to ew |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         cells = [
             str(row["T"]),
@@ -142,6 +157,7 @@ def main() -> None:
             row["level"],
             f"{row['ms']:.2f}",
             f"{row['ratio']:.2f}",
+            f"{row['mean_ratio']:.2f}",
         ]
         print("| " + " | ".join(cells) + " |")
     if args.out is not None:

@@ -20,10 +20,10 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    from taskbalance import demo
+    from taskbalance.datasets import collate, digits
 
-    x_train, y_train, _, _ = demo.load_digits_tasks()
-    return x_train[:640], {task: y[:640] for task, y in y_train.items()}
+    x, targets = collate([digits().train[i] for i in range(640)])
+    return x, targets
 
 
 @pytest.mark.parametrize(("name", "level"), CASES)
@@ -33,25 +33,27 @@ def test_method_trains_the_demo_problem_without_diverging(
     from taskbalance import demo
 
     x, targets = data
-    torch.manual_seed(0)
-    model = demo.DigitsMTL()
+    model = demo.digits_model(seed=0)
+    tasks = demo.digits_tasks()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    balancer = Balancer(make_method(name, 3), model.trunk.parameters(), level=level)  # type: ignore[arg-type]
+    balancer = Balancer.for_model(make_method(name, 3), model, level=level)  # type: ignore[arg-type]
+
+    def task_losses(
+        outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {t.name: t.compute_loss(outputs[t.name], labels[t.name], None) for t in tasks}  # type: ignore[misc]
 
     def full_losses() -> torch.Tensor:
         with torch.no_grad():
-            _, outputs = model(x)
-            return torch.stack(list(demo.task_losses(outputs, targets).values()))
+            return torch.stack(list(task_losses(model(x), targets).values()))
 
     initial = full_losses()
     for _ in range(3):
         for start in range(0, x.shape[0], 64):
             optimizer.zero_grad()
-            z, outputs = model(x[start : start + 64])
-            losses = demo.task_losses(
-                outputs, {t: y[start : start + 64] for t, y in targets.items()}
-            )
-            info = balancer.backward(losses, representation=z, metrics=[0.5, 0.5, 0.5])
+            outputs = model(x[start : start + 64])
+            losses = task_losses(outputs, {t: y[start : start + 64] for t, y in targets.items()})
+            info = balancer.backward(losses, metrics=[0.5, 0.5, 0.5])
             assert not info.skipped
             optimizer.step()
         balancer.end_epoch()

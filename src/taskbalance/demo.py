@@ -8,9 +8,12 @@ three tasks with different loss types and scales, as in real MTL:
 * ``value``: the digit's value as a number (regression, MSE on 0..9 so its loss starts ~30x
   larger than the others; metric mean absolute error, lower is better).
 
-A shared MLP trunk (64-128-64) with one linear head per task is trained with each method for a
-few epochs and several seeds; the script prints a per-task table (test split, mean +/- std over
-seeds), and writes ``results.json``, ``curves.png`` and ``report.md`` into ``--out``.
+A shared MLP trunk (64-128-64) with one linear head per task is trained by the
+:class:`~taskbalance.Trainer` with each method for a few epochs and several seeds (splits from
+:func:`taskbalance.datasets.digits`: 65% train, 15% validation, 20% test); the script prints a
+per-task table (test split after the last epoch, mean +/- std over seeds), and writes
+``results.json``, ``curves.png`` (validation metrics per epoch) and ``report.md`` into
+``--out``.
 
 Run: ``python -m taskbalance.demo --out runs/demo`` (or ``make demo``).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -28,10 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+from torch.utils.data import DataLoader
 
 import taskbalance
-from taskbalance import Balancer, methods
+from taskbalance import methods
+from taskbalance.datasets import MultiTaskData, collate, digits
+from taskbalance.models import HardSharing
+from taskbalance.train import Task, Trainer
 
 TASKS = ("digit", "parity", "value")
 HIGHER_IS_BETTER = {"digit": True, "parity": True, "value": False}
@@ -64,61 +72,23 @@ DEFAULT_VARIANTS = (
 )
 
 
-def load_digits_tasks(seed: int = 0) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
-    """Train/test tensors for the three tasks (80/20 split, stratified by digit)."""
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise SystemExit("the demo needs scikit-learn: pip install 'taskbalance[demo]'") from error
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data, digits.target, test_size=0.2, random_state=seed, stratify=digits.target
-    )
-
-    def as_tasks(labels: Any) -> dict[str, Tensor]:
-        y = torch.as_tensor(labels, dtype=torch.long)
-        return {"digit": y, "parity": y % 2, "value": y.to(torch.float32)}
-
-    def as_inputs(data: Any) -> Tensor:
-        return torch.as_tensor(data, dtype=torch.float32) / 16.0
-
-    return as_inputs(x_train), as_tasks(y_train), as_inputs(x_test), as_tasks(y_test)
+METRIC_KEYS = {"digit": "digit/accuracy", "parity": "parity/accuracy", "value": "value/mae"}
 
 
-class DigitsMTL(nn.Module):
-    """Shared MLP trunk and one head per task."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
-        self.heads = nn.ModuleDict(
-            {"digit": nn.Linear(64, 10), "parity": nn.Linear(64, 2), "value": nn.Linear(64, 1)}
-        )
-
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        z = self.trunk(x)
-        return z, {name: head(z) for name, head in self.heads.items()}
+def digits_model(seed: int) -> HardSharing:
+    """Shared MLP trunk (64-128-64) and one linear head per task."""
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
+    heads = {"digit": nn.Linear(64, 10), "parity": nn.Linear(64, 2), "value": nn.Linear(64, 1)}
+    return HardSharing(trunk, heads)
 
 
-def task_losses(outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {
-        "digit": nn.functional.cross_entropy(outputs["digit"], targets["digit"]),
-        "parity": nn.functional.cross_entropy(outputs["parity"], targets["parity"]),
-        "value": nn.functional.mse_loss(outputs["value"].squeeze(-1), targets["value"]),
-    }
-
-
-@torch.no_grad()
-def evaluate(model: DigitsMTL, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
-    model.eval()
-    _, outputs = model(x)
-    model.train()
-    return {
-        "digit": float((outputs["digit"].argmax(1) == targets["digit"]).float().mean()),
-        "parity": float((outputs["parity"].argmax(1) == targets["parity"]).float().mean()),
-        "value": float((outputs["value"].squeeze(-1) - targets["value"]).abs().mean()),
-    }
+def digits_tasks() -> list[Task]:
+    return [
+        Task("digit", "cross_entropy", ["accuracy"]),
+        Task("parity", "cross_entropy", ["accuracy"]),
+        Task("value", "mse", ["mae"]),
+    ]
 
 
 @dataclass
@@ -134,51 +104,45 @@ class RunResult:
 def train_one(
     variant: Variant,
     seed: int,
-    data: tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]],
+    data: MultiTaskData,
     *,
     epochs: int,
     batch_size: int = 64,
     lr: float = 1e-3,
 ) -> RunResult:
-    x_train, y_train, x_test, y_test = data
-    torch.manual_seed(seed)
-    model = DigitsMTL()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    balancer = Balancer(
-        methods.create(variant.method),
-        model.trunk.parameters(),
-        level=variant.level,  # type: ignore[arg-type]
-        task_params=model.heads.parameters(),
-    )
+    """Train one method with the :class:`~taskbalance.Trainer`; test metrics of the last epoch
+    (no model selection), validation curves per epoch."""
+    model = digits_model(seed)
     generator = torch.Generator().manual_seed(seed)
-    curves: dict[str, list[float]] = {task: [] for task in TASKS}
-    weight_sum = torch.zeros(len(TASKS), dtype=torch.float64)
-    steps = 0
-    elapsed = 0.0
-    for _ in range(epochs):
-        order = torch.randperm(x_train.shape[0], generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            begin = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            z, outputs = model(x_train[index])
-            losses = task_losses(outputs, {t: y[index] for t, y in y_train.items()})
-            info = balancer.backward(losses, representation=z)
-            if not info.skipped:
-                optimizer.step()
-            elapsed += time.perf_counter() - begin
-            if info.weights is not None:
-                weight_sum += info.weights.detach().cpu().to(torch.float64)
-            steps += 1
-        for task, value in evaluate(model, x_test, y_test).items():
-            curves[task].append(value)
+    train = DataLoader(
+        data.train, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator
+    )
+    val = DataLoader(data.val, batch_size=1024, collate_fn=collate)
+    test = DataLoader(data.test, batch_size=1024, collate_fn=collate)
+    trainer = Trainer(
+        model,
+        digits_tasks(),
+        methods.create(variant.method),
+        optimizer=torch.optim.Adam(model.parameters(), lr=lr),
+        level=variant.level,  # type: ignore[arg-type]
+        seed=seed,
+        progress=False,
+    )
+    begin = time.perf_counter()
+    history = trainer.fit(train, val, epochs=epochs)
+    elapsed = time.perf_counter() - begin
+    evaluated = trainer.evaluate(test)
+    weights = [
+        statistics.mean(step.get(f"weight/{task}", math.nan) for step in trainer.steps)
+        for task in TASKS
+    ]
     return RunResult(
         variant=variant.label,
         seed=seed,
-        test_metrics={task: curve[-1] for task, curve in curves.items()},
-        curves=curves,
-        mean_weights=(weight_sum / max(steps, 1)).tolist(),
-        step_time_ms=1000 * elapsed / max(steps, 1),
+        test_metrics={task: evaluated[key] for task, key in METRIC_KEYS.items()},
+        curves={task: [row[key] for row in history] for task, key in METRIC_KEYS.items()},
+        mean_weights=weights,
+        step_time_ms=1000 * elapsed / max(trainer.global_step, 1),
     )
 
 
@@ -231,7 +195,7 @@ def plot_curves(results: list[RunResult], path: Path) -> None:
             runs = [r.curves[task] for r in results if r.variant == label]
             mean = torch.tensor(runs).mean(dim=0)
             ax.plot(range(1, len(mean) + 1), mean.tolist(), label=label)
-        ax.set_title(f"{task}: test {METRIC_NAMES[task]}")
+        ax.set_title(f"{task}: validation {METRIC_NAMES[task]}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -264,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    data = load_digits_tasks()
+    data = digits(seed=0)
     jobs = [(v, s) for v in variants for s in range(args.seeds)]
     results = []
     started = time.perf_counter()
@@ -298,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "`value` is a regression on the digit's value (MSE loss, ~30x larger than the others "
         "at the start); weights are the methods' mean task weights; `x ew` is the step-time "
         "ratio to equal weighting.\n\n"
-        f"{table}\n\n![test metrics per epoch](curves.png)\n\n"
+        f"{table}\n\n![validation metrics per epoch](curves.png)\n\n"
         f"```\n{json.dumps(meta, indent=1)}\n```\n"
     )
     print(
