@@ -13,6 +13,9 @@ Jacobians come from one backward, and ``taskbalance.aggregate`` combines them). 
 front segment. Writes ``toy.png`` (trajectories over the loss contours, one panel per
 method), ``toy.json`` and ``toy.md`` (the table) into ``--out``.
 
+Per-method results are cached in ``<out>/toy_runs/`` (reused unless ``--fresh``), so methods
+can be run in parallel processes and assembled by a final call.
+
 Usage::
 
     python benchmarks/toy.py                                  # ~10 minutes on one core
@@ -149,13 +152,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=35_000)
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--fresh", action="store_true", help="ignore per-method results cached in <out>/toy_runs"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     results = {}
+    cache = args.out / "toy_runs"
+    cache.mkdir(parents=True, exist_ok=True)
     for name in args.methods:
+        cached = cache / f"{name}_{args.steps}.json"
         begin = time.perf_counter()
-        results[name] = run(name, args.steps, record_every=max(1, args.steps // 500))
+        if cached.exists() and not args.fresh:
+            results[name] = json.loads(cached.read_text())
+        else:
+            results[name] = run(name, args.steps, record_every=max(1, args.steps // 500))
+            cached.write_text(json.dumps(results[name]))
         hits = sum(d <= args.threshold for d in results[name]["distance"])
         print(
             f"{name}: {hits}/5 starts reach the front ({time.perf_counter() - begin:.0f} s)",
