@@ -240,3 +240,31 @@ def test_float16_loss_scale_policy() -> None:
     assert trainer.loss_scale == 2.0**16
     with pytest.raises(ValueError, match="amp must be"):
         trainer_for("ew", amp="fp8")
+
+
+def test_validation_metrics_feed_metric_based_methods() -> None:
+    tasks = [
+        Task("a", "cross_entropy", ["accuracy"]),
+        Task("b", "binary_cross_entropy", ["accuracy"]),
+    ]
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(6, 16), nn.ReLU())
+    model = HardSharing(trunk, {"a": nn.Linear(16, 3), "b": nn.Linear(16, 1)})
+
+    def collate_binary(
+        rows: list[tuple[torch.Tensor, ...]],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, a, b = (torch.stack(column) for column in zip(*rows, strict=True))
+        return x, {"a": a, "b": (b > 0).float()}
+
+    data = DataLoader(dataset(), batch_size=16, collate_fn=collate_binary)
+    trainer = Trainer(
+        model, tasks, "metric_weighting", method_metrics={"a": "accuracy", "b": "accuracy"}, seed=0
+    )
+    history = trainer.fit(data, data, epochs=2)
+    method = trainer.balancer.method
+    assert method.last_metrics is not None  # type: ignore[attr-defined]
+    expected = torch.tensor(
+        [history[0]["a/accuracy"], history[0]["b/accuracy"]], dtype=torch.float64
+    )
+    torch.testing.assert_close(method.last_metrics, expected)  # type: ignore[attr-defined]
