@@ -51,3 +51,25 @@ def test_mean_rank_and_pareto_front() -> None:
     ranks = mean_rank(table, higher)
     assert ranks == {"ew": (2.5 + 1) / 2, "mgda": (1 + 3) / 2, "pcgrad": (2.5 + 2) / 2}
     assert pareto_front(table, higher) == ["ew", "mgda"]
+
+
+def test_binary_miou_on_logits() -> None:
+    from taskbalance.metrics import binary_miou
+
+    logits = torch.tensor([[2.0, -1.0, 3.0, -2.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    # class 1: predicted {0, 2}, true {0} -> 1/2; class 0: predicted {1, 3}, true {1, 2, 3} -> 2/3
+    assert binary_miou(logits, target) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_multimnist_overlays_two_digits_with_a_left_mask() -> None:
+    pytest.importorskip("sklearn")
+    from taskbalance.datasets import multimnist
+
+    data = multimnist(samples=50)
+    image, targets = data.train[0]
+    assert image.shape == (1, 12, 12)
+    assert set(targets) == {"left", "right", "mask"}
+    mask = targets["mask"].reshape(12, 12)
+    assert mask[8:, :].sum() == 0 and mask[:, 8:].sum() == 0  # the left digit is top-left
+    assert bool((image[0][mask.bool()] > 0.25).all())  # the mask marks ink of the image

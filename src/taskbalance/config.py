@@ -48,7 +48,7 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    kind: Literal["hard_sharing", "mmoe"] = "hard_sharing"
+    kind: Literal["hard_sharing", "mmoe", "lenet"] = "hard_sharing"
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     experts: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -195,7 +195,7 @@ class RunConfig(Strict):
 
 
 def _dataset_task_count(data: DataConfig) -> int | None:
-    if data.dataset == "digits":
+    if data.dataset in ("digits", "multimnist"):
         return 3
     if data.dataset == "synthetic":
         return int(data.options.get("num_tasks", 6))
@@ -203,7 +203,7 @@ def _dataset_task_count(data: DataConfig) -> int | None:
 
 
 def _dataset_tasks(dataset: str) -> list[str] | None:
-    known = {"digits": ["digit", "parity", "value"]}
+    known = {"digits": ["digit", "parity", "value"], "multimnist": ["left", "right", "mask"]}
     return known.get(dataset)
 
 

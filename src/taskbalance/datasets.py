@@ -106,7 +106,58 @@ def synthetic(
     return MultiTaskData(train, val, test, tasks, features, {"clusters": membership})
 
 
-DATASETS: dict[str, Callable[..., MultiTaskData]] = {"digits": digits, "synthetic": synthetic}
+def multimnist(
+    seed: int = 0,
+    samples: int = 6000,
+    offset: int = 4,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+) -> MultiTaskData:
+    """MultiMNIST-style data (Sener & Koltun, NeurIPS 2018) from scikit-learn's 8x8 digits.
+
+    Two random digits are overlaid on a ``(8 + offset)``-pixel square canvas, one at the top
+    left and one shifted by ``offset`` pixels to the bottom right (pixel-wise max, so they
+    overlap). Tasks: ``left`` and ``right`` (10-way classification of each digit) and ``mask``
+    (per-pixel binary segmentation of the left digit's ink, a dense-prediction task). Inputs are
+    ``(1, H, W)`` images.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the multimnist dataset needs scikit-learn: pip install 'taskbalance[cli]'"
+        ) from error
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32) / 16.0
+    labels = torch.as_tensor(bunch.target, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(0, len(labels), (samples,), generator=generator)
+    second = torch.randint(0, len(labels), (samples,), generator=generator)
+    size = 8 + offset
+    left = torch.zeros(samples, size, size)
+    right = torch.zeros(samples, size, size)
+    left[:, :8, :8] = images[first]
+    right[:, offset:, offset:] = images[second]
+    canvas = torch.maximum(left, right).unsqueeze(1)
+    targets = {
+        "left": labels[first],
+        "right": labels[second],
+        "mask": (left > 0.25).float().reshape(samples, -1),
+    }
+    train, val, test = _split(canvas, targets, (val_fraction, test_fraction), seed)
+    tasks = [
+        TaskSpec("left", "cross_entropy", ("accuracy",), 10),
+        TaskSpec("right", "cross_entropy", ("accuracy",), 10),
+        TaskSpec("mask", "binary_cross_entropy", ("binary_miou",), size * size),
+    ]
+    return MultiTaskData(train, val, test, tasks, size * size, {"image_shape": (1, size, size)})
+
+
+DATASETS: dict[str, Callable[..., MultiTaskData]] = {
+    "digits": digits,
+    "synthetic": synthetic,
+    "multimnist": multimnist,
+}
 
 
 def load_dataset(name: str, **options: object) -> MultiTaskData:

@@ -13,6 +13,7 @@ __all__ = [
     "Metric",
     "accuracy",
     "auc",
+    "binary_miou",
     "delta_m",
     "f1",
     "mae",
@@ -93,7 +94,19 @@ def _f1(prediction: Tensor, target: Tensor) -> float:
 
 def _miou(prediction: Tensor, target: Tensor) -> float:
     """Mean intersection over union of dense class masks (logits ``(N, C, ...)``)."""
-    predicted, truth = _labels(prediction).reshape(-1), target.reshape(-1).long()
+    return _miou_of(_labels(prediction).reshape(-1), target.reshape(-1).long())
+
+
+def _binary_miou(prediction: Tensor, target: Tensor) -> float:
+    """Mean IoU of the two classes of a dense binary mask given logits (or probabilities) of
+    the same shape as the target."""
+    flat = prediction.reshape(-1).float()
+    threshold = 0.5 if bool(((flat >= 0) & (flat <= 1)).all()) else 0.0
+    predicted = (flat > threshold).long()
+    return _miou_of(predicted, target.reshape(-1).long())
+
+
+def _miou_of(predicted: Tensor, truth: Tensor) -> float:
     ious = []
     for cls in torch.unique(torch.cat([predicted, truth])).tolist():
         intersection = int(((predicted == cls) & (truth == cls)).sum())
@@ -108,8 +121,17 @@ mse = Metric(_mse, higher_is_better=False)
 auc = Metric(_auc, higher_is_better=True)
 f1 = Metric(_f1, higher_is_better=True)
 miou = Metric(_miou, higher_is_better=True)
+binary_miou = Metric(_binary_miou, higher_is_better=True)
 
-METRICS = {"accuracy": accuracy, "mae": mae, "mse": mse, "auc": auc, "f1": f1, "miou": miou}
+METRICS = {
+    "accuracy": accuracy,
+    "mae": mae,
+    "mse": mse,
+    "auc": auc,
+    "f1": f1,
+    "miou": miou,
+    "binary_miou": binary_miou,
+}
 
 
 def _relative_gains(

@@ -39,6 +39,24 @@ def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
 def build_model(config: RunConfig, data: MultiTaskData, task_names: list[str]) -> MultiTaskModel:
     outputs = {spec.name: spec.outputs for spec in data.tasks}
     hidden = config.model.hidden
+    if config.model.kind == "lenet":
+        shape = data.info.get("image_shape")
+        if not isinstance(shape, tuple):
+            raise ValueError(
+                f"model.kind 'lenet' needs an image dataset; {config.data.dataset!r} is not one"
+            )
+        channels, height, width = shape
+        trunk = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (height // 2) * (width // 2), hidden[-1]),
+            nn.ReLU(),
+        )
+        return HardSharing(trunk, {t: nn.Linear(hidden[-1], outputs[t]) for t in task_names})
     if config.model.kind == "hard_sharing":
         trunk = _mlp([data.input_features, *hidden], config.model.dropout)
         return HardSharing(trunk, {t: nn.Linear(hidden[-1], outputs[t]) for t in task_names})
