@@ -71,5 +71,6 @@ def test_multimnist_overlays_two_digits_with_a_left_mask() -> None:
     assert image.shape == (1, 12, 12)
     assert set(targets) == {"left", "right", "mask"}
     mask = targets["mask"].reshape(12, 12)
-    assert mask[8:, :].sum() == 0 and mask[:, 8:].sum() == 0  # the left digit is top-left
+    assert mask[8:, :].sum() == 0
+    assert mask[:, 8:].sum() == 0
     assert bool((image[0][mask.bool()] > 0.25).all())  # the mask marks ink of the image
