@@ -41,6 +41,10 @@ STARTS = [(-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)]
 FRONT_X2 = -8.3552
 FRONT_X1 = (-7.0, 7.0)
 
+# updates clipped to a norm by the reference code (Nash-MTL's is the method's own max_norm;
+# FAMO's script calls clip_grad_norm_ before backward, i.e. it clips nothing)
+CLIP: dict[str, float] = {}
+
 # method -> hyperparameters used in the papers' toy experiments
 SETTINGS: dict[str, dict[str, Any]] = {
     "ew": {},
@@ -48,7 +52,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "pcgrad": {},
     "cagrad": {"c": 0.5},
     "nash_mtl": {"max_norm": 1.0},  # the reference code clips the update to norm 1
-    "famo": {"min_losses": [-21 * 0.1, -21.0]},  # as in FAMO's toy script
+    # FAMO's toy script: min losses (-2.1, -21), weight decay (gamma) 0.01
+    "famo": {"min_losses": [-21 * 0.1, -21.0], "weight_decay": 0.01},
     "imtl_g": {},
     "upgrad": {},
 }
@@ -87,6 +92,10 @@ def run(name: str, steps: int, record_every: int) -> dict[str, Any]:
             aggregate(method, torch.stack([g1[s], g2[s]]), losses=losses[s].detach())
             for s, method in enumerate(instances)
         ]
+        if name in CLIP:
+            directions = [
+                d * torch.clamp(CLIP[name] / (d.norm() + 1e-12), max=1.0) for d in directions
+            ]
         optimizer.zero_grad()
         x.grad = torch.stack(directions)
         optimizer.step()
@@ -197,6 +206,7 @@ def main() -> None:
         "steps": args.steps,
         "starts": STARTS,
         "settings": {name: SETTINGS.get(name, {}) for name in args.methods},
+        "update_clipped_to": CLIP,
         "threshold": args.threshold,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
