@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -62,14 +63,19 @@ def _split(
     return train, val, test
 
 
-def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> MultiTaskData:
+def _sklearn_digits(dataset: str) -> Any:
+    """scikit-learn's bundled 8x8 digits (shipped in the wheel: no download)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the digits dataset needs scikit-learn: pip install 'taskbalance[cli]'"
+            f"the {dataset} dataset needs scikit-learn: pip install 'taskbalance[cli]'"
         ) from error
-    bunch = load_digits()
+    return load_digits()
+
+
+def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> MultiTaskData:
+    bunch = _sklearn_digits("digits")
     x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0
     y = torch.as_tensor(bunch.target, dtype=torch.long)
     targets = {"digit": y, "parity": y % 2, "value": y.to(torch.float32)}
@@ -121,13 +127,7 @@ def multimnist(
     (per-pixel binary segmentation of the left digit's ink, a dense-prediction task). Inputs are
     ``(1, H, W)`` images.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the multimnist dataset needs scikit-learn: pip install 'taskbalance[cli]'"
-        ) from error
-    bunch = load_digits()
+    bunch = _sklearn_digits("multimnist")
     images = torch.as_tensor(bunch.images, dtype=torch.float32) / 16.0
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
