@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["suggest"]
+__all__ = ["check_choice", "suggest"]
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -14,3 +14,14 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def check_choice(value: str, choices: Iterable[str], what: str) -> str:
+    """``value`` if it is one of ``choices``; else ``ValueError`` with the closest names."""
+    options = list(choices)
+    if value not in options:
+        raise ValueError(
+            f"unknown {what} {value!r}.{suggest(str(value), options)} "
+            f"Available: {', '.join(options)}."
+        )
+    return value

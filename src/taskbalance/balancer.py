@@ -38,7 +38,7 @@ from typing import Any, Literal, cast, get_args
 import torch
 from torch import Tensor
 
-from taskbalance._validation import suggest
+from taskbalance._validation import check_choice
 from taskbalance.engine.graph import reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian, task_jacobian
 from taskbalance.engine.needs import Need
@@ -185,11 +185,7 @@ class Balancer:
         self.shared_names, self.shared_params = _named_parameter_list(shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: pass the trunk's parameters")
-        if level not in get_args(Level):
-            raise ValueError(
-                f"unknown level {level!r}.{suggest(str(level), get_args(Level))} "
-                "Use 'parameters' or 'representation'."
-            )
+        check_choice(level, get_args(Level), "level")
         self.level: Level = level
         if level == "representation" and not self.method.representation_level:
             raise ValueError(

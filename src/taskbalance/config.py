@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taskbalance import methods
-from taskbalance._validation import suggest
+from taskbalance._validation import check_choice, suggest
 from taskbalance.datasets import DATASETS
 
 __all__ = ["ConfigError", "RunConfig", "load_config"]
@@ -39,12 +39,7 @@ class DataConfig(Strict):
     @field_validator("dataset")
     @classmethod
     def known_dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(
-                f"unknown dataset {value!r}.{suggest(value, DATASETS)} "
-                f"Available: {', '.join(DATASETS)}"
-            )
-        return value
+        return check_choice(value, DATASETS, "dataset")
 
 
 class ModelConfig(Strict):
@@ -125,12 +120,7 @@ class TransformConfig(Strict):
     @field_validator("name")
     @classmethod
     def known_transform(cls, value: str) -> str:
-        if value not in TRANSFORMS:
-            raise ValueError(
-                f"unknown transform {value!r}.{suggest(value, TRANSFORMS)} "
-                f"Available: {', '.join(TRANSFORMS)}"
-            )
-        return value
+        return check_choice(value, TRANSFORMS, "transform")
 
     @model_validator(mode="after")
     def valid_options(self) -> TransformConfig:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from taskbalance._validation import suggest
+from taskbalance._validation import check_choice
 
 __all__ = ["DATASETS", "MultiTaskData", "TaskSpec", "load_dataset"]
 
@@ -161,11 +161,7 @@ DATASETS: dict[str, Callable[..., MultiTaskData]] = {
 
 
 def load_dataset(name: str, **options: object) -> MultiTaskData:
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r}.{suggest(name, DATASETS)} Available: {', '.join(DATASETS)}."
-        )
-    return DATASETS[name](**options)
+    return DATASETS[check_choice(name, DATASETS, "dataset")](**options)
 
 
 def collate(

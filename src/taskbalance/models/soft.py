@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from taskbalance._validation import suggest
+from taskbalance._validation import check_choice
 from taskbalance.models.contract import MultiTaskModel
 
 __all__ = ["Regulariser", "SoftSharing"]
@@ -58,12 +58,7 @@ class SoftSharing(MultiTaskModel):
         strength: float = 1e-3,
     ) -> None:
         super().__init__(tuple(columns))
-        if regulariser not in get_args(Regulariser):
-            choices = get_args(Regulariser)
-            raise ValueError(
-                f"unknown regulariser {regulariser!r}.{suggest(regulariser, choices)} "
-                f"Choose from {', '.join(choices)}."
-            )
+        check_choice(regulariser, get_args(Regulariser), "regulariser")
         if not strength >= 0:
             raise ValueError(f"strength must be >= 0, got {strength!r}")
         self.columns = nn.ModuleDict(dict(columns))

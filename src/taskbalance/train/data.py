@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from taskbalance._validation import suggest
+from taskbalance._validation import check_choice
 
 __all__ = ["Batch", "MultiTaskSampler", "unpack_batch"]
 
@@ -78,12 +78,7 @@ class MultiTaskSampler:
     ) -> None:
         if not loaders:
             raise ValueError("MultiTaskSampler needs at least one loader")
-        strategies = ("round_robin", "proportional", "temperature")
-        if strategy not in strategies:
-            raise ValueError(
-                f"unknown strategy {strategy!r}.{suggest(strategy, strategies)} "
-                f"Use one of {strategies}."
-            )
+        check_choice(strategy, ("round_robin", "proportional", "temperature"), "strategy")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.loaders = dict(loaders)
