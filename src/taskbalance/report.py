@@ -7,7 +7,10 @@ method. :func:`write_report` renders either into ``report.html`` next to the dat
 * per run: per-task training loss, validation metrics per epoch, task weights over time,
   per-task gradient norms, and the mean task-gradient cosine heatmap (when recorded);
 * for a comparison: the table of test metrics per method (best value per column in bold,
-  with the step time), the Pareto front of two task metrics, and every run's page.
+  with the step time), the Pareto front of two task metrics, and every run's page;
+* for a benchmark (``taskbalance bench``): the multi-seed table (mean +/- std, Delta-m%, mean
+  rank, step-time ratio) and the Delta-m plot first; for a suite of benchmarks (``suite.json``),
+  one section per benchmark and the toy problem's trajectories.
 """
 
 from __future__ import annotations
@@ -246,12 +249,97 @@ def _pareto_plot(
     plt.close(fig)
 
 
+def _benchmark_table(results: dict[str, Any]) -> str:
+    """A benchmark's results.json as an HTML table: mean +/- std, Delta-m%, rank, step ratio."""
+    directions = results["directions"]
+    metrics = list(directions)
+    arrows = {True: "↑", False: "↓"}
+    head = "".join(f"<th>{html.escape(m)} {arrows[directions[m]]}</th>" for m in metrics)
+    rows = [
+        "<tr><td>single-task</td>"
+        + "".join(f"<td>{results['baselines'][m]:.4f}</td>" for m in metrics)
+        + "<td>0</td><td>0</td><td></td><td></td></tr>"
+    ]
+    for name, row in results["rows"].items():
+        cells = "".join(
+            f"<td>{row['metrics'][m]['mean']:.4f} ± {row['metrics'][m]['std']:.4f}</td>"
+            for m in metrics
+        )
+        ratio = row.get("step_ratio_to_ew")
+        label = html.escape(name) + (" *" if row.get("pareto") else "")
+        rows.append(
+            f"<tr><td>{label}</td>{cells}"
+            f"<td>{row['delta_m']['mean']:+.2f} ± {row['delta_m']['std']:.2f}</td>"
+            f"<td>{row['delta_m_tasks']['mean']:+.2f} ± {row['delta_m_tasks']['std']:.2f}</td>"
+            f"<td>{row['mean_rank']:.2f}</td>"
+            f"<td>{'' if ratio is None else f'{ratio:.2f}'}</td></tr>"
+        )
+    header = (
+        f"<tr><th>method</th>{head}<th>Δm% (metrics) ↑</th><th>Δm% (tasks) ↑</th>"
+        "<th>mean rank ↓</th><th>step / ew</th></tr>"
+    )
+    seeds = len(results["seeds"])
+    return (
+        f"<p>{html.escape(results['description'])}</p><p>Mean ± std over {seeds} seed(s); test "
+        "metrics at the best validation epoch; Δm% against the single-task baselines "
+        "(metrics: uniform over metrics, Maninis et al.; tasks: per task first, LibMTL); "
+        f"* = Pareto-optimal.</p><table>{header}{''.join(rows)}</table>"
+    )
+
+
+def _benchmark_section(root: Path, base: Path, link: bool) -> str:
+    results = json.loads((root / "results.json").read_text())
+    prefix = root.relative_to(base).as_posix() + "/" if root != base else ""
+    image = f'<img src="{html.escape(prefix)}delta_m.png" alt="delta-m">'
+    more = f'<p><a href="{html.escape(prefix)}report.html">per-run pages</a></p>' if link else ""
+    return (
+        f"<section><h2>Benchmark: {html.escape(results['benchmark'])}</h2>"
+        f"{_benchmark_table(results)}<div class='figures'>{image}</div>{more}</section>"
+    )
+
+
+def _toy_section(root: Path, base: Path) -> str:
+    summary = json.loads((root / "toy.json").read_text())
+    meta = summary["meta"]
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{r['reached']}/5</td>"
+        f"<td>{', '.join(f'{d:.2f}' for d in r['distance'])}</td></tr>"
+        for name, r in summary["results"].items()
+    )
+    prefix = root.relative_to(base).as_posix()
+    return (
+        "<section><h2>Toy two-objective problem (CAGrad / Nash-MTL / FAMO papers)</h2>"
+        f"<p>{meta['steps']} Adam steps (lr 1e-3) from 5 starts; a start reaches the Pareto "
+        f"front (x2 = -8.3552, x1 in [-7, 7]) when it ends within {meta['threshold']} of it.</p>"
+        "<table><tr><th>method</th><th>starts reaching the front</th>"
+        f"<th>final distance per start</th></tr>{rows}</table>"
+        f'<div class="figures"><img class="wide" src="{html.escape(prefix)}/toy.png" '
+        'alt="toy trajectories"></div></section>'
+    )
+
+
+def _suite_sections(root: Path) -> tuple[str, list[str]]:
+    suite = json.loads((root / "suite.json").read_text())
+    sections = []
+    for part in suite["parts"]:
+        if part == "toy":
+            sections.append(_toy_section(root / "toy", root))
+        elif (root / part / "results.json").exists():
+            sections.append(_benchmark_section(root / part, root, link=True))
+    sections.append(
+        "<section><h2>Environment</h2>"
+        f"<pre>{html.escape(json.dumps(suite['meta'], indent=1))}</pre></section>"
+    )
+    return "benchmarks: " + ", ".join(suite["parts"]), sections
+
+
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .figures img { max-width: 48%; margin: 0.5%; border: 1px solid #eee; }
+.figures img.wide { max-width: 98%; }
 pre { background: #f6f6f6; padding: 0.8em; }
 """
 
@@ -262,14 +350,18 @@ def write_report(run_dir: str | Path) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
     summary_path = root / "summary.json"
-    sections = []
+    sections: list[str] = []
     title = root.name
-    if summary_path.exists():
+    if (root / "suite.json").exists():
+        title, sections = _suite_sections(root)
+    elif summary_path.exists():
         summary = json.loads(summary_path.read_text())
         title = summary.get("name", title)
+        if (root / "results.json").exists() and summary.get("benchmark"):
+            sections.append(_benchmark_section(root, root, link=False))
         sections.append(_comparison(root, summary))
         for run in summary["runs"]:
-            sub = root / run["method"].replace("@", "_")
+            sub = root / run.get("dir", run["method"].replace("@", "_"))
             if sub.is_dir():
                 sections.append(_run_section(sub, run["method"], root))
         sections.append(_affinity_section(root / "affinity", root))

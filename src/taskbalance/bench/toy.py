@@ -1,0 +1,280 @@
+"""The two-objective toy problem of the CAGrad / Nash-MTL / FAMO papers.
+
+Two losses of ``x = (x1, x2)`` built from ``log|.|`` terms for ``x2 > 0`` and quadratics for
+``x2 < 0`` (gated by ``tanh(+-x2 / 2)``), the first scaled by 0.1 so that the tasks' gradient
+magnitudes differ (the reference code's ``Toy(scale=0.1)``). The Pareto front is the segment
+``x2 = -8.3552, x1 in [-7, 7]`` (of the quadratic branch, where the two parabolas' minima are
+at ``x1 = -7`` and ``x1 = 7``). Five starts, ``(-8.5, 7.5), (0, 0), (9, 9), (-7.5, -0.5),
+(9, -1)``, Adam with lr 1e-3 on ``x``, 35,000 steps (``--steps``).
+
+Each method runs from all five starts (one method instance per start; the per-start task
+Jacobians come from one backward, and ``taskbalance.aggregate`` combines them). A start
+"reaches the front" when its final point is within ``--threshold`` (default 0.1) of the
+front segment. Writes ``toy.png`` (trajectories over the loss contours, one panel per
+method), ``toy.json`` and ``toy.md`` (the table) into ``--out``.
+
+Per-method results are cached in ``<out>/toy/toy_runs/`` (reused unless ``--fresh``);
+``--jobs`` runs methods in parallel processes.
+
+Usage::
+
+    taskbalance bench toy                                    # all methods, ~25 min on one core
+    taskbalance bench toy --methods ew mgda --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import taskbalance
+from taskbalance import aggregate, methods
+from taskbalance.bench.runner import Progress
+
+LOWER = 5e-6
+STARTS = [(-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)]
+FRONT_X2 = -8.3552
+FRONT_X1 = (-7.0, 7.0)
+
+# updates clipped to a norm by the reference code (Nash-MTL's is the method's own max_norm;
+# FAMO's script calls clip_grad_norm_ before backward, i.e. it clips nothing)
+CLIP: dict[str, float] = {}
+
+# method -> hyperparameters used in the papers' toy experiments
+SETTINGS: dict[str, dict[str, Any]] = {
+    "ew": {},
+    "mgda": {},
+    "pcgrad": {},
+    "cagrad": {"c": 0.5},
+    "nash_mtl": {"max_norm": 1.0},  # the reference code clips the update to norm 1
+    # FAMO's toy script: min losses (-2.1, -21), weight decay (gamma) 0.01
+    "famo": {"min_losses": [-21 * 0.1, -21.0], "weight_decay": 0.01},
+    "imtl_g": {},
+    "upgrad": {},
+}
+
+
+def toy_losses(x: torch.Tensor, scale: float = 0.1) -> torch.Tensor:
+    """``(n, 2)`` losses of ``n`` points ``x`` (``(n, 2)``)."""
+    x1, x2 = x[:, 0], x[:, 1]
+    f1 = torch.clamp((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), LOWER).log() + 6
+    f2 = torch.clamp((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs(), LOWER).log() + 6
+    c1 = torch.clamp(torch.tanh(x2 * 0.5), 0)
+    f1_sq = ((-x1 + 7).pow(2) + 0.1 * (-x2 - 8).pow(2)) / 10 - 20
+    f2_sq = ((-x1 - 7).pow(2) + 0.1 * (-x2 - 8).pow(2)) / 10 - 20
+    c2 = torch.clamp(torch.tanh(-x2 * 0.5), 0)
+    f1 = (f1 * c1 + f1_sq * c2) * scale
+    f2 = f2 * c1 + f2_sq * c2
+    return torch.stack([f1, f2], dim=1)
+
+
+def distance_to_front(point: torch.Tensor) -> float:
+    x1 = float(point[0].clamp(*FRONT_X1))
+    return float(torch.hypot(point[0] - x1, point[1] - FRONT_X2))
+
+
+def run(name: str, steps: int, record_every: int) -> dict[str, Any]:
+    instances = [methods.create(name, **SETTINGS.get(name, {})) for _ in STARTS]
+    x = torch.tensor(STARTS, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([x], lr=1e-3)
+    trajectory = [x.detach().clone()]
+    for step in range(steps):
+        losses = toy_losses(x)
+        g1, g2 = (
+            torch.autograd.grad(losses[:, i].sum(), x, retain_graph=i == 0)[0] for i in range(2)
+        )
+        directions = [
+            aggregate(method, torch.stack([g1[s], g2[s]]), losses=losses[s].detach())
+            for s, method in enumerate(instances)
+        ]
+        if name in CLIP:
+            directions = [
+                d * torch.clamp(CLIP[name] / (d.norm() + 1e-12), max=1.0) for d in directions
+            ]
+        optimizer.zero_grad()
+        x.grad = torch.stack(directions)
+        optimizer.step()
+        if (step + 1) % record_every == 0:
+            trajectory.append(x.detach().clone())
+    final = x.detach()
+    distances = [distance_to_front(point) for point in final]
+    return {
+        "trajectory": torch.stack(trajectory).tolist(),
+        "final": final.tolist(),
+        "distance": distances,
+        "final_losses": toy_losses(final).tolist(),
+    }
+
+
+def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = torch.linspace(-10, 10, 300, dtype=torch.float64)
+    xx, yy = torch.meshgrid(grid, grid, indexing="xy")
+    values = toy_losses(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
+    total = values.sum(dim=1).reshape(xx.shape)
+    columns = min(4, len(results))
+    rows = (len(results) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.2 * rows), squeeze=False)
+    for ax, (name, result) in zip(axes.flat, results.items(), strict=False):
+        ax.contour(xx, yy, total, levels=30, cmap="Greys", linewidths=0.5)
+        ax.plot(FRONT_X1, [FRONT_X2, FRONT_X2], color="gold", linewidth=4, label="Pareto front")
+        trajectory = torch.tensor(result["trajectory"])  # (points, starts, 2)
+        for s in range(trajectory.shape[1]):
+            reached = result["distance"][s] <= threshold
+            ax.plot(
+                trajectory[:, s, 0],
+                trajectory[:, s, 1],
+                color="tab:green" if reached else "tab:red",
+                linewidth=1.5,
+            )
+            ax.scatter(*trajectory[0, s], color="black", s=12, zorder=3)
+            ax.scatter(
+                *trajectory[-1, s],
+                color="tab:green" if reached else "tab:red",
+                marker="*",
+                s=60,
+                zorder=4,
+            )
+        hits = sum(d <= threshold for d in result["distance"])
+        ax.set_title(f"{name}: {hits}/5 reach the front")
+        ax.set_xlim(-10, 10)
+        ax.set_ylim(-10, 10)
+    for ax in list(axes.flat)[len(results) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _run_cached(name: str, steps: int, cache: Path, fresh: bool) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    cached = cache / f"{name}_{steps}.json"
+    if cached.exists() and not fresh:
+        result: dict[str, Any] = json.loads(cached.read_text())
+        return result
+    result = run(name, steps, record_every=max(1, steps // 500))
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def run_toy(
+    out: Path,
+    methods: Sequence[str] = tuple(SETTINGS),
+    *,
+    steps: int = 35_000,
+    threshold: float = 0.1,
+    jobs: int = 1,
+    fresh: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run every method from the five starts into ``out/toy``; returns the summary (toy.json)."""
+    root = out / "toy"
+    cache = root / "toy_runs"
+    cache.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    if progress:
+        progress.planned(len(methods))
+    if jobs <= 1:
+        for name in methods:
+            results[name] = _run_cached(name, steps, cache, fresh)
+            if progress:
+                progress(f"toy: {name}")
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_cached, n, steps, cache, fresh): n for n in methods}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if progress:
+                    progress(f"toy: {futures[future]}")
+    results = {name: results[name] for name in methods}
+    header = [
+        "method",
+        f"starts reaching the front (distance <= {threshold})",
+        "final distance per start",
+        "final (f1, f2) per start",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
+    for name, result in results.items():
+        hits = sum(d <= threshold for d in result["distance"])
+        distances = ", ".join(f"{d:.2f}" for d in result["distance"])
+        finals = ", ".join(f"({a:.2f}, {b:.2f})" for a, b in result["final_losses"])
+        lines.append(f"| {name} | {hits}/5 | {distances} | {finals} |")
+    table = "\n".join(lines)
+    plot(results, threshold, root / "toy.png")
+    meta = {
+        "taskbalance": taskbalance.__version__,
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "steps": steps,
+        "starts": STARTS,
+        "settings": {name: SETTINGS.get(name, {}) for name in methods},
+        "update_clipped_to": CLIP,
+        "threshold": threshold,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    summary = {
+        "meta": meta,
+        "results": {
+            name: {k: v for k, v in r.items() if k != "trajectory"}
+            | {"reached": sum(d <= threshold for d in r["distance"])}
+            for name, r in results.items()
+        },
+    }
+    (root / "toy.json").write_text(json.dumps(summary, indent=1))
+    (root / "toy.md").write_text(
+        f"# Toy two-objective problem\n\n{steps} Adam steps (lr 1e-3) from 5 starts.\n\n"
+        f"{table}\n\n![trajectories](toy.png)\n"
+    )
+    return summary
+
+
+class _PrintProgress:
+    def planned(self, total: int) -> None:
+        print(f"{total} methods", flush=True)
+
+    def __call__(self, message: str) -> None:
+        print(message, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--steps", type=int, default=35_000)
+    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--jobs", type=int, default=1, help="methods run in parallel processes")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--fresh", action="store_true", help="ignore per-method results cached in toy_runs/"
+    )
+    args = parser.parse_args(argv)
+    summary = run_toy(
+        args.out,
+        args.methods,
+        steps=args.steps,
+        threshold=args.threshold,
+        jobs=args.jobs,
+        fresh=args.fresh,
+        progress=_PrintProgress(),
+    )
+    for name, result in summary["results"].items():
+        print(f"{name}: {result['reached']}/5 starts reach the front")
+    print(f"wrote {args.out / 'toy'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

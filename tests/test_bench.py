@@ -1,0 +1,128 @@
+"""The benchmark runner: baselines, seeds, Delta-m, ranks, tables and the suite report."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from taskbalance.bench.runner import run_benchmark
+from taskbalance.bench.suite import BENCHMARKS, BenchmarkSpec, Entry
+from taskbalance.bench.toy import run_toy, toy_losses
+from taskbalance.metrics import delta_m
+from taskbalance.report import write_report
+
+TINY = BenchmarkSpec(
+    name="tiny",
+    description="two synthetic regression tasks",
+    config={
+        "data": {"dataset": "synthetic", "batch_size": 64, "options": {"num_tasks": 2}},
+        "model": {"kind": "hard_sharing", "hidden": [16]},
+        "training": {"epochs": 2},
+    },
+    quick=(Entry("ew"), Entry("pcgrad")),
+    full=(Entry("ew"), Entry("pcgrad"), Entry("mgda", level="representation")),
+)
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.total, self.calls = 0, 0
+
+    def planned(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, message: str) -> None:
+        self.calls += 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    out = tmp_path_factory.mktemp("bench")
+    progress = _Count()
+    summary = run_benchmark(TINY, out, full=True, seeds=2, progress=progress)
+    assert progress.total == progress.calls == 2 * (2 + 3)  # (baselines + entries) per seed
+    return out / "tiny", summary
+
+
+def test_results_table_has_every_entry_and_statistic(tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    root, summary = tiny_run
+    assert list(summary["rows"]) == ["ew", "pcgrad", "mgda@rep"]
+    for row in summary["rows"].values():
+        assert set(row["metrics"]) == {"task0/mae", "task1/mae"}
+        assert len(row["per_seed"]["task0/mae"]) == 2
+        assert row["mean_rank"] >= 1
+        assert row["step_ratio_to_ew"] > 0
+    assert summary["rows"]["ew"]["step_ratio_to_ew"] == 1.0
+    saved = json.loads((root / "results.json").read_text())
+    assert saved["meta"]["seeds"] == [0, 1]
+    assert "torch" in saved["meta"]
+    markdown = (root / "results.md").read_text()
+    assert "| single-task |" in markdown
+    assert "mgda@rep" in markdown
+    assert (root / "delta_m.png").stat().st_size > 0
+
+
+def test_delta_m_uses_single_task_runs_of_each_seed(tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    root, summary = tiny_run
+    baselines = {}
+    for task in ("task0", "task1"):
+        values = [
+            json.loads((root / "single_task" / task / f"seed{s}" / "results.json").read_text())[
+                "test"
+            ][f"{task}/mae"]
+            for s in range(2)
+        ]
+        baselines[f"{task}/mae"] = sum(values) / 2
+    assert summary["baselines"] == pytest.approx(baselines)
+    runs = [
+        json.loads((root / "pcgrad" / f"seed{s}" / "results.json").read_text())["test"]
+        for s in range(2)
+    ]
+    directions = {"task0/mae": False, "task1/mae": False}
+    expected = sum(delta_m(r, baselines, directions) for r in runs) / 2
+    assert summary["rows"]["pcgrad"]["delta_m"]["mean"] == pytest.approx(expected)
+
+
+def test_benchmark_directory_renders_with_per_run_pages(tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    root, _ = tiny_run
+    page = write_report(root).read_text()
+    assert "Benchmark: tiny" in page
+    assert "Δm%" in page
+    assert "pcgrad/seed0/figures/loss.png" in page
+
+
+def test_unknown_method_filter_lists_the_entries(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mgda@rep"):
+        run_benchmark(TINY, tmp_path, methods=["nash"], full=True)
+
+
+def test_toy_run_and_suite_report(tmp_path: Path, tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    summary = run_toy(tmp_path, ["ew", "mgda"], steps=300)
+    assert set(summary["results"]) == {"ew", "mgda"}
+    assert all(r["reached"] == 0 for r in summary["results"].values())  # 300 steps: too few
+    assert (tmp_path / "toy" / "toy.png").exists()
+    # a suite directory: the toy plus one benchmark
+    root, _ = tiny_run
+    (tmp_path / "tiny").symlink_to(root, target_is_directory=True)
+    (tmp_path / "suite.json").write_text(json.dumps({"parts": ["toy", "tiny"], "meta": {}}))
+    page = write_report(tmp_path).read_text()
+    assert "toy/toy.png" in page
+    assert "Benchmark: tiny" in page
+    assert 'href="tiny/report.html"' in page
+
+
+def test_toy_losses_match_the_papers_front() -> None:
+    import torch
+
+    # on the front (x2 = -8.3552) the two quadratic branches are minimised at x1 = +-7
+    ends = toy_losses(torch.tensor([[7.0, -8.3552], [-7.0, -8.3552]], dtype=torch.float64))
+    assert ends[0, 0] < ends[1, 0]
+    assert ends[1, 1] < ends[0, 1]
+
+
+def test_shipped_benchmarks_validate() -> None:
+    for spec in BENCHMARKS.values():
+        for entry in (*spec.full, *spec.quick):
+            config = spec.run_config(0, entry)
+            assert config.data.dataset == spec.name or spec.name == "census"
+        assert any(e.method == "ew" for e in spec.quick)
