@@ -11,6 +11,13 @@ Usage::
 
     python benchmarks/step_time.py                       # T = 2, 3, 10, both levels
     python benchmarks/step_time.py --tasks 2 10 --out benchmarks/results/step_time.json
+    python benchmarks/step_time.py --compare --memory ew mgda upgrad --tasks 2 3 10 40
+
+``--compare`` adds TorchJD's steps for the same methods (``pip install 'taskbalance[bench]'``):
+``torchjd-autojac`` (its Jacobian of the shared parameters + Aggregator; ``mean`` is its floor)
+and ``torchjd-autogram`` (its Gramian engine + Weighting). TorchJD weights the heads' gradients
+too, we leave them unweighted for direction methods: the trunk work is the same. ``--memory``
+adds the extra peak resident memory of a step over its set-up (a fresh process per row).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +94,98 @@ def make_step(
     return step
 
 
+def make_torchjd_step(num_tasks: int, method: str, path: str) -> Callable[[], None]:
+    """The same step with TorchJD (``pip install 'taskbalance[bench]'``).
+
+    ``path="autojac"``: ``mtl_backward`` (Jacobian of the shared parameters through the
+    features) + ``jac_to_grad`` with the method's Aggregator. ``path="autogram"``: its Gramian
+    engine on the trunk + the method's Weighting, then one backward of the weighted losses
+    (TorchJD's fastest path; only for methods with a Gramian Weighting).
+    """
+    import torchjd
+
+    from torchjd_equivalents import available
+
+    equivalent = available()[method] if method != "mean" else None
+    torch.manual_seed(0)
+    model = Net(num_tasks)
+    x = torch.randn(256, 128)
+    ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    shared = list(model.trunk.parameters())
+    if path == "autojac":
+        from torchjd.aggregation import Mean
+
+        aggregator = equivalent.aggregator(num_tasks) if equivalent else Mean()
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            z, outputs = model(x)
+            losses = [nn.functional.cross_entropy(o, y) for o, y in zip(outputs, ys, strict=True)]
+            torchjd.autojac.mtl_backward(losses, features=z)
+            torchjd.autojac.jac_to_grad(shared, aggregator)
+            optimizer.step()
+
+        return step
+    from torchjd.aggregation import MeanWeighting
+    from torchjd.autogram import Engine
+
+    weighting = (equivalent.weighting if equivalent else lambda t: MeanWeighting())(num_tasks)
+    engine = Engine(model.trunk, batch_dim=None)
+
+    def gram_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        _, outputs = model(x)
+        losses = torch.stack(
+            [nn.functional.cross_entropy(o, y) for o, y in zip(outputs, ys, strict=True)]
+        )
+        gramian = engine.compute_gramian(losses)
+        losses.backward(weighting(gramian))
+        optimizer.step()
+
+    return gram_step
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def probe_peak(num_tasks: int, method: str, level: str, library: str) -> float:
+    """Run in a fresh process: reset the peak-RSS mark after set-up (Linux ``clear_refs``),
+    run 3 steps, return the peak resident memory above the set-up level (MiB)."""
+    torch.set_num_threads(1)
+    step = build(num_tasks, method, level, library)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    base = _status_kib("VmRSS")
+    for _ in range(3):
+        step()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def peak_memory_mb(num_tasks: int, method: str, level: str, library: str) -> float:
+    """:func:`probe_peak` in a fresh Python process (so configurations do not share caches)."""
+    import subprocess
+
+    here = str(Path(__file__).parent)
+    code = (
+        f"import sys; sys.path.insert(0, {here!r}); import step_time as s; "
+        f"print(s.probe_peak({num_tasks}, {method!r}, {level!r}, {library!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def build(num_tasks: int, method: str, level: str, library: str) -> Callable[[], None]:
+    if library == "ours":
+        return make_step(num_tasks, None if method == "plain" else method, level)
+    return make_torchjd_step(num_tasks, method, library.removeprefix("torchjd-"))
+
+
 def measure_interleaved(
     steps: dict[tuple[str, str], Callable[[], None]], warmup: int, repeats: int
 ) -> dict[tuple[str, str], tuple[float, float]]:
@@ -114,8 +214,27 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="add TorchJD's steps for the same methods (autojac and autogram paths)",
+    )
+    parser.add_argument(
+        "--memory",
+        nargs="*",
+        default=None,
+        help="also measure extra peak memory (fresh process per configuration) for these methods",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    equivalents: dict[str, Any] = {}
+    if args.compare:
+        from torchjd_equivalents import available
+
+        equivalents = available()
+        if not equivalents:
+            raise SystemExit("--compare needs TorchJD: pip install 'taskbalance[bench]'")
 
     rows: list[dict[str, Any]] = []
     for num_tasks in args.tasks:
@@ -129,6 +248,16 @@ def main() -> None:
             for level in ["parameters", "representation"] if both else ["parameters"]:
                 if (name, level) not in configs:
                     configs[(name, level)] = make_step(num_tasks, name, level)
+        if args.compare:
+            configs[("mean", "torchjd-autojac")] = make_torchjd_step(num_tasks, "mean", "autojac")
+            for name in args.methods:
+                if name not in equivalents:
+                    continue
+                configs[(name, "torchjd-autojac")] = make_torchjd_step(num_tasks, name, "autojac")
+                if equivalents[name].weighting is not None:
+                    configs[(name, "torchjd-autogram")] = make_torchjd_step(
+                        num_tasks, name, "autogram"
+                    )
         for name in args.amortised:
             configs[(f"{name} (update_every=5)", "parameters")] = make_step(
                 num_tasks, name, "parameters", update_every=5
@@ -136,20 +265,26 @@ def main() -> None:
         timings = measure_interleaved(configs, args.warmup, args.repeats)
         ew_median, ew_mean = timings[("ew", "parameters")]
         for (name, level), (median, mean) in timings.items():
-            rows.append(
-                {
-                    "T": num_tasks,
-                    "method": name,
-                    "level": level,
-                    "ms": 1e3 * median,
-                    "ratio": median / ew_median,
-                    "mean_ms": 1e3 * mean,
-                    "mean_ratio": mean / ew_mean,
-                }
-            )
+            row = {
+                "T": num_tasks,
+                "method": name,
+                "level": level,
+                "ms": 1e3 * median,
+                "ratio": median / ew_median,
+                "mean_ms": 1e3 * mean,
+                "mean_ratio": mean / ew_mean,
+            }
+            if args.memory is not None and (name in args.memory or name in ("plain", "ew")):
+                library = level if level.startswith("torchjd") else "ours"
+                lvl = "parameters" if library != "ours" or level == "-" else level
+                row["peak_extra_mib"] = peak_memory_mb(num_tasks, name, lvl, library)
+            rows.append(row)
 
-    print("| T | method | level | median step (ms) | ratio to ew | mean ratio to ew |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| T | method | level / library | median step (ms) | ratio to ew | mean ratio to ew "
+        "| extra peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         cells = [
             str(row["T"]),
@@ -158,6 +293,7 @@ def main() -> None:
             f"{row['ms']:.2f}",
             f"{row['ratio']:.2f}",
             f"{row['mean_ratio']:.2f}",
+            f"{row['peak_extra_mib']:.0f}" if "peak_extra_mib" in row else "",
         ]
         print("| " + " | ".join(cells) + " |")
     if args.out is not None:

@@ -94,3 +94,34 @@ def test_degenerate_gramians() -> None:
         min_norm_simplex(torch.tensor([[float("nan")]]))
     with pytest.raises(ValueError, match="square"):
         min_norm_simplex(torch.zeros(2, 3))
+
+
+@given(
+    st.integers(3, 12),
+    st.integers(1, 20),
+    st.integers(0, 10_000),
+    st.floats(0.0, 0.5),
+)
+def test_warm_start_gives_the_same_minimiser(tasks: int, dim: int, seed: int, shift: float) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(tasks, dim, generator=generator, dtype=torch.float64)
+    G = J @ J.T
+    shifted = J + shift * J.mean(0)  # CAGrad's inner problems: points moved towards g_0
+    nearby = shifted @ shifted.T
+    previous = min_norm_simplex(G)
+    cold = min_norm_simplex(nearby)
+    warm = min_norm_simplex(nearby, start=previous)
+    # same optimal value (the minimiser may differ where G is singular)
+    assert float(warm @ nearby @ warm) == pytest.approx(float(cold @ nearby @ cold), abs=1e-9)
+    assert float(warm.min()) >= 0
+    assert float(warm.sum()) == pytest.approx(1.0)
+
+
+@given(st.integers(0, 10_000), st.floats(1e-3, 1e3))
+def test_two_point_closed_form_matches_the_general_solver(seed: int, scale: float) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    J = scale * torch.randn(2, 5, generator=generator, dtype=torch.float64)
+    w = min_norm_simplex(J @ J.T)
+    grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    points = torch.stack([grid, 1 - grid], 1) @ J
+    assert float((w @ J).norm()) <= float(points.norm(dim=1).min()) + 1e-9 * scale

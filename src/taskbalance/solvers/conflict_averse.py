@@ -39,11 +39,13 @@ def conflict_averse_weights(gramian: Tensor, rho_factor: float, *, max_iter: int
     if rho == 0:
         return min_norm_simplex(G)
     ones = torch.ones_like(a)
+    previous: list[Tensor] = []
 
     def inner(t: float) -> tuple[Tensor, float]:
         s = t / rho
         shifted = G + s * (b.unsqueeze(1) * ones + ones.unsqueeze(1) * b) + s * s * g0_squared
-        w = min_norm_simplex(shifted)
+        w = min_norm_simplex(shifted, start=previous[-1] if previous else None)
+        previous[:] = [w]  # warm start: the support changes little between nearby t
         return w, t * t - float(w @ G @ w)
 
     low, high = 0.0, float(G.diagonal().max()) ** 0.5 + 1e-12
