@@ -126,3 +126,25 @@ def test_shipped_benchmarks_validate() -> None:
             config = spec.run_config(0, entry)
             assert config.data.dataset == spec.name or spec.name == "census"
         assert any(e.method == "ew" for e in spec.quick)
+
+
+def test_named_toy_benchmark_writes_a_suite_report(tmp_path: Path) -> None:
+    from taskbalance.bench.main_job import run_named
+
+    report = run_named("toy", tmp_path, methods=["ew"], steps=200, jobs=1)
+    assert report == tmp_path / "report.html"
+    assert "Toy two-objective problem" in report.read_text()
+    assert json.loads((tmp_path / "suite.json").read_text())["parts"] == ["toy"]
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end(tmp_path: Path) -> None:
+    from taskbalance.bench.main_job import run_named
+    from taskbalance.data_sources import is_fetched
+
+    if not is_fetched("adult"):
+        pytest.skip("needs `taskbalance data fetch adult`")
+    report = run_named("main", tmp_path, methods=["ew", "famo"], steps=2_000, jobs=2)
+    page = report.read_text()
+    for part in ("Toy two-objective", "Benchmark: multimnist", "Benchmark: census"):
+        assert part in page

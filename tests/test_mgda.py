@@ -125,3 +125,45 @@ def test_two_point_closed_form_matches_the_general_solver(seed: int, scale: floa
     grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
     points = torch.stack([grid, 1 - grid], 1) @ J
     assert float((w @ J).norm()) <= float(points.norm(dim=1).min()) + 1e-9 * scale
+
+
+def test_l2_normalisation_solves_on_unit_gradients() -> None:
+    from taskbalance import methods
+
+    J = torch.tensor([[10.0, 0.0], [0.0, 1.0]])
+    direction = aggregate(methods.create("mgda", normalization="l2"), J, losses=[1.0, 1.0])
+    # unit gradients e1, e2 -> weights (1/2, 1/2), applied to the raw gradients
+    assert torch.allclose(direction, torch.tensor([5.0, 0.5]))
+
+
+@given(st.integers(0, 10_000), st.floats(1e-6, 1e6))
+def test_l2_normalised_weights_ignore_each_tasks_gradient_scale(seed: int, factor: float) -> None:
+    from taskbalance import methods
+    from taskbalance.methods.base import Context
+
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    scaled = J.clone()
+    scaled[1] *= factor
+    losses = torch.ones(4, dtype=torch.float64)
+
+    def weights(matrix: torch.Tensor) -> torch.Tensor:
+        ctx = Context(num_tasks=4, losses=losses, gramian=matrix @ matrix.T)
+        combination = methods.create("mgda", normalization="l2")(ctx)
+        assert combination.weights is not None
+        return combination.weights
+
+    assert torch.allclose(weights(J), weights(scaled), atol=1e-7)
+
+
+def test_loss_normalisations_use_the_losses_and_stay_finite() -> None:
+    from taskbalance import methods
+
+    J = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    for normalization in ("loss", "loss+"):
+        out = aggregate(
+            methods.create("mgda", normalization=normalization), J, losses=[2.0, 0.5, 0.0]
+        )
+        assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="Did you mean 'loss\\+'"):
+        methods.create("mgda", normalization="loss++")

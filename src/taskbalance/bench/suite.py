@@ -71,7 +71,11 @@ _MULTIMNIST = BenchmarkSpec(
     },
     quick=tuple(_entries("ew", "uw", "famo", "pcgrad", "nash_mtl", "upgrad")),
     full=tuple(
-        [*_entries(*_LOSS_WEIGHTING, *_GRADIENT), *_entries("mgda", "imtl", level="representation")]
+        [
+            *_entries(*_LOSS_WEIGHTING, *_GRADIENT),
+            Entry("mgda", {"normalization": "loss+"}, label="mgda (loss+)"),
+            *_entries("mgda", "imtl", level="representation"),
+        ]
     ),
 )
 

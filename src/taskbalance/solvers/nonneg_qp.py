@@ -76,6 +76,18 @@ def nonneg_qp(A: Tensor, b: Tensor, *, tol: float = 1e-12, max_iter: int | None 
     return x
 
 
+def _batched_solve(system: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve a batch of symmetric positive definite systems by Cholesky (about twice as fast as
+    LU); returns ``(solution, ok)`` where ``ok`` is false for numerically singular systems
+    (pivot ratio below 1e-7, i.e. condition number above ~1e14), whose rows the caller must
+    solve another way: a least-squares answer there would be accurate only to ~1e-11."""
+    factor, info = torch.linalg.cholesky_ex(system)
+    solution = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+    pivots = factor.diagonal(dim1=-2, dim2=-1).abs()
+    ok = (info == 0) & (pivots.amin(-1) > 1e-7 * pivots.amax(-1))
+    return solution, ok & torch.isfinite(solution).all(dim=-1)
+
+
 def batched_nonneg_qp(
     A: Tensor, B: Tensor, *, max_iter: int = 30, tol: float = 1e-10
 ) -> tuple[Tensor, Tensor]:
@@ -90,8 +102,9 @@ def batched_nonneg_qp(
     of one small solve per added variable per row.
 
     Returns ``(x, solved)``: ``solved[r]`` is true where row ``r`` satisfies the KKT conditions
-    to ``tol`` (relative). Rows that do not (PDAS can cycle on singular ``A``) are for the
-    caller to finish with the exact :func:`nonneg_qp`.
+    to ``tol`` (relative). Rows that do not (PDAS can cycle on singular ``A``, and a free set
+    whose sub-matrix is numerically singular is not solved here) are for the caller to finish
+    with the exact :func:`nonneg_qp`.
     """
     k, n = B.shape
     A = A.to(torch.float64)
@@ -104,8 +117,8 @@ def batched_nonneg_qp(
         pair = free.unsqueeze(2) & free.unsqueeze(1)
         system = torch.where(pair, A.expand(k, n, n), identity.expand(k, n, n))
         rhs = torch.where(free, -B, torch.zeros_like(B))
-        solution, info = torch.linalg.solve_ex(system, rhs)
-        x = torch.where(free & (info == 0).unsqueeze(1), solution, torch.zeros_like(solution))
+        solution, ok = _batched_solve(system, rhs)
+        x = torch.where(free & ok.unsqueeze(1), solution, torch.zeros_like(solution))
         multipliers = torch.where(active, x @ A + B, torch.zeros_like(B))
         new_active = (multipliers - x) > 0
         if bool((new_active == active).all()):
