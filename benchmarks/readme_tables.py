@@ -17,7 +17,9 @@ MAX_METRIC_COLUMNS = 4  # many-task benchmarks show only the summary columns
 def table(results: dict) -> str:  # type: ignore[type-arg]
     directions = results["directions"]
     metrics = list(directions) if len(directions) <= MAX_METRIC_COLUMNS else []
-    header = ["method", *metrics, "Δm% ↑", "mean rank ↓", "step / ew"]
+    arrows = {True: "↑", False: "↓"}
+    header = ["method", *[f"{m} {arrows[directions[m]]}" for m in metrics]]
+    header += ["Δm% ↑", "mean rank ↓", "step / ew"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baselines = [f"{results['baselines'][m]:.4f}" for m in metrics]
     lines.append("| single-task | " + " | ".join([*baselines, "0", "", ""]) + " |")
@@ -31,7 +33,7 @@ def table(results: dict) -> str:  # type: ignore[type-arg]
             f"{row['mean_rank']:.2f}",
             "" if ratio is None else f"{ratio:.2f}",
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name}{' *' if row['pareto'] else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
