@@ -13,7 +13,8 @@ Usage::
     python benchmarks/step_time.py --tasks 2 10 --out benchmarks/results/step_time.json
     python benchmarks/step_time.py --compare --memory ew mgda upgrad --tasks 2 3 10 40
 
-``--compare`` adds TorchJD's steps for the same methods (``pip install 'taskbalance[bench]'``):
+``--compare`` adds LibMTL 1.1.5's steps (``pip install --no-deps LibMTL==1.1.5``, see
+``libmtl_equivalents.py``) and TorchJD's for the same methods (``taskbalance[bench]``):
 ``torchjd-autojac`` (its Jacobian of the shared parameters + Aggregator; ``mean`` is its floor)
 and ``torchjd-autogram`` (its Gramian engine + Weighting). TorchJD weights the heads' gradients
 too, we leave them unweighted for direction methods: the trunk work is the same. ``--memory``
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 import taskbalance
 from taskbalance import Balancer, methods
 from taskbalance.engine.needs import Need
+from taskbalance.methods.base import Combination, Context, Method
 
 DEFAULT_HPARAMS: dict[str, Callable[[int], dict[str, Any]]] = {
     "fixed": lambda t: {"weights": [1.0] * t},
@@ -62,6 +64,31 @@ class Net(nn.Module):
         return z, [head(z) for head in self.heads]
 
 
+class Floor(Method):
+    """The engine's floor: computes what a method needs (Gram matrix or Jacobian) and returns
+    equal weights, so a step costs the engine + one optimizer step and no solver."""
+
+    name = "floor"
+    family = "benchmark"
+    reference = "-"
+
+    def __init__(self, needs: Need = Need.GRAMIAN) -> None:
+        self.needs = needs  # type: ignore[misc]
+
+    def hparams(self) -> dict[str, Any]:
+        return {"needs": self.needs}
+
+    def combine(self, ctx: Context) -> Combination:
+        if self.needs == Need.JACOBIAN:
+            ctx.require_jacobian(self.name)
+        else:
+            ctx.require_gramian(self.name)
+        return Combination(weights=torch.ones(ctx.num_tasks, dtype=torch.float64))
+
+
+FLOORS = {"floor:gramian": Need.GRAMIAN, "floor:jacobian": Need.JACOBIAN}
+
+
 def make_step(
     num_tasks: int, method: str | None, level: str, update_every: int = 1
 ) -> Callable[[], None]:
@@ -75,7 +102,7 @@ def make_step(
     if method is not None:
         hparams = DEFAULT_HPARAMS.get(method, lambda t: {})(num_tasks)
         balancer = Balancer(
-            methods.create(method, **hparams),
+            Floor(FLOORS[method]) if method in FLOORS else methods.create(method, **hparams),
             model.trunk.parameters(),
             level=level,  # type: ignore[arg-type]
             update_every=update_every,
@@ -146,6 +173,30 @@ def make_torchjd_step(num_tasks: int, method: str, path: str) -> Callable[[], No
     return gram_step
 
 
+def make_libmtl_step(num_tasks: int, method: str) -> Callable[[], None]:
+    """The same step with LibMTL 1.1.5's weighting (``pip install --no-deps LibMTL==1.1.5``):
+    its per-task ``loss.backward(retain_graph=True)`` loop, its solver, its ``.grad`` reset."""
+    from libmtl_equivalents import harness
+
+    torch.manual_seed(0)
+    model = Net(num_tasks)
+    x = torch.randn(256, 128)
+    ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    weighting, kwargs = harness(method, model.trunk, num_tasks)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        _, outputs = model(x)
+        losses = torch.stack(
+            [nn.functional.cross_entropy(o, y) for o, y in zip(outputs, ys, strict=True)]
+        )
+        weighting.backward(losses, **kwargs)
+        optimizer.step()
+
+    return step
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -183,6 +234,8 @@ def peak_memory_mb(num_tasks: int, method: str, level: str, library: str) -> flo
 def build(num_tasks: int, method: str, level: str, library: str) -> Callable[[], None]:
     if library == "ours":
         return make_step(num_tasks, None if method == "plain" else method, level)
+    if library == "libmtl":
+        return make_libmtl_step(num_tasks, method)
     return make_torchjd_step(num_tasks, method, library.removeprefix("torchjd-"))
 
 
@@ -229,12 +282,18 @@ def main() -> None:
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
     equivalents: dict[str, Any] = {}
+    libmtl: dict[str, Any] = {}
     if args.compare:
         from torchjd_equivalents import available
 
         equivalents = available()
         if not equivalents:
             raise SystemExit("--compare needs TorchJD: pip install 'taskbalance[bench]'")
+        from libmtl_equivalents import available as libmtl_available
+
+        libmtl = libmtl_available()
+        if not libmtl:
+            print("LibMTL not installed (pip install --no-deps LibMTL==1.1.5): no LibMTL rows")
 
     rows: list[dict[str, Any]] = []
     for num_tasks in args.tasks:
@@ -242,6 +301,9 @@ def main() -> None:
             ("plain", "-"): make_step(num_tasks, None, "parameters"),
             ("ew", "parameters"): make_step(num_tasks, "ew", "parameters"),
         }
+        for floor in FLOORS:  # the engine's own cost: what a method needs, no solver
+            for level in ("parameters", "representation"):
+                configs[(floor, level)] = make_step(num_tasks, floor, level)
         for name in args.methods:
             cls = methods.get(name)
             both = cls.needs > Need.LOSSES and cls.representation_level
@@ -249,6 +311,9 @@ def main() -> None:
                 if (name, level) not in configs:
                     configs[(name, level)] = make_step(num_tasks, name, level)
         if args.compare:
+            for name in args.methods:
+                if name in libmtl:
+                    configs[(name, "libmtl")] = make_libmtl_step(num_tasks, name)
             configs[("mean", "torchjd-autojac")] = make_torchjd_step(num_tasks, "mean", "autojac")
             for name in args.methods:
                 if name not in equivalents:
@@ -274,17 +339,23 @@ def main() -> None:
                 "mean_ms": 1e3 * mean,
                 "mean_ratio": mean / ew_mean,
             }
+            base = name.split(" ")[0]
+            if level in ("parameters", "representation") and base in methods.available():
+                needs = methods.get(base).needs
+                if needs > Need.LOSSES:
+                    floor = "floor:jacobian" if needs == Need.JACOBIAN else "floor:gramian"
+                    row["ratio_to_floor"] = median / timings[(floor, level)][0]
             if args.memory is not None and (name in args.memory or name in ("plain", "ew")):
-                library = level if level.startswith("torchjd") else "ours"
+                library = level if level.startswith(("torchjd", "libmtl")) else "ours"
                 lvl = "parameters" if library != "ours" or level == "-" else level
                 row["peak_extra_mib"] = peak_memory_mb(num_tasks, name, lvl, library)
             rows.append(row)
 
     print(
         "| T | method | level / library | median step (ms) | ratio to ew | mean ratio to ew "
-        "| extra peak MiB |"
+        "| ratio to engine floor | extra peak MiB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         cells = [
             str(row["T"]),
@@ -293,6 +364,7 @@ def main() -> None:
             f"{row['ms']:.2f}",
             f"{row['ratio']:.2f}",
             f"{row['mean_ratio']:.2f}",
+            f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else "",
             f"{row['peak_extra_mib']:.0f}" if "peak_extra_mib" in row else "",
         ]
         print("| " + " | ".join(cells) + " |")

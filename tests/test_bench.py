@@ -148,3 +148,24 @@ def test_main_job_end_to_end(tmp_path: Path) -> None:
     page = report.read_text()
     for part in ("Toy two-objective", "Benchmark: multimnist", "Benchmark: census"):
         assert part in page
+
+
+def test_ple_model_kind_builds_and_runs() -> None:
+    import torch
+
+    from taskbalance.config import RunConfig
+    from taskbalance.models import PLE
+    from taskbalance.run import build_model, load_data
+
+    config = RunConfig.model_validate(
+        {
+            "data": {"dataset": "synthetic", "options": {"num_tasks": 2}},
+            "model": {"kind": "ple", "hidden": [8], "experts": 2, "task_experts": 1},
+        }
+    )
+    data = load_data(config)
+    model = build_model(config, data, ["task0", "task1"])
+    assert isinstance(model, PLE)
+    out = model(torch.randn(5, data.input_features))
+    assert set(out) == {"task0", "task1"}
+    assert out["task0"].shape == (5, 1)

@@ -43,6 +43,10 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
+    """``hard_sharing``: MLP trunk ``hidden`` + linear heads; ``mmoe``: ``experts`` MLP experts,
+    a softmax gate per task; ``ple``: ``levels`` CGC levels with ``experts`` shared and
+    ``task_experts`` task-specific experts each; ``lenet``: conv trunk for image datasets."""
+
     kind: Literal["hard_sharing", "mmoe", "ple", "lenet"] = "hard_sharing"
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     experts: int = Field(4, ge=1)
