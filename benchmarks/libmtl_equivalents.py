@@ -9,7 +9,8 @@ A LibMTL weighting is a mixin of its Trainer's model: it reads ``task_num``, ``d
 ``rep_grad``, ``epoch``, ``get_share_params()`` and ``zero_grad_share_params()`` from ``self``
 and writes the shared parameters' ``.grad`` itself (``backward(losses, **kwargs)``). The
 harness provides exactly those, at parameter level (``rep_grad=False``), with the
-hyperparameters set to ours. Nash-MTL is not in LibMTL 1.1.5.
+hyperparameters set to ours. Nash-MTL is not in LibMTL 1.1.5; its CAGrad only runs with
+exactly three tasks.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ LIBMTL: dict[str, tuple[str, dict[str, Any]]] = {
     "gradvac": ("GradVac", {"beta": 0.5}),
     "imtl": ("IMTL", {}),
     "gradnorm": ("GradNorm", {"alpha": 1.5}),
-    "cagrad": ("CAGrad", {"calpha": 0.5, "rescale": 1}),
+    # CAGrad is left out: LibMTL 1.1.5's objective hard-codes three tasks (x.reshape(1, 3))
 }
 
 

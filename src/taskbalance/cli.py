@@ -15,6 +15,13 @@ __all__ = ["main"]
 _BENCHMARK_NAMES = ["multimnist", "census", "yeast", "text"]
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _methods(_: argparse.Namespace) -> int:
     from taskbalance import methods
 
@@ -201,10 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "name", nargs="?", default="main", choices=["main", "toy", *_BENCHMARK_NAMES, "demo"]
     )
     bench.add_argument("--full", action="store_true", help="every method, 3 seeds (main: all five)")
-    bench.add_argument("--seeds", type=int, help="seeds per method (default 1, --full: 3)")
+    bench.add_argument("--seeds", type=_positive, help="seeds per method (default 1, --full: 3)")
     bench.add_argument("--methods", nargs="+", help="only these methods (ew is always kept)")
-    bench.add_argument("--jobs", type=int, default=2, help="runs trained in parallel processes")
-    bench.add_argument("--steps", type=int, default=35_000, help="toy: Adam steps per start")
+    bench.add_argument(
+        "--jobs", type=_positive, default=2, help="runs trained in parallel processes"
+    )
+    bench.add_argument("--steps", type=_positive, default=35_000, help="toy: Adam steps per start")
     bench.add_argument("--out", help="output directory (default runs/<name>)")
     bench.set_defaults(run=_bench)
     data = commands.add_parser(

@@ -281,6 +281,10 @@ def run_benchmark(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` into ``out / spec.name``; returns the summary written to results.json."""
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     entries = list(spec.full if full else spec.quick)
     if methods:
         wanted = set(methods)
