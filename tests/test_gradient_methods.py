@@ -236,3 +236,61 @@ def test_config_has_equal_positive_cosines_and_the_sum_of_projections(
     assert float(cosines.min()) > 0
     unit = d / d.norm()
     assert float(d.norm()) == pytest.approx(float((J @ unit).sum()), rel=1e-9)
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    c=st.floats(0.01, 3.0),
+    kind=st.sampled_from(["random", "opposite", "identical", "zero", "tiny"]),
+)
+def test_cagrad_two_task_closed_form_equals_the_search(seed: int, c: float, kind: str) -> None:
+    from taskbalance.solvers.conflict_averse import conflict_averse_weights
+
+    J = random_jacobian(seed, 2, 4)
+    if kind == "opposite":
+        J[1] = -0.3 * J[0]
+    elif kind == "identical":
+        J[1] = J[0]
+    elif kind == "zero":
+        J[1] = 0.0
+    elif kind == "tiny":
+        J[1] *= 1e-9
+    G = J @ J.T
+    closed = conflict_averse_weights(G, c)
+    search = conflict_averse_weights(G, c, closed_form=False)
+
+    def objective(w: torch.Tensor) -> float:
+        Gs = G / G.diagonal().max()
+        b = Gs @ torch.full((2,), 0.5, dtype=torch.float64)
+        rho = c * float(b.mean()).__abs__() ** 0.5
+        return float(w @ b) + rho * max(float(w @ Gs @ w), 0.0) ** 0.5
+
+    # the same optimal value; the minimiser is unique for gradients in general position
+    # (identical or collinear ones can leave a flat segment of optima)
+    assert objective(closed) == pytest.approx(objective(search), abs=1e-8)
+    if kind in ("random", "tiny"):
+        torch.testing.assert_close(closed, search, atol=1e-5, rtol=0)
+
+
+def test_cagrad_moves_against_the_mean_when_the_origin_is_in_the_hull() -> None:
+    """Opposite gradients g2 = -0.3 g1, c = 0.5: the hull contains the origin, yet the optimum
+    is the end w = (0, 1) (objective -0.0525 |g1|^2 / max), not the origin (objective 0)."""
+    from taskbalance.solvers.conflict_averse import conflict_averse_weights
+
+    J = torch.tensor([[1.0, 2.0], [-0.3, -0.6]], dtype=torch.float64)
+    for closed_form in (True, False):
+        weights = conflict_averse_weights(J @ J.T, 0.5, closed_form=closed_form)
+        torch.testing.assert_close(weights, torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+@given(seed=st.integers(0, 10_000), scale=st.floats(1e-6, 1e6))
+def test_nash_two_task_closed_form_solves_the_bargaining_equation(seed: int, scale: float) -> None:
+    from taskbalance.solvers.power_equation import solve_power_equation
+
+    J = scale * random_jacobian(seed, 2, 3)
+    G = J @ J.T
+    w = solve_power_equation(G)
+    assert bool((w > 0).all())
+    cosine = float(G[0, 1] / (G[0, 0] * G[1, 1]).sqrt())
+    if cosine > -0.99:  # away from exactly opposite gradients (where only the ridge helps)
+        torch.testing.assert_close(G @ w, 1 / w, rtol=1e-8, atol=0)

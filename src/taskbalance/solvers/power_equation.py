@@ -33,6 +33,19 @@ def _phi(G: Tensor, w: Tensor, p: float) -> Tensor:
     return 0.5 * w @ G @ w - barrier
 
 
+def _two_tasks_nash(G: Tensor) -> Tensor:
+    """Closed form of ``G w = 1 / w`` for two tasks.
+
+    With ``r = w1 w2`` the equations read ``G11 w1^2 = G22 w2^2 = 1 - G12 r``, so
+    ``r^2 G11 G22 = (1 - G12 r)^2`` and ``r = 1 / (sqrt(G11 G22) + G12)`` (the root with
+    ``1 - G12 r > 0``), then ``w_i = sqrt((1 - G12 r) / G_ii)``. The ridge on ``G`` keeps
+    ``sqrt(G11 G22) + G12 > 0`` even for exactly opposite gradients."""
+    root = torch.sqrt(G[0, 0] * G[1, 1])
+    product = 1.0 / (root + G[0, 1])
+    common = 1.0 - G[0, 1] * product
+    return torch.sqrt(common / G.diagonal())
+
+
 def solve_power_equation(
     gramian: Tensor, p: float = 1.0, *, tol: float = 1e-10, max_iter: int = 100
 ) -> Tensor:
@@ -46,6 +59,8 @@ def solve_power_equation(
     if not bool(scale > 0):
         scale = torch.ones((), dtype=torch.float64, device=G.device)
     G = G / scale + _RIDGE * torch.eye(num_tasks, dtype=G.dtype, device=G.device)
+    if num_tasks == 2 and p == 1.0:
+        return _two_tasks_nash(G) * scale ** (-0.5)
     w = G.diagonal().clamp_min(_RIDGE) ** (-1.0 / (1.0 + p))  # exact for orthogonal gradients
     value = _phi(G, w, p)
     for _ in range(max_iter):
