@@ -249,6 +249,13 @@ def _pareto_plot(
     plt.close(fig)
 
 
+def mean_std(stat: dict[str, float], spec: str, seeds: int) -> str:
+    """``"mean ± std"`` formatted with ``spec`` (``".4f"``, ``"+.2f"``); just the mean for one
+    seed, where a spread of 0 would only look like a measurement."""
+    text = format(stat["mean"], spec)
+    return text if seeds < 2 else f"{text} ± {format(stat['std'], spec.lstrip('+'))}"
+
+
 def _benchmark_table(results: dict[str, Any]) -> str:
     """A benchmark's results.json as an HTML table: mean +/- std, Delta-m%, rank, step ratio."""
     directions = results["directions"]
@@ -260,17 +267,15 @@ def _benchmark_table(results: dict[str, Any]) -> str:
         + "".join(f"<td>{results['baselines'][m]:.4f}</td>" for m in metrics)
         + "<td>0</td><td>0</td><td></td><td></td></tr>"
     ]
+    seeds = len(results["seeds"])
     for name, row in results["rows"].items():
-        cells = "".join(
-            f"<td>{row['metrics'][m]['mean']:.4f} ± {row['metrics'][m]['std']:.4f}</td>"
-            for m in metrics
-        )
+        cells = "".join(f"<td>{mean_std(row['metrics'][m], '.4f', seeds)}</td>" for m in metrics)
         ratio = row.get("step_ratio_to_ew")
         label = html.escape(name) + (" *" if row.get("pareto") else "")
         rows.append(
             f"<tr><td>{label}</td>{cells}"
-            f"<td>{row['delta_m']['mean']:+.2f} ± {row['delta_m']['std']:.2f}</td>"
-            f"<td>{row['delta_m_tasks']['mean']:+.2f} ± {row['delta_m_tasks']['std']:.2f}</td>"
+            f"<td>{mean_std(row['delta_m'], '+.2f', seeds)}</td>"
+            f"<td>{mean_std(row['delta_m_tasks'], '+.2f', seeds)}</td>"
             f"<td>{row['mean_rank']:.2f}</td>"
             f"<td>{'' if ratio is None else f'{ratio:.2f}'}</td></tr>"
         )
@@ -278,7 +283,6 @@ def _benchmark_table(results: dict[str, Any]) -> str:
         f"<tr><th>method</th>{head}<th>Δm% (metrics) ↑</th><th>Δm% (tasks) ↑</th>"
         "<th>mean rank ↓</th><th>step / ew</th></tr>"
     )
-    seeds = len(results["seeds"])
     return (
         f"<p>{html.escape(results['description'])}</p><p>Mean ± std over {seeds} seed(s); test "
         "metrics at the best validation epoch; Δm% against the single-task baselines "

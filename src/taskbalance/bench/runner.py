@@ -38,6 +38,7 @@ from taskbalance.bench.suite import BenchmarkSpec, Entry
 from taskbalance.config import MethodConfig, RunConfig, TaskConfig
 from taskbalance.datasets import MultiTaskData
 from taskbalance.metrics import delta_m, mean_rank, pareto_front
+from taskbalance.report import mean_std
 
 __all__ = ["Job", "Progress", "run_benchmark", "summarise"]
 
@@ -222,18 +223,14 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         + " | ".join(f"{summary['baselines'][m]:.4f}" for m in metrics)
         + " | 0 | 0 | | |"
     )
+    seeds = len(summary["seeds"])
     for name, row in summary["rows"].items():
-        cells = [
-            f"{row['metrics'][m]['mean']:.4f} ± {row['metrics'][m]['std']:.4f}" for m in metrics
-        ]
+        cells = [mean_std(row["metrics"][m], ".4f", seeds) for m in metrics]
+        cells += [mean_std(row["delta_m"], "+.2f", seeds)]
+        cells += [mean_std(row["delta_m_tasks"], "+.2f", seeds), f"{row['mean_rank']:.2f}"]
         ratio = row["step_ratio_to_ew"]
-        lines.append(
-            f"| {name}{' *' if row['pareto'] else ''} | "
-            + " | ".join(cells)
-            + f" | {row['delta_m']['mean']:+.2f} ± {row['delta_m']['std']:.2f}"
-            + f" | {row['delta_m_tasks']['mean']:+.2f} ± {row['delta_m_tasks']['std']:.2f}"
-            + f" | {row['mean_rank']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} |"
-        )
+        cells.append("" if ratio is None else f"{ratio:.2f}")
+        lines.append(f"| {name}{' *' if row['pareto'] else ''} | " + " | ".join(cells) + " |")
     lines += ["", "![Delta-m per method](delta_m.png)", "", "```", json.dumps(meta, indent=1)]
     lines.append("```")
     return "\n".join(lines) + "\n"

