@@ -169,3 +169,28 @@ def test_ple_model_kind_builds_and_runs() -> None:
     out = model(torch.randn(5, data.input_features))
     assert set(out) == {"task0", "task1"}
     assert out["task0"].shape == (5, 1)
+
+
+def test_update_every_in_configs_and_entries() -> None:
+    from pydantic import ValidationError
+
+    from taskbalance.config import MethodConfig
+
+    assert MethodConfig(name="mgda", update_every=5).display == "mgda+k5"
+    assert Entry("mgda", update_every=5).display == "mgda+k5"
+    with pytest.raises(ValidationError, match="update_every"):
+        MethodConfig(name="mgda", update_every=0)
+
+
+def test_amortised_entries_train_with_reused_weights(tmp_path: Path) -> None:
+    spec = BenchmarkSpec(
+        name="tiny_k",
+        description="update_every through the runner",
+        config=TINY.config,
+        quick=(Entry("ew"), Entry("mgda", update_every=3)),
+        full=(),
+    )
+    summary = run_benchmark(spec, tmp_path, seeds=1)
+    saved = json.loads((tmp_path / "tiny_k" / "mgda_k3" / "seed0" / "results.json").read_text())
+    assert saved["update_every"] == 3
+    assert "mgda+k3" in summary["rows"]

@@ -83,9 +83,14 @@ class TrainingConfig(Strict):
 
 
 class MethodConfig(Strict):
+    """A method to train with: its registry name, hyperparameters, level (default: the
+    training's), ``update_every`` (recompute the weights every k steps, reuse them in between:
+    see :class:`taskbalance.Balancer`) and an optional display label."""
+
     name: str
     hparams: dict[str, Any] = Field(default_factory=dict)
     level: Literal["parameters", "representation"] | None = None
+    update_every: int = Field(1, ge=1)
     label: str | None = None
 
     @field_validator("name")
@@ -106,7 +111,8 @@ class MethodConfig(Strict):
     def display(self) -> str:
         if self.label:
             return self.label
-        return self.name if self.level in (None, "parameters") else f"{self.name}@{self.level[:4]}"
+        name = self.name if self.level in (None, "parameters") else f"{self.name}@{self.level[:4]}"
+        return name if self.update_every == 1 else f"{name}+k{self.update_every}"
 
 
 TRANSFORMS = {

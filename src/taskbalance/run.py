@@ -142,6 +142,7 @@ def run_one(
         optimizer=_optimizer(config, model),
         transforms=[t.build() for t in config.transforms],
         level=method.level or config.training.level,
+        update_every=method.update_every,
         early_stopping=EarlyStopping(stopping.monitor, stopping.mode, stopping.patience)
         if stopping
         else EarlyStopping("mean_loss", "min", patience=10**9),
@@ -160,6 +161,7 @@ def run_one(
         "name": method.name,
         "hparams": method.hparams,
         "level": method.level or config.training.level,
+        "update_every": method.update_every,
         "epochs_run": trainer.epoch,
         "steps": trainer.global_step,
         "seconds": round(seconds, 2),

@@ -112,7 +112,11 @@ def _jobs(spec: BenchmarkSpec, entries: Sequence[Entry], seeds: int, root: Path)
             )
         for entry in entries:
             method = MethodConfig(
-                name=entry.method, hparams=entry.hparams, level=entry.level, label=entry.display
+                name=entry.method,
+                hparams=entry.hparams,
+                level=entry.level,
+                update_every=entry.update_every,
+                label=entry.display,
             )
             jobs.append(
                 Job(

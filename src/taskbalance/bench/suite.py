@@ -25,12 +25,14 @@ class Entry:
     level: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    update_every: int = 1
 
     @property
     def display(self) -> str:
         if self.label:
             return self.label
-        return self.method if self.level in (None, "parameters") else f"{self.method}@rep"
+        name = self.method if self.level in (None, "parameters") else f"{self.method}@rep"
+        return name if self.update_every == 1 else f"{name}+k{self.update_every}"
 
 
 @dataclass(frozen=True)
