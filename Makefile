@@ -42,8 +42,15 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# speed side by side with TorchJD 0.18 and LibMTL 1.1.5 (benchmark-only installs), ~20 minutes
 bench: $(STAMP)
-	$(PY) benchmarks/step_time.py --out benchmarks/results/step_time.json
+	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
+	$(PIP) install --quiet --no-deps LibMTL==1.1.5
+	$(PY) benchmarks/step_time.py --compare --tasks 2 3 10 40 --warmup 3 --repeats 10 \
+		--memory ew mgda upgrad floor:gramian floor:jacobian \
+		--out benchmarks/results/step_time_compare.json
+	$(PY) benchmarks/solver_time.py --compare --out benchmarks/results/solver_time_compare.json
+	$(PY) benchmarks/solver_time.py --out benchmarks/results/solver_time.json
 
 # every benchmark, every entry, 3 seeds: regenerates the tables in benchmarks/results/
 bench-full: data
