@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EQUIVALENTS", "Equivalent", "available"]
+__all__ = ["Equivalent", "available"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,3 @@ def available() -> dict[str, Equivalent]:
         return _build()
     except ImportError:
         return {}
-
-
-EQUIVALENTS = available
