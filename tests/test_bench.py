@@ -92,8 +92,10 @@ def test_benchmark_directory_renders_with_per_run_pages(tiny_run: tuple[Path, di
 
 
 def test_unknown_method_filter_lists_the_entries(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="mgda@rep"):
+    with pytest.raises(ValueError, match="Its methods: ew, mgda, pcgrad"):
         run_benchmark(TINY, tmp_path, methods=["nash"], full=True)
+    with pytest.raises(ValueError, match="Did you mean 'pcgrad'"):
+        run_benchmark(TINY, tmp_path, methods=["pcgard"])
 
 
 def test_toy_run_and_suite_report(tmp_path: Path, tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]

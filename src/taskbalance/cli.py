@@ -209,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench.add_argument("--full", action="store_true", help="every method, 3 seeds (main: all five)")
     bench.add_argument("--seeds", type=_positive, help="seeds per method (default 1, --full: 3)")
-    bench.add_argument("--methods", nargs="+", help="only these methods (ew is always kept)")
+    bench.add_argument(
+        "--methods", nargs="+", help="only these methods, from all its entries (ew always kept)"
+    )
     bench.add_argument(
         "--jobs", type=_positive, default=2, help="runs trained in parallel processes"
     )
@@ -234,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # bad names, missing data: say what to do
         print(f"error: {error}", file=sys.stderr)
         return 2
     return result

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 
 import taskbalance
+from taskbalance._validation import suggest
 from taskbalance.bench.suite import BenchmarkSpec, Entry
 from taskbalance.config import MethodConfig, RunConfig, TaskConfig
 from taskbalance.datasets import MultiTaskData
@@ -286,13 +287,17 @@ def run_benchmark(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    entries = list(spec.full if full else spec.quick)
-    if methods:
+    entries = list(spec.full if full or methods else spec.quick)
+    if methods:  # chosen from every entry of the benchmark
         wanted = set(methods)
         entries = [e for e in entries if e.method in wanted or e.display in wanted]
         if not entries:
-            known = sorted({e.display for e in (*spec.full, *spec.quick)})
-            raise ValueError(f"none of {sorted(wanted)} is an entry of {spec.name!r}: {known}")
+            known = sorted({e.method for e in (*spec.full, *spec.quick)})
+            hints = "".join(suggest(name, known) for name in sorted(wanted))
+            raise ValueError(
+                f"none of {sorted(wanted)} is a method of benchmark {spec.name!r}.{hints} "
+                f"Its methods: {', '.join(known)}."
+            )
         if not any(e.method == "ew" for e in entries):
             entries.insert(0, Entry("ew"))  # the step-time reference
     seeds = seeds or (spec.seeds if full else 1)
