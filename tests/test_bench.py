@@ -196,3 +196,18 @@ def test_amortised_entries_train_with_reused_weights(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "tiny_k" / "mgda_k3" / "seed0" / "results.json").read_text())
     assert saved["update_every"] == 3
     assert "mgda+k3" in summary["rows"]
+
+
+def test_bench_command_runs_the_toy_and_validates_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taskbalance.cli import main
+
+    out = tmp_path / "toy_run"
+    args = ["bench", "toy", "--methods", "ew", "--steps", "100", "--jobs", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "report.html").exists()
+    assert json.loads((out / "toy" / "toy.json").read_text())["meta"]["steps"] == 100
+    with pytest.raises(SystemExit):
+        main(["bench", "toy", "--steps", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err
