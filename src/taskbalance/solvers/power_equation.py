@@ -60,7 +60,10 @@ def solve_power_equation(
         scale = torch.ones((), dtype=torch.float64, device=G.device)
     G = G / scale + _RIDGE * torch.eye(num_tasks, dtype=G.dtype, device=G.device)
     if num_tasks == 2 and p == 1.0:
-        return _two_tasks_nash(G) * scale ** (-0.5)
+        closed = _two_tasks_nash(G)
+        # (exactly opposite gradients rounded to G12^2 > G11 G22: the Newton path below)
+        if bool(torch.isfinite(closed).all() & (closed > 0).all()):
+            return closed * scale ** (-0.5)
     w = G.diagonal().clamp_min(_RIDGE) ** (-1.0 / (1.0 + p))  # exact for orthogonal gradients
     value = _phi(G, w, p)
     for _ in range(max_iter):
