@@ -46,7 +46,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # 
 
 def test_results_table_has_every_entry_and_statistic(tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
     root, summary = tiny_run
-    assert list(summary["rows"]) == ["ew", "pcgrad", "mgda@rep"]
+    assert list(summary["rows"]) == ["ew", "pcgrad", "mgda@repr"]
     for row in summary["rows"].values():
         assert set(row["metrics"]) == {"task0/mae", "task1/mae"}
         assert len(row["per_seed"]["task0/mae"]) == 2
@@ -58,7 +58,7 @@ def test_results_table_has_every_entry_and_statistic(tiny_run: tuple[Path, dict]
     assert "torch" in saved["meta"]
     markdown = (root / "results.md").read_text()
     assert "| single-task |" in markdown
-    assert "mgda@rep" in markdown
+    assert "mgda@repr" in markdown
     assert (root / "delta_m.png").stat().st_size > 0
 
 

@@ -18,7 +18,7 @@ from taskbalance import methods
 from taskbalance._validation import check_choice, suggest
 from taskbalance.datasets import DATASETS
 
-__all__ = ["ConfigError", "RunConfig", "load_config"]
+__all__ = ["ConfigError", "RunConfig", "load_config", "method_label"]
 
 
 class ConfigError(ValueError):
@@ -109,10 +109,14 @@ class MethodConfig(Strict):
 
     @property
     def display(self) -> str:
-        if self.label:
-            return self.label
-        name = self.name if self.level in (None, "parameters") else f"{self.name}@{self.level[:4]}"
-        return name if self.update_every == 1 else f"{name}+k{self.update_every}"
+        return self.label or method_label(self.name, self.level, self.update_every)
+
+
+def method_label(name: str, level: str | None = None, update_every: int = 1) -> str:
+    """How a method is shown in tables and run directories: ``mgda``, ``mgda@repr`` at
+    representation level, ``mgda+k5`` with ``update_every=5``."""
+    label = name if level in (None, "parameters") else f"{name}@{level[:4]}"
+    return label if update_every == 1 else f"{label}+k{update_every}"
 
 
 TRANSFORMS = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskbalance.config import RunConfig
+from taskbalance.config import RunConfig, method_label
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "Entry"]
 
@@ -29,10 +29,7 @@ class Entry:
 
     @property
     def display(self) -> str:
-        if self.label:
-            return self.label
-        name = self.method if self.level in (None, "parameters") else f"{self.method}@rep"
-        return name if self.update_every == 1 else f"{name}+k{self.update_every}"
+        return self.label or method_label(self.method, self.level, self.update_every)
 
 
 @dataclass(frozen=True)
