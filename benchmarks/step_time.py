@@ -19,13 +19,15 @@ Usage::
 and ``torchjd-autogram`` (its Gramian engine + Weighting). TorchJD weights the heads' gradients
 too, we leave them unweighted for direction methods: the trunk work is the same. ``--memory``
 adds the extra peak resident memory of a step over its set-up (a fresh process per row).
+``--engines gramian jacobian`` adds the Gram-only methods with the Balancer's engine path forced
+(layer-wise Gram matrix, or materialised Jacobian); ``gram_memory.py`` sweeps their memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import time
@@ -36,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import taskbalance
-from taskbalance import Balancer, methods
+from taskbalance import Balancer
+from taskbalance.bench.runner import machine_info, methods
 from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Combination, Context, Method
 
@@ -92,7 +94,12 @@ FLOORS = {"floor:gramian": Need.GRAMIAN, "floor:jacobian": Need.JACOBIAN}
 def make_step(
     num_tasks: int, method: str | None, level: str, update_every: int = 1
 ) -> Callable[[], None]:
-    """One training step of the benchmark model with ``method`` (``None``: plain backward)."""
+    """One training step of the benchmark model with ``method`` (``None``: plain backward).
+
+    ``level`` may name the Balancer's engine path after a colon: ``"parameters:jacobian"``
+    materialises the Jacobian, ``"parameters:gramian"`` takes the layer-wise Gram path
+    (``"parameters"`` alone: the ``auto`` choice)."""
+    level, _, engine = level.partition(":")
     torch.manual_seed(0)
     model = Net(num_tasks)
     x = torch.randn(256, 128)
@@ -106,6 +113,7 @@ def make_step(
             model.trunk.parameters(),
             level=level,  # type: ignore[arg-type]
             update_every=update_every,
+            engine=engine or "auto",  # type: ignore[arg-type]
         )
 
     def step() -> None:
@@ -225,8 +233,11 @@ def peak_memory_mb(num_tasks: int, method: str, level: str, library: str) -> flo
         f"import sys; sys.path.insert(0, {here!r}); import step_time as s; "
         f"print(s.probe_peak({num_tasks}, {method!r}, {level!r}, {library!r}))"
     )
+    # every allocation above 64 KiB mapped on its own: freed tensors leave the resident set at
+    # once, so the peak counts live tensors rather than glibc's caching
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     result = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
     )
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -273,6 +284,13 @@ def main() -> None:
         help="add TorchJD's steps for the same methods (autojac and autogram paths)",
     )
     parser.add_argument(
+        "--engines",
+        nargs="*",
+        default=[],
+        choices=["gramian", "jacobian"],
+        help="also time Gram-only methods at parameter level with this engine path forced",
+    )
+    parser.add_argument(
         "--memory",
         nargs="*",
         default=None,
@@ -310,6 +328,12 @@ def main() -> None:
             for level in ["parameters", "representation"] if both else ["parameters"]:
                 if (name, level) not in configs:
                     configs[(name, level)] = make_step(num_tasks, name, level)
+        for engine in args.engines:
+            level = f"parameters:{engine}"
+            configs[("floor:gramian", level)] = make_step(num_tasks, "floor:gramian", level)
+            for name in args.methods:
+                if methods.get(name).needs == Need.GRAMIAN:
+                    configs[(name, level)] = make_step(num_tasks, name, level)
         if args.compare:
             for name in args.methods:
                 if name in libmtl:
@@ -340,7 +364,7 @@ def main() -> None:
                 "mean_ratio": mean / ew_mean,
             }
             base = name.split(" ")[0]
-            if level in ("parameters", "representation") and base in methods.available():
+            if level.startswith(("parameters", "representation")) and base in methods.available():
                 needs = methods.get(base).needs
                 if needs > Need.LOSSES:
                     floor = "floor:jacobian" if needs == Need.JACOBIAN else "floor:gramian"
@@ -370,12 +394,7 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "taskbalance": taskbalance.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.platform(),
-            "processor": platform.processor(),
+        meta = machine_info() | {
             "threads": torch.get_num_threads(),
             "warmup": args.warmup,
             "repeats": args.repeats,

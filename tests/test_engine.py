@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from torch._C._functorch import is_batchedtensor
 
 from helpers import TwoLevelNet, regression_problem, task_losses
 from taskbalance import Balancer, methods
@@ -107,9 +108,10 @@ class AutogradSpy:
         original = torch.autograd.grad
 
         def spy(outputs, inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
-            self.calls.append(
-                {"batched": kwargs.get("is_grads_batched", False), "numel": outputs.numel()}
-            )
+            grad_outputs = kwargs.get("grad_outputs")
+            vmapped = isinstance(grad_outputs, torch.Tensor) and is_batchedtensor(grad_outputs)
+            batched = kwargs.get("is_grads_batched", False) or vmapped
+            self.calls.append({"batched": batched, "numel": outputs.numel()})
             return original(outputs, inputs, *args, **kwargs)
 
         monkeypatch.setattr(torch.autograd, "grad", spy)
@@ -131,8 +133,9 @@ def test_loss_weighting_runs_exactly_one_ordinary_backward(
     assert info.cosines is None
 
 
+@pytest.mark.parametrize("engine", ["jacobian", "gramian"])
 def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
-    monkeypatch: pytest.MonkeyPatch,
+    engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     num_tasks = 4
     model = TwoLevelNet(num_tasks)
@@ -140,7 +143,12 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
     head_only = {"batched": False, "numel": 1}
 
     def calls(level: str, with_representation: bool) -> list[dict[str, object]]:
-        balancer = Balancer("mgda", model.trunk.parameters(), level=level)  # type: ignore[arg-type]
+        balancer = Balancer(
+            "mgda",
+            model.trunk.parameters(),
+            level=level,  # type: ignore[arg-type]
+            engine=engine,  # type: ignore[arg-type]
+        )
         spy = AutogradSpy(monkeypatch)
         z, losses = task_losses(model, x, y)
         balancer.backward(losses, representation=z if with_representation else None)
@@ -151,13 +159,17 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
     # representation level: one backward per head, then one ordinary backward of sum_i w_i L_i
     assert calls("representation", True) == [head_only] * num_tasks + [head_only]
     # parameter level with the representation: per-head backwards, the T rows carried through
-    # the trunk in one batched backward, then the heads' weighted backward
+    # the trunk in one batched backward, then the heads' weighted backward; the Gram path
+    # needs one more ordinary backward through the trunk for J^T w (the Jacobian is not kept)
+    combine_trunk = [{"batched": False, "numel": z_numel}] if engine == "gramian" else []
     assert calls("parameters", True) == [head_only] * num_tasks + [
-        {"batched": True, "numel": z_numel},
-        head_only,
-    ]
+        {"batched": True, "numel": z_numel}
+    ] + combine_trunk + [head_only]
     # parameter level without it: one batched backward of the stacked losses
-    assert calls("parameters", False) == [{"batched": True, "numel": num_tasks}, head_only]
+    combine_losses = [{"batched": False, "numel": num_tasks}] if engine == "gramian" else []
+    assert calls("parameters", False) == [
+        {"batched": True, "numel": num_tasks}
+    ] + combine_losses + [head_only]
 
 
 def test_shared_parameters_bypassing_the_representation_are_handled_exactly() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
 import torch
@@ -40,9 +40,14 @@ from torch import Tensor
 
 from taskbalance._validation import check_choice
 from taskbalance.engine.graph import reachable_leaves
-from taskbalance.engine.jacobian import batched_vjp, representation_jacobian, task_jacobian
+from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
+from taskbalance.engine.layerwise import layerwise_gramian
 from taskbalance.engine.needs import Need
-from taskbalance.engine.task_gradients import TaskGradients
+from taskbalance.engine.task_gradients import (
+    GramianGradients,
+    RowScaledGradients,
+    TaskGradients,
+)
 from taskbalance.health.monitor import HealthMonitor
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import create
@@ -55,11 +60,17 @@ from taskbalance.transforms.base import (
     global_norm,
 )
 
-__all__ = ["Balancer", "Level", "LossesLike", "resolve_method"]
+__all__ = ["Balancer", "EnginePath", "Level", "LossesLike", "resolve_method"]
 
 logger = logging.getLogger(__name__)
 
+# "auto" engine: the layer-wise Gram path costs one more backward through the trunk (+8% of
+# the step at T = 10, +37% at T = 2 on the benchmark MLP: benchmarks/step_time.py --engines),
+# so it is taken only when the Jacobian it avoids would be at least this large
+_LAYERWISE_MIN_JACOBIAN_BYTES = 256 * 2**20
+
 Level = Literal["parameters", "representation"]
+EnginePath = Literal["auto", "gramian", "jacobian"]
 LossesLike = Mapping[str, Tensor] | Sequence[Tensor] | Tensor
 MetricsLike = Mapping[str, float] | Sequence[float] | Tensor
 
@@ -77,7 +88,7 @@ def resolve_method(method: Method | str) -> Method:
 
 def make_context(
     method: Method,
-    grads: TaskGradients | None,
+    grads: RowScaledGradients | None,
     *,
     num_tasks: int,
     losses: Tensor | None,
@@ -91,11 +102,13 @@ def make_context(
         num_tasks=num_tasks,
         losses=losses,
         gramian=grads.gramian if grads is not None else None,
-        jacobian=grads.matrix if grads is not None and method.needs >= Need.JACOBIAN else None,
+        jacobian=grads.matrix
+        if isinstance(grads, TaskGradients) and method.needs >= Need.JACOBIAN
+        else None,
         metrics=metrics,
         step=step,
         task_names=task_names,
-        block_shapes=tuple(b.shape[1:] for b in grads.blocks) if grads is not None else (),
+        block_shapes=grads.shapes if grads is not None else (),
         level=level,
     )
 
@@ -154,6 +167,13 @@ class Balancer:
             automatically where unsupported).
         monitor: a :class:`~taskbalance.health.HealthMonitor` observing the steps (gradient
             norms per task and layer, conflicts, warnings).
+        engine: how per-task gradients are computed at parameter level when the method, the
+            transforms and the monitor need only their Gram matrix. ``"gramian"``: the Gram
+            matrix is accumulated layer by layer during the batched backward and the ``T x P``
+            Jacobian is never held (peak memory grows with ``T`` times the activations, not
+            ``T`` times the parameters), at the price of one more backward through the trunk
+            for ``J^T w``; ``"jacobian"``: the Jacobian is materialised (faster while it fits);
+            ``"auto"``: the Gram path when the Jacobian would take more than 256 MiB.
         update_every: for gradient methods that return weights, compute per-task gradients
             and new weights only every ``k`` steps; in between, reuse the last applied weights
             with one ordinary backward of ``sum_i w_i L_i`` (amortises the per-task cost to
@@ -178,6 +198,7 @@ class Balancer:
         task_params: Iterable[Tensor] | None = None,
         task_names: Sequence[str] | None = None,
         batched: bool = True,
+        engine: EnginePath = "auto",
         update_every: int = 1,
         monitor: HealthMonitor | None = None,
     ) -> None:
@@ -207,6 +228,9 @@ class Balancer:
             raise ValueError("a tensor is listed both in shared_params and task_params")
         self.task_names: tuple[str, ...] | None = tuple(task_names) if task_names else None
         self.batched = batched
+        check_choice(engine, get_args(EnginePath), "engine")
+        self.engine: EnginePath = engine
+        self._layerwise_ok = True
         if not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every must be a positive int, got {update_every!r}")
         self.update_every = update_every
@@ -398,7 +422,7 @@ class Balancer:
             else self._task_gradients(values, stacked, representation, separable, need)
         )
         if grads is not None and loss_scale != 1.0:
-            grads = TaskGradients([b / loss_scale for b in grads.blocks])
+            grads = grads.divided_by(loss_scale)
         if grads is not None and not bool(torch.isfinite(grads.raw_gramian).all()):
             return self._skip(names, detached, "non-finite gradient")
         scales: Tensor | None = None
@@ -513,7 +537,7 @@ class Balancer:
         representation: Tensor | None,
         separable: bool,
         need: Need,
-    ) -> TaskGradients | None:
+    ) -> RowScaledGradients | None:
         """The engine: per-task gradients at the chosen level, only if something needs them.
 
         * representation level: ``dL_i/dz``, one backward through each head;
@@ -521,6 +545,10 @@ class Balancer:
           ``dL_i/dz`` as above, then all ``T`` rows carried through the trunk in one batched
           backward (no head is traversed more than once per task);
         * parameter level otherwise: one batched backward of the stacked losses.
+
+        At parameter level, when only the Gram matrix is needed (and :meth:`_gramian_only`
+        says so), the batched backward folds each parameter's rows into the Gram matrix as
+        they appear instead of returning the Jacobian.
         """
         if need < Need.GRAMIAN:
             return None
@@ -529,19 +557,54 @@ class Balancer:
             return TaskGradients([representation_jacobian(losses, representation)])
         if separable:
             assert representation is not None
-            rep_jacobian = representation_jacobian(losses, representation)
-            blocks, ok = batched_vjp(
-                representation, self.shared_params, rep_jacobian, batched=self.batched
+            outputs, grad_outputs = (
+                representation,
+                representation_jacobian(losses, representation),
             )
         else:
-            blocks, ok = task_jacobian(stacked, self.shared_params, batched=self.batched)
+            outputs = stacked
+            grad_outputs = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
+        if need == Need.GRAMIAN and self._gramian_only(len(losses)):
+            gramian = layerwise_gramian(outputs, self.shared_params, grad_outputs)
+            if gramian is not None:
+                return GramianGradients(
+                    gramian,
+                    [p.shape for p in self.shared_params],
+                    self._combiner(outputs, grad_outputs),
+                )
+            self._layerwise_ok = False
+        blocks, ok = batched_vjp(outputs, self.shared_params, grad_outputs, batched=self.batched)
         self.batched = self.batched and ok
         return TaskGradients(blocks)
+
+    def _gramian_only(self, num_tasks: int) -> bool:
+        """Whether to take the layer-wise Gram path (see ``engine`` in the class docstring)."""
+        if self.engine == "jacobian" or not (self.batched and self._layerwise_ok):
+            return False
+        if self.engine == "gramian":
+            return True
+        jacobian_bytes = num_tasks * sum(p.numel() * p.element_size() for p in self.shared_params)
+        return jacobian_bytes > _LAYERWISE_MIN_JACOBIAN_BYTES
+
+    def _combiner(self, outputs: Tensor, grad_outputs: Tensor) -> Callable[[Tensor], list[Tensor]]:
+        """``w -> J^T w`` for the Gram path: one backward of ``sum_i w_i grad_outputs[i]``."""
+        shared = self.shared_params
+
+        def combine(weights: Tensor) -> list[Tensor]:
+            combined = torch.tensordot(weights.to(grad_outputs.dtype), grad_outputs, dims=1)
+            result = torch.autograd.grad(
+                outputs, shared, grad_outputs=combined, retain_graph=True, allow_unused=True
+            )
+            return [
+                torch.zeros_like(p) if g is None else g for p, g in zip(shared, result, strict=True)
+            ]
+
+        return combine
 
     def _parameter_gradients(
         self,
         combination: Combination,
-        grads: TaskGradients | None,
+        grads: RowScaledGradients | None,
         stacked: Tensor,
         scales: Tensor | None,
         representation: Tensor | None,
@@ -564,7 +627,7 @@ class Balancer:
                 objective, task_params, retain_graph=False, unscale=unscale
             )
             return self.shared_params + head_params, shared + head_grads
-        if grads is None or combination.direction is None:
+        if not isinstance(grads, TaskGradients) or combination.direction is None:
             raise RuntimeError(
                 f"{self.method.name} returned a direction without per-task gradients"
             )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["gramian_of_blocks"]
+__all__ = ["gramian_of_blocks", "in_safe_range"]
 
 _LOW, _HIGH = 1e-30, 1e30
 
@@ -34,13 +34,21 @@ def _accumulate(blocks: Sequence[Tensor], scale: Tensor | None) -> Tensor:
     return total.to(torch.float64)
 
 
+def in_safe_range(gramian: Tensor) -> bool:
+    """Whether a Gram matrix formed in float32 can be trusted: finite, and its largest diagonal
+    entry zero or within ``[1e-30, 1e30]`` (no overflow, no loss to underflow)."""
+    largest = gramian.diagonal().max()
+    return bool(torch.isfinite(gramian).all()) and (
+        bool(largest == 0) or _LOW <= float(largest) <= _HIGH
+    )
+
+
 def gramian_of_blocks(blocks: Sequence[Tensor]) -> Tensor:
     """``(T, T)`` float64 Gram matrix of the rows of the (block-split) Jacobian."""
     if not blocks:
         raise ValueError("no gradient blocks to build a Gram matrix from")
     fast = _accumulate(blocks, None)
-    largest = fast.diagonal().max()
-    if bool(torch.isfinite(fast).all()) and (bool(largest == 0) or _LOW <= float(largest) <= _HIGH):
+    if in_safe_range(fast):
         return fast
     scale = torch.stack([b.detach().abs().amax().to(torch.float64) for b in blocks]).amax()
     if not bool(torch.isfinite(scale)):

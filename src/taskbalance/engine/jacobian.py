@@ -24,12 +24,27 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["JacobianBlocks", "batched_vjp", "representation_jacobian", "task_jacobian"]
+__all__ = [
+    "JacobianBlocks",
+    "batched_vjp",
+    "representation_jacobian",
+    "task_jacobian",
+    "warn_once",
+]
 
 logger = logging.getLogger(__name__)
 
 JacobianBlocks = list[Tensor]
 _warned: set[str] = set()
+
+
+def warn_once(error: Exception, message: str) -> None:
+    """Log ``message % reason`` once per distinct reason (the first line of ``error``), so a
+    model that cannot take a fast path says why once, not every step."""
+    reason = str(error).splitlines()[0]
+    if reason not in _warned:
+        _warned.add(reason)
+        logger.warning(message, reason)
 
 
 def _zeros_for_unused(
@@ -70,15 +85,11 @@ def batched_vjp(
             )
             return _zeros_for_unused(grads, inputs, num_rows), True
         except RuntimeError as error:
-            reason = str(error).splitlines()[0]
-            if reason not in _warned:
-                _warned.add(reason)
-                logger.warning(
-                    "batched per-task backward is not supported by this model (%s); "
-                    "falling back to %d sequential backward passes",
-                    reason,
-                    num_rows,
-                )
+            warn_once(
+                error,
+                "batched per-task backward is not supported by this model (%s); "
+                f"falling back to {num_rows} sequential backward passes",
+            )
     rows = [
         torch.autograd.grad(
             outputs, list(inputs), grad_outputs=row, retain_graph=True, allow_unused=True

@@ -1,8 +1,16 @@
-"""The per-task gradients of one step, and the operations the balancer needs on them."""
+"""The per-task gradients of one step, and the operations the balancer needs on them.
+
+Two representations with one interface:
+
+* :class:`TaskGradients`: the Jacobian held as blocks, one ``(T, *shape)`` block per input;
+* :class:`GramianGradients`: only the Gram matrix (accumulated layer by layer, see
+  :mod:`taskbalance.engine.layerwise`); a combination ``J^T w`` is one more backward.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from functools import cached_property
 
 import torch
@@ -10,34 +18,41 @@ from torch import Tensor
 
 from taskbalance.engine.gramian import gramian_of_blocks
 
-__all__ = ["TaskGradients"]
+__all__ = ["GramianGradients", "RowScaledGradients", "TaskGradients"]
 
 
-class TaskGradients:
-    """Task gradients held as Jacobian blocks, one ``(T, *shape)`` block per input tensor.
+class RowScaledGradients(ABC):
+    """Task gradients with a lazy per-task row scaling ``diag(s) J``.
 
-    Derived quantities are computed lazily, each at most once: a method that needs only the
-    Gram matrix never triggers the ``T x P`` concatenation. Per-task transforms (clipping) act
-    as a lazy row scaling ``diag(s) J``: the Gram matrix becomes ``diag(s) G diag(s)`` and a
-    weighted combination ``J^T (s * w)``, so no scaled copy of the gradients is made unless a
-    method asks for the Jacobian itself.
+    Per-task transforms (clipping) act on the rows without copying them: the Gram matrix
+    becomes ``diag(s) G diag(s)`` and a weighted combination ``J^T (s * w)``.
     """
 
-    def __init__(self, blocks: Sequence[Tensor], row_scale: Tensor | None = None) -> None:
-        if not blocks:
-            raise ValueError("TaskGradients needs at least one block")
-        self.blocks = list(blocks)
-        self.num_tasks = self.blocks[0].shape[0]
+    def __init__(self, num_tasks: int, row_scale: Tensor | None) -> None:
+        self.num_tasks = num_tasks
         self.row_scale = row_scale
 
-    @classmethod
-    def from_matrix(cls, matrix: Tensor) -> TaskGradients:
-        return cls([matrix])
-
-    @cached_property
+    @property
+    @abstractmethod
     def raw_gramian(self) -> Tensor:
         """``(T, T)`` float64 Gram matrix of the gradients before any row scaling."""
-        return gramian_of_blocks(self.blocks)
+
+    @property
+    @abstractmethod
+    def shapes(self) -> tuple[torch.Size, ...]:
+        """Shape of each input the gradients are taken with respect to."""
+
+    @abstractmethod
+    def _combine_unscaled(self, weights: Tensor) -> list[Tensor]:
+        """``J^T w`` (raw rows) split per input."""
+
+    @abstractmethod
+    def with_row_scale(self, scale: Tensor | None) -> RowScaledGradients:
+        """The same raw gradients with another row scaling (shares computed results)."""
+
+    @abstractmethod
+    def divided_by(self, factor: float) -> RowScaledGradients:
+        """The gradients divided by ``factor`` (undoing a loss scale)."""
 
     @property
     def gramian(self) -> Tensor:
@@ -46,6 +61,48 @@ class TaskGradients:
             return self.raw_gramian
         s = self.row_scale.to(torch.float64)
         return self.raw_gramian * s.unsqueeze(0) * s.unsqueeze(1)
+
+    def norms(self) -> Tensor:
+        """Per-task gradient norms before row scaling, from the Gram diagonal."""
+        return self.raw_gramian.diagonal().clamp_min(0).sqrt()
+
+    def scale_rows(self, scale: Tensor) -> RowScaledGradients:
+        """The same gradients with row ``i`` multiplied by ``scale[i]`` (lazily)."""
+        total = scale if self.row_scale is None else self.row_scale * scale
+        return self.with_row_scale(total)
+
+    def combine(self, weights: Tensor) -> list[Tensor]:
+        """``J^T w`` split per input: ``sum_i w_i g_i`` with the inputs' shapes."""
+        if self.row_scale is not None:
+            weights = weights * self.row_scale.to(weights.dtype)
+        return self._combine_unscaled(weights)
+
+
+class TaskGradients(RowScaledGradients):
+    """Task gradients held as Jacobian blocks, one ``(T, *shape)`` block per input tensor.
+
+    Derived quantities are computed lazily, each at most once: a method that needs only the
+    Gram matrix never triggers the ``T x P`` concatenation, and row scaling never copies the
+    gradients unless a method asks for the Jacobian itself.
+    """
+
+    def __init__(self, blocks: Sequence[Tensor], row_scale: Tensor | None = None) -> None:
+        if not blocks:
+            raise ValueError("TaskGradients needs at least one block")
+        self.blocks = list(blocks)
+        super().__init__(self.blocks[0].shape[0], row_scale)
+
+    @classmethod
+    def from_matrix(cls, matrix: Tensor) -> TaskGradients:
+        return cls([matrix])
+
+    @cached_property
+    def raw_gramian(self) -> Tensor:
+        return gramian_of_blocks(self.blocks)
+
+    @property
+    def shapes(self) -> tuple[torch.Size, ...]:
+        return tuple(b.shape[1:] for b in self.blocks)
 
     @cached_property
     def matrix(self) -> Tensor:
@@ -56,22 +113,16 @@ class TaskGradients:
             matrix = matrix * self.row_scale.to(matrix.dtype).unsqueeze(1)
         return matrix
 
-    def norms(self) -> Tensor:
-        """Per-task gradient norms before row scaling, from the Gram diagonal."""
-        return self.raw_gramian.diagonal().clamp_min(0).sqrt()
-
-    def scale_rows(self, scale: Tensor) -> TaskGradients:
-        """The same gradients with row ``i`` multiplied by ``scale[i]`` (lazily)."""
-        total = scale if self.row_scale is None else self.row_scale * scale
-        scaled = TaskGradients(self.blocks, total)
+    def with_row_scale(self, scale: Tensor | None) -> TaskGradients:
+        scaled = TaskGradients(self.blocks, scale)
         if "raw_gramian" in self.__dict__:
             scaled.__dict__["raw_gramian"] = self.raw_gramian
         return scaled
 
-    def combine(self, weights: Tensor) -> list[Tensor]:
-        """``J^T w`` split per block: ``sum_i w_i g_i`` with the inputs' shapes."""
-        if self.row_scale is not None:
-            weights = weights * self.row_scale.to(weights.dtype)
+    def divided_by(self, factor: float) -> TaskGradients:
+        return TaskGradients([b / factor for b in self.blocks], self.row_scale)
+
+    def _combine_unscaled(self, weights: Tensor) -> list[Tensor]:
         return [torch.tensordot(weights.to(b.dtype), b, dims=1) for b in self.blocks]
 
     def split(self, direction: Tensor) -> list[Tensor]:
@@ -87,3 +138,51 @@ class TaskGradients:
                 f"a direction of {direction.numel()} entries does not match {offset} gradients"
             )
         return pieces
+
+
+Combiner = Callable[[Tensor], list[Tensor]]
+
+
+class GramianGradients(RowScaledGradients):
+    """Task gradients known only through their Gram matrix.
+
+    Args:
+        gramian: ``(T, T)`` float64 ``J J^T``.
+        shapes: shapes of the inputs (the shared parameters).
+        combiner: ``w -> J^T w`` split per input, computed by one backward pass (the Jacobian
+            itself was never stored).
+    """
+
+    def __init__(
+        self,
+        gramian: Tensor,
+        shapes: Sequence[torch.Size],
+        combiner: Combiner,
+        row_scale: Tensor | None = None,
+    ) -> None:
+        super().__init__(gramian.shape[0], row_scale)
+        self._gramian = gramian
+        self._shapes = tuple(shapes)
+        self._combiner = combiner
+
+    @property
+    def raw_gramian(self) -> Tensor:
+        return self._gramian
+
+    @property
+    def shapes(self) -> tuple[torch.Size, ...]:
+        return self._shapes
+
+    def with_row_scale(self, scale: Tensor | None) -> GramianGradients:
+        return GramianGradients(self._gramian, self._shapes, self._combiner, scale)
+
+    def divided_by(self, factor: float) -> GramianGradients:
+        combiner = self._combiner
+
+        def divided(weights: Tensor) -> list[Tensor]:
+            return [g / factor for g in combiner(weights)]
+
+        return GramianGradients(self._gramian / factor**2, self._shapes, divided, self.row_scale)
+
+    def _combine_unscaled(self, weights: Tensor) -> list[Tensor]:
+        return self._combiner(weights)

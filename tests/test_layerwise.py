@@ -1,0 +1,208 @@
+"""The layer-wise Gram path: same Gram matrix and same updates as materialising the Jacobian."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from helpers import TwoLevelNet, regression_problem, task_losses
+from taskbalance import Balancer
+from taskbalance.engine import gramian_of_blocks, task_jacobian
+from taskbalance.engine.layerwise import layerwise_gramian
+from taskbalance.engine.task_gradients import GramianGradients, TaskGradients
+from taskbalance.health import HealthMonitor
+from taskbalance.transforms import ClipGlobalNorm, ClipPerTaskNorm
+
+
+def _reference(losses: Tensor, params: list[Tensor]) -> Tensor:
+    blocks, _ = task_jacobian(losses, params, batched=False)
+    return gramian_of_blocks(blocks)
+
+
+def _identity(num_tasks: int) -> Tensor:
+    return torch.eye(num_tasks)
+
+
+class SharedWeightNet(nn.Module):
+    """A trunk that uses one layer twice (weight tying), BatchNorm, a convolution, an unused
+    parameter and a parameter used outside any module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv1d(1, 3, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm1d(3)
+        self.tied = nn.Linear(18, 18)
+        self.unused = nn.Parameter(torch.randn(5))
+        self.scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.norm(self.conv(x.unsqueeze(1)))).flatten(1)
+        return self.scale * self.tied(torch.tanh(self.tied(h)))
+
+
+def test_gramian_equals_the_jacobian_gramian_for_tied_weights_norms_and_unused_params() -> None:
+    model = SharedWeightNet()
+    x = torch.randn(16, 6)
+    z = model(x)
+    losses = torch.stack([z[:, i::3].pow(2).mean() * (i + 1) for i in range(3)])
+    params = list(model.parameters())
+    gramian = layerwise_gramian(losses, params, _identity(3))
+    assert gramian is not None
+    assert gramian.dtype == torch.float64
+    torch.testing.assert_close(gramian, _reference(losses, params), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 5])
+def test_gramian_through_a_representation_matches(num_tasks: int) -> None:
+    model = TwoLevelNet(num_tasks)
+    x, y = regression_problem(num_tasks)
+    z, losses = task_losses(model, x, y)
+    rep_grads = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in losses])
+    params = list(model.trunk.parameters())
+    gramian = layerwise_gramian(z, params, rep_grads)
+    assert gramian is not None
+    torch.testing.assert_close(
+        gramian, _reference(torch.stack(losses), params), rtol=1e-6, atol=1e-9
+    )
+
+
+def test_no_dependency_gives_a_zero_gramian() -> None:
+    x = torch.randn(3, requires_grad=True)
+    unrelated = torch.randn(2, requires_grad=True)
+    losses = torch.stack([x.sum(), (2 * x).sum()])
+    gramian = layerwise_gramian(losses, [unrelated], _identity(2))
+    assert gramian is not None
+    torch.testing.assert_close(gramian, torch.zeros(2, 2, dtype=torch.float64))
+
+
+class _NoVmapRule(torch.autograd.Function):
+    """Doubles its input; its backward goes through numpy, which cannot be vectorised."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return torch.from_numpy(grad.detach().numpy() * 2)
+
+
+def test_unvectorisable_backward_returns_none_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = torch.randn(4, requires_grad=True)
+    doubled = _NoVmapRule.apply(w)
+    losses = torch.stack([doubled.sum(), doubled.pow(2).sum()])
+    with caplog.at_level(logging.WARNING, logger="taskbalance"):
+        assert layerwise_gramian(losses, [w], _identity(2)) is None
+    assert any("materialising the Jacobian" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e-20])
+def test_extreme_gradients_are_left_to_the_rescaling_jacobian_path(magnitude: float) -> None:
+    w = torch.ones(3, requires_grad=True)
+    losses = torch.stack([(w * magnitude).sum(), (w * 2 * magnitude).sum()])
+    assert layerwise_gramian(losses, [w], _identity(2)) is None
+
+
+# ----------------------------------------------------------------- through the Balancer
+def _step(
+    method: str, engine: str, *, with_representation: bool = True, **kwargs: Any
+) -> tuple[list[Tensor], Any]:
+    model = TwoLevelNet(4)
+    x, y = regression_problem(4)
+    balancer = Balancer(method, model.trunk.parameters(), engine=engine, **kwargs)  # type: ignore[arg-type]
+    captured: dict[str, Any] = {}
+    original = balancer._task_gradients
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        captured["grads"] = original(*args, **kw)
+        return captured["grads"]
+
+    balancer._task_gradients = spy  # type: ignore[method-assign]
+    z, losses = task_losses(model, x, y)
+    info = balancer.backward(losses, representation=z if with_representation else None)
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros(0) for p in model.parameters()]
+    return grads, (info, captured.get("grads"))
+
+
+@pytest.mark.parametrize(
+    "method", ["mgda", "upgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "fairgrad"]
+)
+@pytest.mark.parametrize("with_representation", [True, False])
+def test_gram_methods_write_the_same_gradients_on_both_paths(
+    method: str, with_representation: bool
+) -> None:
+    fast, (info, grads) = _step(method, "gramian", with_representation=with_representation)
+    assert isinstance(grads, GramianGradients)
+    plain, (plain_info, plain_grads) = _step(
+        method, "jacobian", with_representation=with_representation
+    )
+    assert isinstance(plain_grads, TaskGradients)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert info.weights is not None
+    assert plain_info.weights is not None
+    torch.testing.assert_close(info.weights, plain_info.weights, rtol=1e-6, atol=1e-9)
+
+
+def test_transforms_loss_scale_and_monitor_agree_on_both_paths() -> None:
+    def run(engine: str) -> list[Tensor]:
+        model = TwoLevelNet(4)
+        x, y = regression_problem(4)
+        balancer = Balancer(
+            "upgrad",
+            model.trunk.parameters(),
+            engine=engine,  # type: ignore[arg-type]
+            transforms=[ClipPerTaskNorm(0.05), ClipGlobalNorm(0.5)],
+            monitor=HealthMonitor(every=1, task_gradients=True),
+        )
+        for _ in range(2):
+            z, losses = task_losses(model, x, y)
+            balancer.backward(losses, representation=z, loss_scale=1024.0)
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for a, b in zip(run("gramian"), run("jacobian"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_jacobian_methods_never_take_the_gram_path() -> None:
+    _, (_, grads) = _step("graddrop", "gramian")
+    assert isinstance(grads, TaskGradients)
+
+
+def test_auto_engine_takes_the_gram_path_only_for_a_large_jacobian() -> None:
+    _, (_, grads) = _step("mgda", "auto")
+    assert isinstance(grads, TaskGradients)
+    small = Balancer("mgda", [torch.zeros(1000, requires_grad=True)])
+    assert not small._gramian_only(40)
+    large = Balancer("mgda", [torch.zeros(2**20, requires_grad=True)])  # 4 MiB per task
+    assert not large._gramian_only(64)
+    assert large._gramian_only(65)
+    assert not Balancer("mgda", large.shared_params, engine="jacobian")._gramian_only(1000)
+
+
+def test_unvectorisable_model_falls_back_to_the_jacobian_once() -> None:
+    torch.manual_seed(0)
+    trunk = nn.Linear(5, 4)
+    heads = [nn.Linear(4, 1) for _ in range(3)]
+    balancer = Balancer("mgda", trunk.parameters(), engine="gramian")
+    x = torch.randn(8, 5)
+    for _ in range(2):
+        z = _NoVmapRule.apply(trunk(x))
+        losses = [head(z).pow(2).mean() for head in heads]
+        info = balancer.backward(losses, representation=z)
+        assert not info.skipped
+    assert not balancer._layerwise_ok
+    assert trunk.weight.grad is not None
+    assert torch.isfinite(trunk.weight.grad).all()
+
+
+def test_unknown_engine_is_rejected_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="engine"):
+        Balancer("mgda", [torch.zeros(2, requires_grad=True)], engine="gram")  # type: ignore[arg-type]
