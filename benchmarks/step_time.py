@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from taskbalance import Balancer
-from taskbalance.bench.runner import machine_info, methods
+from taskbalance import Balancer, methods
+from taskbalance.bench.runner import machine_info
 from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Combination, Context, Method
 
