@@ -168,8 +168,10 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
     # parameter level without it: one batched backward of the stacked losses
     combine_losses = [{"batched": False, "numel": num_tasks}] if engine == "gramian" else []
     assert calls("parameters", False) == [
-        {"batched": True, "numel": num_tasks}
-    ] + combine_losses + [head_only]
+        {"batched": True, "numel": num_tasks},
+        *combine_losses,
+        head_only,
+    ]
 
 
 def test_shared_parameters_bypassing_the_representation_are_handled_exactly() -> None:

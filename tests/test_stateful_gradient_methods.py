@@ -101,6 +101,21 @@ def test_graddrop_at_representation_level_shares_the_mask_across_the_batch() -> 
     torch.testing.assert_close(d, (keep.unsqueeze(1) * per_sample).sum(0).reshape(-1))
 
 
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_graddrop_fast_sum_equals_the_papers_masked_sum(leak: float) -> None:
+    generator = torch.Generator().manual_seed(7)
+    J = torch.randn(5, 400, generator=generator, dtype=torch.float64)
+    J[:, :40] = 0.0  # units with no gradient at all
+    J[2, 40:80] = 0.0
+    d = aggregate(methods.create("graddrop", leak=leak, seed=3), J)
+    uniform = torch.rand(400, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    scaled = J / J.abs().max()
+    purity = 0.5 * (1 + scaled.sum(0) / (scaled.abs().sum(0) + 1e-7))
+    keep = ((purity > uniform) & (J > 0)) | ((purity < uniform) & (J < 0))
+    mask = leak + (1 - leak) * keep.to(J.dtype)
+    torch.testing.assert_close(d, (mask * J).sum(0))
+
+
 def test_graddrop_leak_one_half() -> None:
     J = torch.tensor([[1.0], [-3.0]], dtype=torch.float64)
     d = aggregate(methods.create("graddrop", leak=0.5, seed=0), J)

@@ -41,7 +41,7 @@ from torch import Tensor
 from taskbalance._validation import check_choice
 from taskbalance.engine.graph import reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
-from taskbalance.engine.layerwise import layerwise_gramian
+from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import (
     GramianGradients,
@@ -548,7 +548,8 @@ class Balancer:
 
         At parameter level, when only the Gram matrix is needed (and :meth:`_gramian_only`
         says so), the batched backward folds each parameter's rows into the Gram matrix as
-        they appear instead of returning the Jacobian.
+        they appear instead of returning the Jacobian; when the Jacobian itself is needed, it
+        writes them into their columns of one ``(T, P)`` matrix (no concatenation).
         """
         if need < Need.GRAMIAN:
             return None
@@ -572,6 +573,11 @@ class Balancer:
                     [p.shape for p in self.shared_params],
                     self._combiner(outputs, grad_outputs),
                 )
+            self._layerwise_ok = False
+        if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
+            matrix = stacked_jacobian(outputs, self.shared_params, grad_outputs)
+            if matrix is not None:
+                return TaskGradients.from_columns(matrix, [p.shape for p in self.shared_params])
             self._layerwise_ok = False
         blocks, ok = batched_vjp(outputs, self.shared_params, grad_outputs, batched=self.batched)
         self.batched = self.batched and ok

@@ -17,6 +17,10 @@ of the whole ``T x P`` Jacobian.
 The weighted combination ``J^T w`` that follows is one ordinary backward of
 ``sum_i w_i (dL_i/dz)`` (or of ``sum_i w_i L_i``) instead of a matrix product with ``J``;
 see :class:`taskbalance.engine.task_gradients.GramianGradients`.
+
+The same mechanism serves methods that need the Jacobian itself: :func:`stacked_jacobian`
+copies each tensor's rows straight into their columns of one preallocated ``(T, P)`` matrix,
+so the Jacobian exists once, never as blocks plus a concatenated copy.
 """
 
 from __future__ import annotations
@@ -30,28 +34,19 @@ from torch import Tensor
 from taskbalance.engine.gramian import in_safe_range
 from taskbalance.engine.jacobian import warn_once
 
-__all__ = ["layerwise_gramian"]
+__all__ = ["layerwise_gramian", "stacked_jacobian"]
+
+RowSink = Callable[[int, Tensor], None]
+"""Receives ``(input index, (T, *input.shape) rows)`` once per input tensor."""
 
 
-class _GramAccumulator:
-    """Running sum of ``J_p J_p^T`` over the input tensors, in float64."""
+def _hook_for(index: int, sink: RowSink) -> Callable[[Tensor], Tensor]:
+    """A gradient hook that hands the ``T`` rows it sees to ``sink`` and drops them."""
 
-    def __init__(self) -> None:
-        self.total: Tensor | None = None
-
-    def add(self, rows: Tensor) -> None:
-        flat = rows.reshape(rows.shape[0], -1)
-        contribution = (flat @ flat.T).to(torch.float64)
-        self.total = contribution if self.total is None else self.total + contribution
-
-
-def _fold_into(accumulator: _GramAccumulator) -> Callable[[Tensor], Tensor]:
-    """A gradient hook that adds the ``T`` rows it sees to ``accumulator`` and drops them."""
-
-    class _Fold(torch.autograd.Function):
+    class _Hand(torch.autograd.Function):
         @staticmethod
         def forward(grad: Tensor) -> Tensor:  # one row only: outside a vmap
-            raise RuntimeError("the layer-wise Gram hook ran outside of a vectorised backward")
+            raise RuntimeError("the per-tensor row hook ran outside of a vectorised backward")
 
         @staticmethod
         def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -64,15 +59,42 @@ def _fold_into(accumulator: _GramAccumulator) -> Callable[[Tensor], Tensor]:
                 rows = grad.unsqueeze(0).expand(info.batch_size, *grad.shape)
             else:
                 rows = grad.movedim(dim, 0)
-            accumulator.add(rows)
+            sink(index, rows)
             zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
             return zero.expand(rows.shape[1:]), None
 
     def hook(grad: Tensor) -> Tensor:
-        result: Tensor = _Fold.apply(grad)  # type: ignore[no-untyped-call]
+        result: Tensor = _Hand.apply(grad)  # type: ignore[no-untyped-call]
         return result
 
     return hook
+
+
+def _vectorised_rows(
+    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, sink: RowSink, what: str
+) -> bool:
+    """Run the ``T`` vector-Jacobian products as one vectorised backward, handing each input's
+    rows to ``sink``; ``False`` (logged once) when the backward cannot be vectorised."""
+    handles = [
+        x.register_hook(_hook_for(index, sink))  # type: ignore[no-untyped-call]
+        for index, x in enumerate(inputs)
+    ]
+
+    def rows(grad_output: Tensor) -> tuple[Tensor, ...]:
+        grads = torch.autograd.grad(
+            outputs, list(inputs), grad_outputs=grad_output, retain_graph=True, allow_unused=True
+        )
+        return tuple(g for g in grads if g is not None)
+
+    try:
+        torch.vmap(rows)(grad_outputs)
+    except RuntimeError as error:
+        warn_once(error, f"the {what} needs a vectorisable backward (%s); using blocks instead")
+        return False
+    finally:
+        for handle in handles:
+            handle.remove()
+    return True
 
 
 def layerwise_gramian(
@@ -91,32 +113,46 @@ def layerwise_gramian(
         (gradients beyond ``1e15`` or below ``1e-15``): the caller then materialises the
         Jacobian, whose Gram matrix is formed with rescaling. The graph is retained.
     """
-    accumulator = _GramAccumulator()
-    hook = _fold_into(accumulator)
-    handles = [x.register_hook(hook) for x in inputs]  # type: ignore[no-untyped-call]
+    num_rows = grad_outputs.shape[0]
+    total = torch.zeros(num_rows, num_rows, dtype=torch.float64, device=grad_outputs.device)
 
-    def rows(grad_output: Tensor) -> tuple[Tensor, ...]:
-        grads = torch.autograd.grad(
-            outputs, list(inputs), grad_outputs=grad_output, retain_graph=True, allow_unused=True
-        )
-        return tuple(g for g in grads if g is not None)
+    def fold(_: int, rows: Tensor) -> None:
+        flat = rows.reshape(num_rows, -1)
+        total.add_((flat @ flat.T).to(torch.float64))
 
-    try:
-        torch.vmap(rows)(grad_outputs)
-    except RuntimeError as error:
-        warn_once(
-            error,
-            "the layer-wise Gram matrix needs a vectorisable backward (%s); "
-            "materialising the Jacobian instead",
-        )
+    if not _vectorised_rows(outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix"):
         return None
-    finally:
-        for handle in handles:
-            handle.remove()
-    total = accumulator.total
-    if total is None:
-        num_rows = grad_outputs.shape[0]
-        return torch.zeros(num_rows, num_rows, dtype=torch.float64, device=grad_outputs.device)
     if not in_safe_range(total):
         return None  # float32 products overflowed or underflowed: the caller rescales blocks
     return total
+
+
+def stacked_jacobian(
+    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor
+) -> Tensor | None:
+    """``(T, P)`` Jacobian, each input's rows written into their columns as they appear.
+
+    Same arguments as :func:`layerwise_gramian`; columns follow ``inputs`` (flattened, in
+    order), zeros for an input the outputs do not depend on. ``None`` when the backward
+    cannot be vectorised.
+    """
+    sizes = [x.numel() for x in inputs]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    dtype = torch.promote_types(grad_outputs.dtype, inputs[0].dtype)
+    matrix = torch.empty(
+        grad_outputs.shape[0], offsets[-1], dtype=dtype, device=grad_outputs.device
+    )
+    written: set[int] = set()
+
+    def store(index: int, rows: Tensor) -> None:
+        columns = matrix[:, offsets[index] : offsets[index + 1]]
+        columns.copy_(rows.reshape(rows.shape[0], -1))
+        written.add(index)
+
+    if not _vectorised_rows(outputs, inputs, grad_outputs, store, "stacked Jacobian"):
+        return None
+    for index in set(range(len(sizes))) - written:  # inputs the outputs do not depend on
+        matrix[:, offsets[index] : offsets[index + 1]] = 0
+    return matrix

@@ -96,9 +96,26 @@ class TaskGradients(RowScaledGradients):
     def from_matrix(cls, matrix: Tensor) -> TaskGradients:
         return cls([matrix])
 
+    @classmethod
+    def from_columns(cls, matrix: Tensor, shapes: Sequence[torch.Size]) -> TaskGradients:
+        """The ``(T, P)`` Jacobian whose consecutive column ranges are the inputs (flattened):
+        blocks are views into it, so it is never copied or concatenated again."""
+        blocks = []
+        offset = 0
+        for shape in shapes:
+            size = shape.numel()
+            blocks.append(matrix[:, offset : offset + size].view(matrix.shape[0], *shape))
+            offset += size
+        if offset != matrix.shape[1]:
+            raise ValueError(f"shapes cover {offset} columns of a {tuple(matrix.shape)} matrix")
+        grads = cls(blocks)
+        grads.__dict__["matrix"] = matrix
+        return grads
+
     @cached_property
     def raw_gramian(self) -> Tensor:
-        return gramian_of_blocks(self.blocks)
+        whole = self.__dict__.get("matrix") if self.row_scale is None else None
+        return gramian_of_blocks([whole] if whole is not None else self.blocks)
 
     @property
     def shapes(self) -> tuple[torch.Size, ...]:
