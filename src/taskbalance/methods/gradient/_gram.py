@@ -23,11 +23,22 @@ def normalised_gramian(gramian: Tensor) -> Tensor:
     return G / scale if bool(scale > 0) else G
 
 
+_SAFE_LOW, _SAFE_HIGH = 1e-15, 1e15
+
+
 def row_norms(matrix: Tensor) -> Tensor:
-    """Euclidean norms of the rows in float64, without overflow or underflow at any scale."""
-    scale = matrix.detach().abs().amax().to(torch.float64)
-    wide = matrix.to(torch.float64)
+    """Euclidean norms of the rows in float64, without overflow or underflow at any scale.
+
+    Entries of moderate size (largest in ``[1e-15, 1e15]``) are summed in the matrix's own
+    precision (no wide copy of a ``T x P`` matrix); otherwise the rows are rescaled by the
+    largest entry and summed in float64."""
+    low, high = torch.aminmax(matrix.detach())
+    scale = torch.maximum(-low, high).to(torch.float64)
     norms: Tensor
+    if _SAFE_LOW <= float(scale) <= _SAFE_HIGH:
+        norms = torch.linalg.vector_norm(matrix, dim=-1).to(torch.float64)
+        return norms
+    wide = matrix.to(torch.float64)
     if not bool(scale > 0) or not bool(torch.isfinite(scale)):
         norms = torch.linalg.vector_norm(wide, dim=-1)
         return norms

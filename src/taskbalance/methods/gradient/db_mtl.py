@@ -55,7 +55,6 @@ class DBMTL(Method):
     def combine(self, ctx: Context) -> Combination:
         J = ctx.require_jacobian(self.name)
         losses = ctx.require_losses(self.name).to(J.device, torch.float64)
-        log_grads = J / (losses.clamp_min(0) + _EPS).to(J.dtype).unsqueeze(1)
         if self.buffer is None:
             self.buffer = torch.zeros_like(J)
         elif self.buffer.shape != J.shape:
@@ -65,7 +64,9 @@ class DBMTL(Method):
             )
         self.steps += 1
         beta = self.beta / self.steps**self.beta_sigma
-        self.buffer = log_grads + beta * (self.buffer - log_grads)
+        # m <- beta m + (1 - beta) g_i / L_i, in place and without a T x P temporary
+        row_factor = (1 - beta) / (losses.clamp_min(0) + _EPS).to(J.dtype)
+        self.buffer.mul_(beta).addcmul_(J, row_factor.unsqueeze(1))
         norms = row_norms(self.buffer)
         scale = torch.where(norms > 0, norms.max() / torch.where(norms > 0, norms, 1.0), 0.0)
         return Combination(direction=scale.to(J.dtype) @ self.buffer)

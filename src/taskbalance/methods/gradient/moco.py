@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taskbalance.engine.gramian import gramian_of_blocks
 from taskbalance.engine.needs import Need
 from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
@@ -86,13 +87,14 @@ class MoCo(Method):
                 f"got {tuple(J.shape)}; call reset() to start over"
             )
         self.steps += 1
-        norms = row_norms(J).to(J.dtype).unsqueeze(1)
-        scaled = J / (norms + _EPS) * losses.unsqueeze(1)
         beta = self.beta / self.steps**self.beta_sigma
         gamma = self.gamma / self.steps**self.gamma_sigma
-        self.tracked = self.tracked - beta * (self.tracked - scaled)
-        Y = self.tracked.to(torch.float64)
-        gram = Y @ Y.T + self.rho * torch.eye(num_tasks, dtype=torch.float64, device=J.device)
+        # y <- y - beta (y - L_i g_i / |g_i|), in place and without a T x P temporary
+        row_factor = beta * losses / (row_norms(J).to(J.dtype) + _EPS)
+        self.tracked.mul_(1 - beta).addcmul_(J, row_factor.unsqueeze(1))
+        gram = gramian_of_blocks([self.tracked]) + self.rho * torch.eye(
+            num_tasks, dtype=torch.float64, device=J.device
+        )
         self.task_weights = torch.softmax(
             self.task_weights - gamma * gram @ self.task_weights, dim=0
         )
