@@ -39,6 +39,7 @@ def table(results: dict) -> str:  # type: ignore[type-arg]
 
 LIBRARIES = [
     ("parameters", "ours, parameters"),
+    ("parameters:gramian", 'ours, parameters, Gram-only engine (`engine="gramian"`)'),
     ("representation", "ours, representation"),
     ("torchjd-autojac", "TorchJD autojac"),
     ("torchjd-autogram", "TorchJD autogram"),

@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from taskbalance.bench.runner import run_benchmark
 from taskbalance.bench.suite import BENCHMARKS, BenchmarkSpec, Entry
-from taskbalance.bench.toy import run_toy, toy_losses
+from taskbalance.bench.toy import parse_amortised, run, run_toy, toy_losses
 from taskbalance.metrics import delta_m
 from taskbalance.report import write_report
 
@@ -113,8 +114,20 @@ def test_toy_run_and_suite_report(tmp_path: Path, tiny_run: tuple[Path, dict]) -
     assert 'href="tiny/report.html"' in page
 
 
+def test_toy_amortised_runs_reuse_weights_between_updates() -> None:
+    assert parse_amortised("mgda+k5") == ("mgda", 5)
+    assert parse_amortised("upgrad") == ("upgrad", 1)
+    with pytest.raises(ValueError, match="METHOD\\+kN"):
+        parse_amortised("mgda+kfive")
+    every_step = run("mgda", 40, record_every=40)
+    assert run("mgda+k1", 40, record_every=40)["final"] == every_step["final"]
+    amortised = run("mgda+k4", 40, record_every=40)
+    assert amortised["final"] != every_step["final"]  # weights held for 3 of every 4 steps
+    moved = torch.tensor(amortised["final"]) - torch.tensor(amortised["trajectory"][0])
+    assert bool((moved.norm(dim=1) > 0).all())
+
+
 def test_toy_losses_match_the_papers_front() -> None:
-    import torch
 
     # on the front (x2 = -8.3552) the two quadratic branches are minimised at x1 = +-7
     ends = toy_losses(torch.tensor([[7.0, -8.3552], [-7.0, -8.3552]], dtype=torch.float64))
@@ -153,7 +166,6 @@ def test_main_job_end_to_end(tmp_path: Path) -> None:
 
 
 def test_ple_model_kind_builds_and_runs() -> None:
-    import torch
 
     from taskbalance.config import RunConfig
     from taskbalance.models import PLE

@@ -52,6 +52,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             {"training": {"level": "layer"}},
             r"^training\.level: Input should be 'parameters' or 'representation'",
         ),
+        (
+            {"methods": [{"name": "mgda", "engine": "gram"}]},
+            r"^methods\.0\.engine: Input should be 'auto', 'gramian' or 'jacobian'",
+        ),
     ],
 )
 def test_config_errors_name_the_key(config: dict, message: str) -> None:  # type: ignore[type-arg]

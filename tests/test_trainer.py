@@ -124,6 +124,23 @@ def test_a_task_without_labels_is_left_out_of_the_step() -> None:
     assert all(p.grad is None for p in model.heads["b"].parameters())
 
 
+def test_trainer_steps_on_the_gram_only_engine_like_on_the_jacobian() -> None:
+    updates = []
+    for engine in ("gramian", "jacobian"):
+        torch.manual_seed(0)
+        model = make_model()
+        trainer = Trainer(model, TASKS, "upgrad", engine=engine, seed=None)  # type: ignore[arg-type]
+        assert trainer.balancer.engine == engine
+        x, a, b = dataset(16).tensors
+        before = [p.detach().clone() for p in model.parameters()]
+        trainer._train_batch((x, {"a": a, "b": b}, {}))
+        updates.append(
+            [p.detach() - old for p, old in zip(model.parameters(), before, strict=True)]
+        )
+    for fast, plain in zip(*updates, strict=True):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("strategy", "expected"), [("proportional", 0.8), ("temperature", 2 / 3), ("round_robin", 0.5)]
 )

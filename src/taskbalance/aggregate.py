@@ -10,9 +10,9 @@ from torch import Tensor
 from taskbalance.balancer import make_context, resolve_method
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import TaskGradients
-from taskbalance.methods.base import Method
+from taskbalance.methods.base import Combination, Method
 
-__all__ = ["aggregate"]
+__all__ = ["aggregate", "combine_jacobian"]
 
 
 def _vector(values: Tensor | Sequence[float] | None, num_tasks: int, what: str) -> Tensor | None:
@@ -46,6 +46,27 @@ def aggregate(
     tensor([0.5000, 1.5000])
     """
     method = resolve_method(method)
+    combination = combine_jacobian(method, jacobian, losses=losses, metrics=metrics)
+    if combination.weights is not None:
+        return TaskGradients.from_matrix(jacobian.detach()).combine(
+            combination.weights.to(jacobian.device)
+        )[0]
+    assert combination.direction is not None
+    if combination.direction.shape != (jacobian.shape[1],):
+        raise RuntimeError(f"{method.name} returned a direction of the wrong shape")
+    return combination.direction.to(jacobian.dtype)
+
+
+def combine_jacobian(
+    method: Method | str,
+    jacobian: Tensor,
+    *,
+    losses: Tensor | Sequence[float] | None = None,
+    metrics: Tensor | Sequence[float] | None = None,
+) -> Combination:
+    """What :func:`aggregate` computes before applying it: the method's weights ``(T,)`` or
+    direction ``(P,)`` for this matrix of task gradients (e.g. to reuse weights later)."""
+    method = resolve_method(method)
     if not isinstance(jacobian, Tensor):
         raise TypeError(f"jacobian must be a tensor, got {type(jacobian).__name__}")
     if jacobian.ndim != 2 or jacobian.shape[0] < 1:
@@ -63,10 +84,4 @@ def aggregate(
         losses=_vector(losses, num_tasks, "losses"),
         metrics=_vector(metrics, num_tasks, "metrics"),
     )
-    combination = method(ctx)
-    if combination.weights is not None:
-        return grads.combine(combination.weights.to(jacobian.device))[0]
-    assert combination.direction is not None
-    if combination.direction.shape != (jacobian.shape[1],):
-        raise RuntimeError(f"{method.name} returned a direction of the wrong shape")
-    return combination.direction.to(jacobian.dtype)
+    return method(ctx)

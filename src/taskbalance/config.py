@@ -84,13 +84,15 @@ class TrainingConfig(Strict):
 
 class MethodConfig(Strict):
     """A method to train with: its registry name, hyperparameters, level (default: the
-    training's), ``update_every`` (recompute the weights every k steps, reuse them in between:
-    see :class:`taskbalance.Balancer`) and an optional display label."""
+    training's), ``update_every`` (recompute the weights every k steps, reuse them in between),
+    ``engine`` (``auto`` / ``gramian`` / ``jacobian``: how per-task gradients are held; see
+    :class:`taskbalance.Balancer`) and an optional display label."""
 
     name: str
     hparams: dict[str, Any] = Field(default_factory=dict)
     level: Literal["parameters", "representation"] | None = None
     update_every: int = Field(1, ge=1)
+    engine: Literal["auto", "gramian", "jacobian"] = "auto"
     label: str | None = None
 
     @field_validator("name")

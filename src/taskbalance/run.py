@@ -143,6 +143,7 @@ def run_one(
         transforms=[t.build() for t in config.transforms],
         level=method.level or config.training.level,
         update_every=method.update_every,
+        engine=method.engine,
         early_stopping=EarlyStopping(stopping.monitor, stopping.mode, stopping.patience)
         if stopping
         else EarlyStopping("mean_loss", "min", patience=10**9),

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 import taskbalance
-from taskbalance import aggregate, methods
+from taskbalance import methods
+from taskbalance.aggregate import combine_jacobian
 from taskbalance.bench.runner import Progress
 
 LOWER = 5e-6
@@ -83,8 +84,19 @@ def distance_to_front(point: torch.Tensor) -> float:
     return float(torch.hypot(point[0] - x1, point[1] - FRONT_X2))
 
 
+def parse_amortised(name: str) -> tuple[str, int]:
+    """``"mgda+k5"`` -> ``("mgda", 5)``: the method, and how often its weights are recomputed
+    (as ``update_every``; in between the last weights are reused)."""
+    base, _, every = name.partition("+k")
+    if every and not every.isdigit():
+        raise ValueError(f"toy: {name!r} is not a method or METHOD+kN (e.g. mgda+k5)")
+    return base, int(every) if every else 1
+
+
 def run(name: str, steps: int, record_every: int) -> dict[str, Any]:
-    instances = [methods.create(name, **SETTINGS.get(name, {})) for _ in STARTS]
+    base, update_every = parse_amortised(name)
+    instances = [methods.create(base, **SETTINGS.get(base, {})) for _ in STARTS]
+    last_weights: list[torch.Tensor | None] = [None] * len(STARTS)
     x = torch.tensor(STARTS, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([x], lr=1e-3)
     trajectory = [x.detach().clone()]
@@ -93,13 +105,21 @@ def run(name: str, steps: int, record_every: int) -> dict[str, Any]:
         g1, g2 = (
             torch.autograd.grad(losses[:, i].sum(), x, retain_graph=i == 0)[0] for i in range(2)
         )
-        directions = [
-            aggregate(method, torch.stack([g1[s], g2[s]]), losses=losses[s].detach())
-            for s, method in enumerate(instances)
-        ]
-        if name in CLIP:
+        directions = []
+        for s, method in enumerate(instances):
+            jacobian = torch.stack([g1[s], g2[s]])
+            reused = last_weights[s]
+            if reused is None or step % update_every == 0:
+                combination = combine_jacobian(method, jacobian, losses=losses[s].detach())
+                reused = last_weights[s] = combination.weights
+                if combination.direction is not None:
+                    directions.append(combination.direction.to(jacobian.dtype))
+                    continue
+            assert reused is not None
+            directions.append(reused.to(jacobian.dtype) @ jacobian)
+        if base in CLIP:
             directions = [
-                d * torch.clamp(CLIP[name] / (d.norm() + 1e-12), max=1.0) for d in directions
+                d * torch.clamp(CLIP[base] / (d.norm() + 1e-12), max=1.0) for d in directions
             ]
         optimizer.zero_grad()
         x.grad = torch.stack(directions)
@@ -222,7 +242,7 @@ def run_toy(
         "machine": platform.platform(),
         "steps": steps,
         "starts": STARTS,
-        "settings": {name: SETTINGS.get(name, {}) for name in methods},
+        "settings": {name: SETTINGS.get(parse_amortised(name)[0], {}) for name in methods},
         "update_clipped_to": CLIP,
         "threshold": threshold,
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from taskbalance.balancer import Balancer, Level
+from taskbalance.balancer import Balancer, EnginePath, Level
 from taskbalance.health.monitor import HealthMonitor
 from taskbalance.methods.base import Method
 from taskbalance.models.contract import MultiTaskModel
@@ -69,7 +69,7 @@ class Trainer:
         optimizer: default ``Adam(model.parameters(), lr=1e-3)``.
         scheduler: a ``torch.optim.lr_scheduler`` stepped every epoch (or every optimizer step
             with ``scheduler_interval="step"``).
-        transforms, level, update_every: passed to the :class:`Balancer`.
+        transforms, level, update_every, engine: passed to the :class:`Balancer`.
         shared_params: shared parameters when ``model`` is not a ``MultiTaskModel``.
         callbacks: :class:`~taskbalance.train.callbacks.Callback` objects.
         early_stopping: stop on a validation metric; with ``restore_best`` the model ends with
@@ -104,6 +104,7 @@ class Trainer:
         transforms: Sequence[Transform] = (),
         level: Level = "parameters",
         update_every: int = 1,
+        engine: EnginePath = "auto",
         shared_params: Iterable[Tensor] | None = None,
         callbacks: Sequence[Callback] = (),
         early_stopping: EarlyStopping | None = None,
@@ -150,6 +151,7 @@ class Trainer:
             "task_names": list(self.tasks),
             "monitor": monitor,
             "update_every": update_every,
+            "engine": engine,
         }
         if isinstance(model, MultiTaskModel):
             self.balancer = Balancer.for_model(method, model, **common)
