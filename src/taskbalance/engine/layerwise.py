@@ -40,31 +40,37 @@ RowSink = Callable[[int, Tensor], None]
 """Receives ``(input index, (T, *input.shape) rows)`` once per input tensor."""
 
 
+class _HandRows(torch.autograd.Function):
+    """Identity on a gradient; under vmap, hands the ``T`` physical rows to a sink and returns a
+    zero-stride tensor in their place (so autograd keeps nothing of size ``T x |p|``)."""
+
+    @staticmethod
+    def forward(grad: Tensor, index: int, sink: RowSink) -> Tensor:  # outside a vmap
+        raise RuntimeError("the per-tensor row hook ran outside of a vectorised backward")
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def vmap(
+        info: Any, in_dims: tuple[int | None, None, None], grad: Tensor, index: int, sink: RowSink
+    ) -> tuple[Tensor, None]:
+        dim = in_dims[0]
+        if dim is None:  # the same gradient for every row
+            rows = grad.unsqueeze(0).expand(info.batch_size, *grad.shape)
+        else:
+            rows = grad.movedim(dim, 0)
+        sink(index, rows)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        return zero.expand(rows.shape[1:]), None
+
+
 def _hook_for(index: int, sink: RowSink) -> Callable[[Tensor], Tensor]:
     """A gradient hook that hands the ``T`` rows it sees to ``sink`` and drops them."""
 
-    class _Hand(torch.autograd.Function):
-        @staticmethod
-        def forward(grad: Tensor) -> Tensor:  # one row only: outside a vmap
-            raise RuntimeError("the per-tensor row hook ran outside of a vectorised backward")
-
-        @staticmethod
-        def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-            pass
-
-        @staticmethod
-        def vmap(info: Any, in_dims: tuple[int | None], grad: Tensor) -> tuple[Tensor, None]:
-            (dim,) = in_dims
-            if dim is None:  # the same gradient for every row
-                rows = grad.unsqueeze(0).expand(info.batch_size, *grad.shape)
-            else:
-                rows = grad.movedim(dim, 0)
-            sink(index, rows)
-            zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-            return zero.expand(rows.shape[1:]), None
-
     def hook(grad: Tensor) -> Tensor:
-        result: Tensor = _Hand.apply(grad)  # type: ignore[no-untyped-call]
+        result: Tensor = _HandRows.apply(grad, index, sink)  # type: ignore[no-untyped-call]
         return result
 
     return hook
