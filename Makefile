@@ -47,8 +47,9 @@ bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
 	$(PIP) install --quiet --no-deps LibMTL==1.1.5
 	$(PY) benchmarks/step_time.py --compare --tasks 2 3 10 40 --warmup 3 --repeats 10 \
-		--memory ew mgda upgrad floor:gramian floor:jacobian \
+		--engines gramian --memory ew mgda upgrad graddrop floor:gramian floor:jacobian \
 		--out benchmarks/results/step_time_compare.json
+	$(PY) benchmarks/gram_memory.py --out benchmarks/results/gram_memory.json
 	$(PY) benchmarks/solver_time.py --compare --out benchmarks/results/solver_time_compare.json
 	$(PY) benchmarks/solver_time.py --out benchmarks/results/solver_time.json
 
