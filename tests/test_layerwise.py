@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from helpers import TwoLevelNet, regression_problem, task_losses
@@ -240,3 +242,29 @@ def test_unvectorisable_model_falls_back_to_the_jacobian_once() -> None:
 def test_unknown_engine_is_rejected_with_the_choices() -> None:
     with pytest.raises(ValueError, match="engine"):
         Balancer("mgda", [torch.zeros(2, requires_grad=True)], engine="gram")  # type: ignore[arg-type]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_tasks=st.integers(1, 6),
+    hidden=st.integers(1, 5),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_gramian_and_stacked_jacobian_match_the_loop_on_random_trunks(
+    num_tasks: int, hidden: int, batch: int, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
+    heads = [nn.Linear(hidden, 1) for _ in range(num_tasks)]
+    z = trunk(torch.randn(batch, 3))
+    losses = torch.stack([head(z).pow(2).mean() for head in heads])
+    params = list(trunk.parameters())
+    blocks, _ = task_jacobian(losses, params, batched=False)
+    reference = TaskGradients(blocks)
+    gramian = layerwise_gramian(losses, params, _identity(num_tasks))
+    matrix = stacked_jacobian(losses, params, _identity(num_tasks))
+    assert gramian is not None
+    assert matrix is not None
+    torch.testing.assert_close(gramian, reference.raw_gramian, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(matrix, reference.matrix, rtol=1e-5, atol=1e-7)
