@@ -64,9 +64,11 @@ __all__ = ["Balancer", "EnginePath", "Level", "LossesLike", "resolve_method"]
 
 logger = logging.getLogger(__name__)
 
-# "auto" engine: the layer-wise Gram path costs one more backward through the trunk (+8% of
-# the step at T = 10, +37% at T = 2 on the benchmark MLP: benchmarks/step_time.py --engines),
-# so it is taken only when the Jacobian it avoids would be at least this large
+# "auto" engine: the layer-wise Gram path costs one more backward through the trunk (+37% of
+# the step at T = 2, +11% at T = 10 on the benchmark MLP; as fast or faster from T = 40:
+# benchmarks/step_time.py --engines, gram_memory.py), so it is taken from this many tasks, or
+# below that when the Jacobian it avoids would be at least this large
+_LAYERWISE_MIN_TASKS = 32
 _LAYERWISE_MIN_JACOBIAN_BYTES = 256 * 2**20
 
 Level = Literal["parameters", "representation"]
@@ -172,8 +174,9 @@ class Balancer:
             matrix is accumulated layer by layer during the batched backward and the ``T x P``
             Jacobian is never held (peak memory grows with ``T`` times the activations, not
             ``T`` times the parameters), at the price of one more backward through the trunk
-            for ``J^T w``; ``"jacobian"``: the Jacobian is materialised (faster while it fits);
-            ``"auto"``: the Gram path when the Jacobian would take more than 256 MiB.
+            for ``J^T w``; ``"jacobian"``: the Jacobian is materialised (faster for few tasks);
+            ``"auto"``: the Gram path from 32 tasks, or when the Jacobian would take more than
+            256 MiB.
         update_every: for gradient methods that return weights, compute per-task gradients
             and new weights only every ``k`` steps; in between, reuse the last applied weights
             with one ordinary backward of ``sum_i w_i L_i`` (amortises the per-task cost to
@@ -587,7 +590,7 @@ class Balancer:
         """Whether to take the layer-wise Gram path (see ``engine`` in the class docstring)."""
         if self.engine == "jacobian" or not (self.batched and self._layerwise_ok):
             return False
-        if self.engine == "gramian":
+        if self.engine == "gramian" or num_tasks >= _LAYERWISE_MIN_TASKS:
             return True
         jacobian_bytes = num_tasks * sum(p.numel() * p.element_size() for p in self.shared_params)
         return jacobian_bytes > _LAYERWISE_MIN_JACOBIAN_BYTES
