@@ -269,3 +269,12 @@ def test_gramian_and_stacked_jacobian_match_the_loop_on_random_trunks(
     assert matrix is not None
     torch.testing.assert_close(gramian, reference.raw_gramian, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(matrix, reference.matrix, rtol=1e-5, atol=1e-7)
+
+
+def test_half_precision_rows_are_multiplied_in_float32() -> None:
+    w = torch.ones(300, dtype=torch.float16, requires_grad=True)  # float16 rows reach the hook
+    losses = torch.stack([(w * 60).sum(), (w * -40).sum()]).float()
+    gramian = layerwise_gramian(losses, [w], _identity(2))
+    assert gramian is not None  # a float16 product would overflow (300 * 3600 > 65504)
+    expected = torch.tensor([[60.0**2, -2400.0], [-2400.0, 40.0**2]], dtype=torch.float64) * 300
+    torch.testing.assert_close(gramian, expected)

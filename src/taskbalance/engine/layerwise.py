@@ -124,6 +124,8 @@ def layerwise_gramian(
 
     def fold(_: int, rows: Tensor) -> None:
         flat = rows.reshape(num_rows, -1)
+        if flat.element_size() < 4:  # float16 / bfloat16 rows (mixed precision): products in fp32
+            flat = flat.float()
         total.add_((flat @ flat.T).to(torch.float64))
 
     if not _vectorised_rows(outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix"):
