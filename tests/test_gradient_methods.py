@@ -64,6 +64,42 @@ def test_dual_cone_methods_equal_the_mean_without_conflict(name: str) -> None:
     torch.testing.assert_close(tiny, J.mean(dim=0) * 1e-6)
 
 
+def test_upgrad_warm_start_gives_the_cold_solution_with_fewer_solves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import taskbalance.solvers.nonneg_qp as solver
+
+    solves = {"count": 0}
+    original = solver._solve_on_free_sets
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        solves["count"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(solver, "_solve_on_free_sets", counting)
+    generator = torch.Generator().manual_seed(0)
+    J = torch.randn(24, 50, generator=generator, dtype=torch.float64)
+    J[1::2] = -0.5 * J[0::2] + 0.5 * J[1::2]
+    warm = methods.create("upgrad")
+    counts = {"warm": 0, "cold": 0}
+    for _ in range(6):
+        J = J + 0.01 * torch.randn(J.shape, generator=generator, dtype=torch.float64)
+        ctx = Context(num_tasks=24, gramian=J @ J.T)
+        solves["count"] = 0
+        warm_weights = warm(ctx).weights
+        counts["warm"] += solves["count"]
+        solves["count"] = 0
+        cold_weights = methods.create("upgrad")(ctx).weights
+        counts["cold"] += solves["count"]
+        assert warm_weights is not None
+        assert cold_weights is not None
+        torch.testing.assert_close(warm_weights, cold_weights, rtol=1e-10, atol=1e-12)
+    assert counts["warm"] < counts["cold"]
+    restored = methods.create("upgrad")
+    restored.load_state_dict(warm.state_dict())
+    assert torch.equal(restored.previous_tight, warm.previous_tight)  # type: ignore[attr-defined]
+
+
 def test_upgrad_keeps_its_guarantee_at_small_scale() -> None:
     J = torch.tensor([[1.0, 0.0], [-2.0, 0.1]], dtype=torch.float64) * 1e-7
     d = aggregate("upgrad", J)

@@ -172,8 +172,9 @@ class Balancer:
         engine: how per-task gradients are computed at parameter level when the method, the
             transforms and the monitor need only their Gram matrix. ``"gramian"``: the Gram
             matrix is accumulated layer by layer during the batched backward and the ``T x P``
-            Jacobian is never held (peak memory grows with ``T`` times the activations, not
-            ``T`` times the parameters), at the price of one more backward through the trunk
+            Jacobian is never held (peak memory grows with ``T`` times the largest layer and
+            the activations, not ``T`` times all parameters), at the price of one more backward
+            through the trunk
             for ``J^T w``; ``"jacobian"``: the Jacobian is materialised (faster for few tasks);
             ``"auto"``: the Gram path from 32 tasks, or when the Jacobian would take more than
             256 MiB.

@@ -113,7 +113,7 @@ def _solve_on_free_sets(A: Tensor, B: Tensor, free: Tensor, identity: Tensor) ->
 
 
 def batched_nonneg_qp(
-    A: Tensor, B: Tensor, *, max_iter: int = 30, tol: float = 1e-10
+    A: Tensor, B: Tensor, *, max_iter: int = 30, tol: float = 1e-10, start: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Many non-negative QPs sharing ``A``: ``argmin_{x >= 0} 1/2 x^T A x + b^T x`` per row ``b``
     of ``B`` (``(k, n)``), all at once.
@@ -125,6 +125,9 @@ def batched_nonneg_qp(
     changes. It usually needs a handful of iterations, each a batched ``n x n`` solve, instead
     of one small solve per added variable per row.
 
+    ``start`` (``(k, n)`` bool, e.g. the previous step's active sets) replaces the initial
+    guess ``b > 0``: a warm start only changes how many iterations are needed.
+
     Returns ``(x, solved)``: ``solved[r]`` is true where row ``r`` satisfies the KKT conditions
     to ``tol`` (relative). Rows that do not (PDAS can cycle on singular ``A``, and a free set
     whose sub-matrix is numerically singular is not solved here) are for the caller to finish
@@ -134,7 +137,10 @@ def batched_nonneg_qp(
     A = A.to(torch.float64)
     B = B.to(torch.float64)
     identity = torch.eye(n, dtype=A.dtype, device=A.device)
-    active = B > 0  # x = 0 is optimal for a coordinate whose linear term is positive
+    if start is not None and start.shape == B.shape:
+        active = start.to(device=B.device, dtype=torch.bool)
+    else:
+        active = B > 0  # x = 0 is optimal for a coordinate whose linear term is positive
     x = torch.zeros_like(B)
     for _ in range(max_iter):
         free = ~active
@@ -155,13 +161,14 @@ def batched_nonneg_qp(
     return x.clamp_min(0), solved
 
 
-def dual_cone_weights(gramian: Tensor, targets: Tensor) -> Tensor:
+def dual_cone_weights(gramian: Tensor, targets: Tensor, *, start: Tensor | None = None) -> Tensor:
     """For each row ``u`` of ``targets`` (``(k, T)``), ``v = argmin_{v >= u} v^T G v``.
 
     Returns ``(k, T)`` float64 weights: ``J^T v`` is the projection of ``J^T u`` onto the dual
     cone of the task gradients. All rows are solved together by :func:`batched_nonneg_qp`;
     any row it does not certify (KKT check) is re-solved by the exact active-set
-    :func:`nonneg_qp`. Scale-invariant; all-zero ``G`` returns ``targets``.
+    :func:`nonneg_qp`. Scale-invariant; all-zero ``G`` returns ``targets``. ``start``: the
+    previous solution's ``v == u`` pattern (``(k, T)`` bool), a warm start for the search.
     """
     G = gramian.detach().to(torch.float64)
     G = 0.5 * (G + G.T)
@@ -171,7 +178,7 @@ def dual_cone_weights(gramian: Tensor, targets: Tensor) -> Tensor:
         return U.clone()
     G = G / scale
     linear = U @ G
-    x, solved = batched_nonneg_qp(G, linear)
+    x, solved = batched_nonneg_qp(G, linear, start=start)
     if not bool(solved.all()):
         for row in (~solved).nonzero().flatten().tolist():
             x[row] = nonneg_qp(G, linear[row])
