@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from helpers import TwoLevelNet, regression_problem, task_losses
 from taskbalance import Balancer, methods
 from taskbalance.engine import gramian_of_blocks, task_jacobian
+from taskbalance.engine.gramian import in_safe_range
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.task_gradients import GramianGradients, TaskGradients
 from taskbalance.health import HealthMonitor
@@ -128,7 +129,30 @@ def test_unvectorisable_backward_returns_none_and_says_why(
 def test_extreme_gradients_are_left_to_the_rescaling_jacobian_path(magnitude: float) -> None:
     w = torch.ones(3, requires_grad=True)
     losses = torch.stack([(w * magnitude).sum(), (w * 2 * magnitude).sum()])
-    assert layerwise_gramian(losses, [w], _identity(2)) is None
+    gramian = layerwise_gramian(losses, [w], _identity(2))
+    assert gramian is not None
+    assert not in_safe_range(gramian)
+
+
+def test_a_gradient_spike_falls_back_for_that_step_only() -> None:
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    balancer = Balancer("mgda", model.trunk.parameters(), engine="gramian")
+    taken = []
+    original = balancer._task_gradients
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        grads = original(*args, **kw)
+        taken.append(type(grads))
+        return grads
+
+    balancer._task_gradients = spy  # type: ignore[method-assign]
+    for factor in (1e17, 1.0):  # |g|^2 ~ 1e34: beyond the float32 Gram range
+        z, losses = task_losses(model, x, y)
+        info = balancer.backward([loss * factor for loss in losses], representation=z)
+        assert not info.skipped
+    assert taken == [TaskGradients, GramianGradients]
+    assert balancer._layerwise_ok
 
 
 # ----------------------------------------------------------------- through the Balancer

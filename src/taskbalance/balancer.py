@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from taskbalance._validation import check_choice
+from taskbalance.engine.gramian import in_safe_range
 from taskbalance.engine.graph import reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
@@ -571,13 +572,15 @@ class Balancer:
             grad_outputs = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
         if need == Need.GRAMIAN and self._gramian_only(len(losses)):
             gramian = layerwise_gramian(outputs, self.shared_params, grad_outputs)
-            if gramian is not None:
+            if gramian is None:  # the backward cannot be vectorised: do not try again
+                self._layerwise_ok = False
+            elif in_safe_range(gramian):
                 return GramianGradients(
                     gramian,
                     [p.shape for p in self.shared_params],
                     self._combiner(outputs, grad_outputs),
                 )
-            self._layerwise_ok = False
+            # else the float32 products over/underflowed (this step only): blocks, rescaled
         if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
             matrix = stacked_jacobian(outputs, self.shared_params, grad_outputs)
             if matrix is not None:

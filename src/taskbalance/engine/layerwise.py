@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from taskbalance.engine.gramian import in_safe_range
 from taskbalance.engine.jacobian import warn_once
 
 __all__ = ["layerwise_gramian", "stacked_jacobian"]
@@ -115,9 +114,10 @@ def layerwise_gramian(
 
     Returns:
         The Gram matrix, or ``None`` when the model's backward cannot be vectorised (an
-        operation without a vmap rule) or when the float32 products overflow or underflow
-        (gradients beyond ``1e15`` or below ``1e-15``): the caller then materialises the
-        Jacobian, whose Gram matrix is formed with rescaling. The graph is retained.
+        operation without a vmap rule). The products are formed in the rows' precision
+        (float32 at least): check :func:`~taskbalance.engine.gramian.in_safe_range` and, for
+        gradients beyond ``1e15`` or below ``1e-15``, materialise the Jacobian instead, whose
+        Gram matrix is formed with rescaling. The graph is retained.
     """
     num_rows = grad_outputs.shape[0]
     total = torch.zeros(num_rows, num_rows, dtype=torch.float64, device=grad_outputs.device)
@@ -130,8 +130,6 @@ def layerwise_gramian(
 
     if not _vectorised_rows(outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix"):
         return None
-    if not in_safe_range(total):
-        return None  # float32 products overflowed or underflowed: the caller rescales blocks
     return total
 
 

@@ -48,10 +48,8 @@ class UPGrad(Method):
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name)
         targets = torch.eye(ctx.num_tasks, dtype=torch.float64, device=G.device)
-        start = self.previous_tight
-        if start is not None and start.shape != targets.shape:
-            start = None
-        weights = dual_cone_weights(G, targets, start=start)
+        # (the solver ignores a start of another shape, e.g. after a step with fewer tasks)
+        weights = dual_cone_weights(G, targets, start=self.previous_tight)
         self.previous_tight = (weights - targets) == 0  # v_i == e_i where the bound is tight
         return Combination(weights=weights.mean(dim=0))
 

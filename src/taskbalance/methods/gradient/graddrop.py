@@ -68,7 +68,7 @@ class GradDrop(Method):
         if pooled:
             per_sample = J.reshape(num_tasks, ctx.block_shapes[0][0], -1)
             units = per_sample.sum(dim=1)  # (T, features): the mask is shared by the batch
-            scale, total, mass = _sums(units)
+            _, total, mass = _sums(units)
             keep_positive, keep_negative = self._draw(total, mass)
             keep = (keep_positive & (units > 0)) | (keep_negative & (units < 0))
             mask = self.leak + (1 - self.leak) * keep.to(J.dtype)
