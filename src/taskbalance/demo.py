@@ -39,7 +39,7 @@ import taskbalance
 from taskbalance import methods
 from taskbalance.datasets import MultiTaskData, collate, digits
 from taskbalance.models import HardSharing
-from taskbalance.train import Task, Trainer
+from taskbalance.train import Callback, Task, Trainer
 
 TASKS = ("digit", "parity", "value")
 HIGHER_IS_BETTER = {"digit": True, "parity": True, "value": False}
@@ -101,6 +101,24 @@ class RunResult:
     step_time_ms: float = 0.0
 
 
+class MeanWeights(Callback):
+    """Running mean of each task's weight over every step of a run."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, float]) -> None:
+        self.count += 1
+        for key, value in record.items():
+            if key.startswith("weight/"):
+                self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def mean(self, task: str) -> float:
+        total = self.sums.get(f"weight/{task}")
+        return math.nan if total is None or not self.count else total / self.count
+
+
 def train_one(
     variant: Variant,
     seed: int,
@@ -119,6 +137,7 @@ def train_one(
     )
     val = DataLoader(data.val, batch_size=1024, collate_fn=collate)
     test = DataLoader(data.test, batch_size=1024, collate_fn=collate)
+    weights = MeanWeights()
     trainer = Trainer(
         model,
         digits_tasks(),
@@ -127,21 +146,18 @@ def train_one(
         level=variant.level,  # type: ignore[arg-type]
         seed=seed,
         progress=False,
+        callbacks=[weights],
     )
     begin = time.perf_counter()
     history = trainer.fit(train, val, epochs=epochs)
     elapsed = time.perf_counter() - begin
     evaluated = trainer.evaluate(test)
-    weights = [
-        statistics.mean(step.get(f"weight/{task}", math.nan) for step in trainer.steps)
-        for task in TASKS
-    ]
     return RunResult(
         variant=variant.label,
         seed=seed,
         test_metrics={task: evaluated[key] for task, key in METRIC_KEYS.items()},
         curves={task: [row[key] for row in history] for task, key in METRIC_KEYS.items()},
-        mean_weights=weights,
+        mean_weights=[weights.mean(task) for task in TASKS],
         step_time_ms=1000 * elapsed / max(trainer.global_step, 1),
     )
 

@@ -1,7 +1,13 @@
 """Training: tasks, data, the trainer, callbacks and checkpoints."""
 
 from taskbalance.train.callbacks import Callback, CSVLogger, EarlyStopping, TensorBoardLogger
-from taskbalance.train.checkpoint import atomic_save, load_checkpoint, seed_everything
+from taskbalance.train.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
 from taskbalance.train.data import Batch, MultiTaskSampler, unpack_batch
 from taskbalance.train.tasks import LOSSES, Task
 from taskbalance.train.trainer import Trainer
@@ -11,6 +17,7 @@ __all__ = [
     "Batch",
     "CSVLogger",
     "Callback",
+    "CheckpointError",
     "EarlyStopping",
     "MultiTaskSampler",
     "Task",
@@ -18,6 +25,7 @@ __all__ = [
     "Trainer",
     "atomic_save",
     "load_checkpoint",
+    "save_checkpoint",
     "seed_everything",
     "unpack_batch",
 ]

@@ -83,12 +83,53 @@ class EarlyStopping:
 
 class CSVLogger(Callback):
     """Writes ``steps.csv`` (every ``every`` steps: per-task loss, weight, gradient norm and
-    cosines) and ``epochs.csv`` (validation metrics) into ``directory``."""
+    cosines) and ``epochs.csv`` (validation metrics) into ``directory``.
+
+    At the start of :meth:`~taskbalance.train.Trainer.fit` the files are cut back to the
+    trainer's position: rows of steps and epochs after it (written by a run that was killed
+    after its last checkpoint and is now resumed from it) are dropped, as is a torn last
+    line, so the files hold each step once. A fresh trainer starts the files anew.
+    """
 
     def __init__(self, directory: str | Path, every: int = 1) -> None:
         self.directory = Path(directory)
         self.every = every
         self._columns: dict[str, list[str]] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._columns.clear()
+        self._truncate("steps.csv", "step", trainer.global_step)
+        self._truncate("epochs.csv", "epoch", trainer.epoch)
+
+    def _truncate(self, name: str, key: str, last: int) -> None:
+        path = self.directory / name
+        if not path.exists():
+            return
+        text = path.read_text()
+        lines = text.splitlines(keepends=True)
+        if not lines:
+            return
+        header = next(csv.reader([lines[0]]), [])
+        column = header.index(key) if key in header else None
+        kept = [lines[0]] if lines[0].endswith("\n") else []
+        for line in lines[1:]:
+            if not line.endswith("\n"):
+                break  # torn by a kill mid-write
+            row = next(csv.reader([line]), [])
+            if column is None or len(row) != len(header):
+                break
+            try:
+                if float(row[column]) > last:
+                    break
+            except ValueError:
+                break
+            kept.append(line)
+        if len(kept) <= 1:
+            path.unlink()  # no row to keep: the next row writes a fresh header
+        elif len(kept) < len(lines):
+            temporary = path.with_name(f".{name}.truncate")
+            temporary.write_text("".join(kept))
+            temporary.replace(path)
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         path = self.directory / name

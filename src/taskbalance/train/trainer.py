@@ -8,18 +8,25 @@ methods, validation, early stopping on a validation metric (never on test), best
 selection, callbacks, an atomic checkpoint.
 
 Checkpoints hold the model, optimizer, scheduler, balancer (method and transform state),
-health monitor, every RNG state (also the one at the start of the epoch) and the position in
-the epoch, so :meth:`Trainer.fit` with ``resume=`` continues bit-identically to an
-uninterrupted run, mid-epoch included (the epoch's batches are replayed from the epoch-start
-RNG state and skipped without computing, then the step-time RNG state is restored).
+health monitor, gradients accumulated so far, every RNG state (Python, NumPy, torch, CUDA and
+the data loaders' own generators; also their states at the start of the epoch) and the
+position in the epoch. :meth:`Trainer.fit` with ``resume=`` therefore continues
+bit-identically to an uninterrupted run from every checkpoint the trainer writes (epoch end,
+``checkpoint_every``, ``stop_after_steps``): the epoch's batches are replayed from the
+epoch-start RNG state and skipped without computing, then the step-time state is restored.
+Checkpoints are verified (SHA-256) and loaded without unpickling code
+(:mod:`taskbalance.train.checkpoint`); one from another model, method, task set or optimizer
+is refused with a message naming what differs.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import sys
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,13 @@ from taskbalance.methods.base import Method
 from taskbalance.models.contract import MultiTaskModel
 from taskbalance.train.callbacks import Callback, CSVLogger, EarlyStopping
 from taskbalance.train.checkpoint import (
-    atomic_save,
+    CheckpointError,
     capture_rng,
     load_checkpoint,
+    loader_generators,
+    remove_stale_temporaries,
     restore_rng,
+    save_checkpoint,
     seed_everything,
 )
 from taskbalance.train.data import unpack_batch
@@ -90,6 +100,8 @@ class Trainer:
             (``metric_weighting``, ``dtp``) after each validation.
         progress: show a progress bar (default: when stderr is a terminal and tqdm exists).
         log_every: keep a step record (and write it) every this many steps.
+        keep_steps: how many of the latest step records :attr:`steps` keeps in memory (the
+            whole history is in ``steps.csv`` when ``run_dir`` is set).
     """
 
     def __init__(
@@ -119,6 +131,7 @@ class Trainer:
         method_metrics: Mapping[str, str] | None = None,
         progress: bool | None = None,
         log_every: int = 1,
+        keep_steps: int = 1000,
     ) -> None:
         if seed is not None:
             seed_everything(seed)
@@ -136,6 +149,12 @@ class Trainer:
             raise ValueError(
                 f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
             )
+        if keep_steps < 1 or log_every < 1:
+            raise ValueError(
+                f"keep_steps and log_every must be >= 1, got {keep_steps} and {log_every}"
+            )
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
         if grad_accumulation < 1:
             raise ValueError(f"grad_accumulation must be >= 1, got {grad_accumulation}")
         first = next(model.parameters(), None)
@@ -186,11 +205,12 @@ class Trainer:
         self.global_step = 0
         self.batch_in_epoch = 0
         self.history: list[dict[str, float]] = []
-        self.steps: list[dict[str, float]] = []
+        self.steps: deque[dict[str, float]] = deque(maxlen=keep_steps)
         self._best_state: dict[str, Any] | None = None
         self._epoch_rng: dict[str, Any] | None = None
         self._metric_values: list[float] | None = None
         self._micro = 0
+        self._generators: dict[str, torch.Generator] = {}
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -205,6 +225,11 @@ class Trainer:
         """Train for ``epochs`` epochs (in total, counting a resumed run's); returns the
         per-epoch validation history. ``stop_after_steps`` stops (with a checkpoint when
         ``run_dir`` is set) after that many optimizer steps in total."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if self.run_dir is not None:
+            remove_stale_temporaries(self.run_dir, ("last.pt", "best.pt"))
+        self._generators = loader_generators(train)
         resume_rng: dict[str, Any] | None = None
         if resume is not None:
             resume_rng = self.load_checkpoint(resume)
@@ -212,28 +237,40 @@ class Trainer:
             callback.on_fit_start(self)
         stop = False
         while self.epoch < epochs and not stop:
+            if resume_rng is not None and self.batch_in_epoch == 0:
+                restore_rng(resume_rng, self._generators)  # an epoch-end checkpoint
+                resume_rng = None
             if self.batch_in_epoch == 0 or self._epoch_rng is None:
-                self._epoch_rng = capture_rng()
+                self._epoch_rng = capture_rng(self._generators)
             else:
-                restore_rng(self._epoch_rng)  # replay the epoch's data order
+                restore_rng(self._epoch_rng, self._generators)  # replay the epoch's order
             set_epoch = getattr(train, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(self.epoch)
             iterator = iter(train)
-            for _ in range(self.batch_in_epoch):
-                next(iterator)
+            skipped = sum(1 for _ in itertools.islice(iterator, self.batch_in_epoch))
+            if skipped != self.batch_in_epoch:
+                raise CheckpointError(
+                    f"the training data has {skipped} batches per epoch, the checkpoint was "
+                    f"written after batch {self.batch_in_epoch} of epoch {self.epoch + 1}: "
+                    "resume with the same data and batch size"
+                )
             if resume_rng is not None:
-                restore_rng(resume_rng)
+                restore_rng(resume_rng, self._generators)  # the moment of the checkpoint
                 resume_rng = None
             total = len(train) if hasattr(train, "__len__") else None  # type: ignore[arg-type]
             for batch in self._progress(iterator, total, initial=self.batch_in_epoch):
-                self._train_batch(batch)
+                stepped = self._train_batch(batch)
                 self.batch_in_epoch += 1
+                if not stepped:
+                    continue
                 if (
-                    stop_after_steps is not None
-                    and self.global_step >= stop_after_steps
-                    and self._micro == 0
+                    self.checkpoint_every
+                    and self.run_dir is not None
+                    and self.global_step % self.checkpoint_every == 0
                 ):
+                    self.save_checkpoint(self.run_dir / "last.pt")
+                if stop_after_steps is not None and self.global_step >= stop_after_steps:
                     if self.run_dir is not None:
                         self.save_checkpoint(self.run_dir / "last.pt")
                     return self.history
@@ -259,7 +296,9 @@ class Trainer:
         )
         return bar
 
-    def _train_batch(self, batch: Any) -> None:
+    def _train_batch(self, batch: Any) -> bool:
+        """Forward, balance and (every ``grad_accumulation`` batches) step; returns whether
+        the optimizer stepped."""
         data = unpack_batch(batch)
         inputs = _to(data.inputs, self.device)
         self.model.train()
@@ -287,7 +326,7 @@ class Trainer:
             self._update_loss_scale(info.skipped)
         self._micro = (self._micro + 1) % self.grad_accumulation
         if self._micro != 0:
-            return
+            return False
         has_grad = any(p.grad is not None for p in self.model.parameters())
         if has_grad:
             self.optimizer.step()
@@ -296,16 +335,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         if info is not None and self.global_step % self.log_every == 0:
-            record = {"step": float(self.global_step), "epoch": float(self.epoch), **info.as_dict()}
+            details = info.as_dict()
+            details["balancer_step"] = details.pop("step")  # counts backward calls
+            record = {"step": float(self.global_step), "epoch": float(self.epoch), **details}
             self.steps.append(record)
             for callback in self.callbacks:
                 callback.on_step_end(self, record)
-        if (
-            self.checkpoint_every
-            and self.run_dir is not None
-            and self.global_step % self.checkpoint_every == 0
-        ):
-            self.save_checkpoint(self.run_dir / "last.pt")
+        return True
 
     def _update_loss_scale(self, skipped: bool) -> None:
         """Dynamic loss scaling for float16 (GradScaler's policy)."""
@@ -342,7 +378,7 @@ class Trainer:
                 if improved:
                     self._best_state = copy.deepcopy(self.model.state_dict())
                     if self.run_dir is not None:
-                        atomic_save(self._best_state, self.run_dir / "best.pt")
+                        save_checkpoint(self._best_state, self.run_dir / "best.pt")
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
         self.epoch += 1
@@ -395,14 +431,33 @@ class Trainer:
         return results
 
     # ----------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def signature(self) -> dict[str, Any]:
+        """What a checkpoint must agree with to be resumed here: the model's class and
+        parameter shapes, the method, the tasks, the level and the optimizer's class."""
         return {
+            "model": type(self.model).__name__,
+            "shapes": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+            "method": self.balancer.method.name,
+            "tasks": list(self.tasks),
+            "level": self.balancer.level,
+            "optimizer": type(self.optimizer).__name__,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        accumulating = self._micro != 0  # gradients of the batches since the last step
+        return {
+            "signature": self.signature(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "balancer": self.balancer.state_dict(),
             "monitor": self.monitor.state_dict() if self.monitor is not None else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "grads": (
+                [None if p.grad is None else p.grad.detach().clone() for p in self._params()]
+                if accumulating
+                else None
+            ),
             "trainer": {
                 "epoch": self.epoch,
                 "global_step": self.global_step,
@@ -413,19 +468,57 @@ class Trainer:
                 "loss_scale": self.loss_scale,
                 "good_steps": self._good_steps,
             },
-            "rng": capture_rng(),
+            "rng": capture_rng(self._generators),
             "epoch_rng": self._epoch_rng,
         }
 
+    def _params(self) -> list[Tensor]:
+        return list(self.model.parameters())
+
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Atomically write everything needed to resume exactly."""
-        return atomic_save(self.state_dict(), path)
+        """Atomically write everything needed to resume exactly (verified on load)."""
+        return save_checkpoint(self.state_dict(), path)
+
+    def _check_signature(self, saved: Mapping[str, Any], path: Path) -> None:
+        here = self.signature()
+        differences = [
+            f"{key}: checkpoint {saved.get(key)!r}, this trainer {here[key]!r}"
+            for key in ("model", "method", "tasks", "level", "optimizer")
+            if saved.get(key) != here[key]
+        ]
+        shapes: Mapping[str, list[int]] = saved.get("shapes", {})
+        missing = sorted(set(here["shapes"]) - set(shapes))
+        unexpected = sorted(set(shapes) - set(here["shapes"]))
+        if missing:
+            differences.append(f"model entries not in the checkpoint: {missing[:5]}")
+        if unexpected:
+            differences.append(f"checkpoint entries not in the model: {unexpected[:5]}")
+        differences += [
+            f"shape of {name}: checkpoint {shapes[name]}, model {shape}"
+            for name, shape in here["shapes"].items()
+            if name in shapes and list(shapes[name]) != shape
+        ][:5]
+        if differences:
+            raise CheckpointError(
+                f"{path} was written by a different run set-up; it can only be resumed by "
+                "the same model, method, tasks, level and optimizer. Differences:\n  - "
+                + "\n  - ".join(differences)
+            )
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore a checkpoint; returns the RNG state of the moment it was written."""
-        state = load_checkpoint(path)
+        """Verify and restore a checkpoint (its digest and signature are checked before
+        anything is changed); returns the RNG state of the moment it was written, which
+        :meth:`fit` restores at the right point of the epoch."""
+        source = Path(path)
+        state = load_checkpoint(source)
+        if "signature" not in state or "trainer" not in state:
+            raise CheckpointError(f"{source} is not a trainer checkpoint (no training state)")
+        self._check_signature(state["signature"], source)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{source}: optimizer state does not fit: {error}") from error
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.balancer.load_state_dict(state["balancer"])
@@ -433,6 +526,11 @@ class Trainer:
             self.monitor.load_state_dict(state["monitor"])
         if self.early_stopping is not None and state["early_stopping"] is not None:
             self.early_stopping.load_state_dict(state["early_stopping"])
+        grads = state.get("grads")
+        for parameter, grad in zip(self._params(), grads or [], strict=False):
+            parameter.grad = None if grad is None else grad.to(parameter.device)
+        if grads is None:
+            self.optimizer.zero_grad(set_to_none=True)
         trainer = state["trainer"]
         self.epoch = int(trainer["epoch"])
         self.global_step = int(trainer["global_step"])
@@ -443,10 +541,10 @@ class Trainer:
         self.loss_scale = float(trainer["loss_scale"])
         self._good_steps = int(trainer["good_steps"])
         self._epoch_rng = state["epoch_rng"]
-        if self.run_dir is not None and (self.run_dir / "best.pt").exists():
-            self._best_state = torch.load(self.run_dir / "best.pt", weights_only=True)
+        best = self.run_dir / "best.pt" if self.run_dir is not None else None
+        if best is not None and best.exists():
+            self._best_state = load_checkpoint(best)
         rng: dict[str, Any] = state["rng"]
-        restore_rng(rng)
         return rng
 
     @property
