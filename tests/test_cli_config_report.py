@@ -177,3 +177,153 @@ def test_report_includes_health_curves_and_affinity(tmp_path: Path) -> None:
         assert figure in page
         assert (tmp_path / "out" / figure).exists()
     assert "Suggested task groups" in page or "task affinity" in page.lower()
+
+
+# ------------------------------------------------------- hostile configs and command lines
+BASE = {
+    "name": "t",
+    "data": {"dataset": "digits"},
+    "model": {"hidden": [8]},
+    "training": {"epochs": 1},
+    "methods": [{"name": "ew"}],
+}
+
+
+def _with(change: dict) -> dict:  # type: ignore[type-arg]
+    config = json.loads(json.dumps(BASE))
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "hint"),
+    [
+        ({"training": {"optimizer": {"lr": float("inf")}}}, "training.optimizer.lr", "finite"),
+        ({"tasks": [{"name": "digit", "weight": float("inf")}]}, "tasks.0.weight", "finite"),
+        ({"tasks": [{"name": "digit", "weight": float("nan")}]}, "tasks.0.weight", "finite"),
+        ({"tasks": []}, "tasks", "at least 1"),
+        ({"tasks": [{"name": "digit"}, {"name": "digit"}]}, "tasks.1.name", "twice"),
+        ({"model": {"hidden": [0]}}, "model.hidden.0", "greater than or equal to 1"),
+        ({"model": {"hidden": []}}, "model.hidden", "at least 1"),
+        ({"model": {"hidden": [-5]}}, "model.hidden.0", "greater than or equal to 1"),
+        ({"training": {"epochs": True}}, "training.epochs", "integer"),
+        ({"training": {"epochs": 0}}, "training.epochs", "greater than or equal to 1"),
+        ({"training": {"epochs": 2.5}}, "training.epochs", "integer"),
+        ({"data": {"batch_size": True}}, "data.batch_size", "integer"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"methods": [{"name": "ew", "label": "../../x"}]}, "methods.0.label", "plain name"),
+        ({"methods": [{"name": "ew", "label": ""}]}, "methods.0.label", "plain name"),
+        ({"output": ""}, "output", "must name a folder"),
+        ({"output": "../../x"}, "output", "without '..'"),
+        ({"data": {"options": {"bogus": 1}}}, "options.bogus", "unknown option"),
+        (
+            {"data": {"dataset": "synthetic", "options": {"num_taks": 3}}},
+            "options.num_taks",
+            "Did you mean 'num_tasks'",
+        ),
+        (
+            {"data": {"dataset": "synthetic", "options": {"num_tasks": 0}}},
+            "options.num_tasks",
+            ">= 1",
+        ),
+        (
+            {"data": {"dataset": "synthetic", "options": {"seed": 3}}},
+            "options.seed",
+            "top level",
+        ),
+        (
+            {"training": {"early_stopping": {"monitor": "digit/acc"}}},
+            "training.early_stopping.monitor",
+            "Did you mean 'digit/accuracy'",
+        ),
+        (
+            {"data": {"dataset": "census"}, "tasks": [{"name": "incme"}]},
+            "tasks.0.name",
+            "Did you mean 'income'",
+        ),
+        ({"data": {"dataset": "yeast"}, "tasks": [{"name": "class15"}]}, "tasks.0.name", ""),
+    ],
+)
+def test_hostile_configs_fail_before_training_and_write_nothing(
+    change: dict,  # type: ignore[type-arg]
+    key: str,
+    hint: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    config = _with({**change, "output": change.get("output", str(out))})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert key in err
+    assert hint in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "CONFIG", "--epochs", "0"],
+        ["train", "CONFIG", "--epochs", "-2"],
+        ["affinity", "CONFIG", "--every", "0"],
+        ["affinity", "CONFIG", "--budget", "x"],
+    ],
+)
+def test_bad_numbers_on_the_command_line_exit_2(argv: list[str], tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(BASE))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path) if a == "CONFIG" else a for a in argv])
+    assert exit_.value.code == 2
+
+
+def test_a_folder_as_config_and_os_errors_are_messages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_with({"output": str(blocker / "out")})))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:")
+    assert "Traceback" not in err
+    with pytest.raises(ConfigError):
+        main(["--debug", "train", str(tmp_path)])
+
+
+def test_a_core_only_install_names_the_extra_to_install(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(BASE))
+    code = (
+        "import sys; sys.modules['pydantic'] = None\n"
+        "from taskbalance.cli import main\n"
+        f"raise SystemExit(main(['train', {str(path)!r}]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert "pip install 'taskbalance[cli]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_described_tasks_match_the_loaded_datasets() -> None:
+    from taskbalance.datasets import describe_tasks, load_dataset
+
+    for name, options in (("digits", {}), ("synthetic", {"num_tasks": 4}), ("multimnist", {})):
+        data = load_dataset(name, **options)
+        assert describe_tasks(name, options) == {t.name: tuple(t.metrics) for t in data.tasks}

@@ -16,10 +16,24 @@ _BENCHMARK_NAMES = ["multimnist", "census", "yeast", "text"]
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+# what a command needs beyond the core install (torch + numpy), and the extra that brings it
+_EXTRAS = {
+    "pydantic": "cli",
+    "yaml": "cli",
+    "sklearn": "cli",
+    "matplotlib": "cli",
+    "tqdm": "cli",
+    "tensorboard": "tensorboard",
+}
 
 
 def _methods(_: argparse.Namespace) -> int:
@@ -71,14 +85,14 @@ def _affinity(args: argparse.Namespace) -> int:
 
     from taskbalance import Balancer
     from taskbalance.config import load_config
-    from taskbalance.datasets import collate, load_dataset
+    from taskbalance.datasets import collate
     from taskbalance.health import HealthMonitor, LookaheadAffinity, rank_groupings
     from taskbalance.report import _plt
-    from taskbalance.run import build_model
+    from taskbalance.run import build_model, load_data
     from taskbalance.train import Task
 
     config = load_config(args.config)
-    data = load_dataset(config.data.dataset, seed=config.seed, **config.data.options)
+    data = load_data(config)
     specs = {s.name: s for s in data.tasks}
     names = [t.name for t in config.tasks] if config.tasks else list(specs)
     tasks = {n: Task(n, specs[n].loss) for n in names}
@@ -174,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="taskbalance", description="Multi-task learning that keeps tasks in balance."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "methods", help="list the balancing methods and what they need"
@@ -181,18 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = commands.add_parser("train", help="train every method of a config and write a report")
     train.add_argument("config", help="YAML / TOML / JSON run file (see examples/)")
     train.add_argument("--out", help="output directory (default: the config's 'output')")
-    train.add_argument("--epochs", type=int, help="override training.epochs")
+    train.add_argument("--epochs", type=_positive, help="override training.epochs")
     train.set_defaults(run=_train)
     report = commands.add_parser("report", help="write report.html for a run directory")
     report.add_argument("run_dir")
     report.set_defaults(run=_report)
     affinity = commands.add_parser("affinity", help="measure task affinity and suggest task groups")
     affinity.add_argument("config")
-    affinity.add_argument("--budget", type=int, default=2, help="number of models (groups)")
+    affinity.add_argument("--budget", type=_positive, default=2, help="number of models (groups)")
     affinity.add_argument(
-        "--every", type=int, default=5, help="look-ahead measurement every N steps"
+        "--every", type=_positive, default=5, help="look-ahead measurement every N steps"
     )
-    affinity.add_argument("--epochs", type=int, help="override training.epochs")
+    affinity.add_argument("--epochs", type=_positive, help="override training.epochs")
     affinity.add_argument("--out", help="output directory (default: <output>/affinity)")
     affinity.set_defaults(run=_affinity)
     bench = commands.add_parser(
@@ -225,17 +240,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from taskbalance.config import ConfigError
-
     try:
         result: int = args.run(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as error:  # bad names, missing data: say what to do
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        code, message = _explain(error)
+        print(f"error: {message}", file=sys.stderr)
+        if code == 1:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return code
     return result
+
+
+def _explain(error: Exception) -> tuple[int, str]:
+    """Exit code and message for an error: 2 for what the user can fix (bad config, names,
+    files, a missing extra), 1 for anything else."""
+    if isinstance(error, ModuleNotFoundError):
+        module = (error.name or "").split(".")[0]
+        extra = _EXTRAS.get(module)
+        if extra is not None:
+            return 2, (
+                f"this command needs {module!r}, which the core install leaves out: "
+                f"pip install 'taskbalance[{extra}]'"
+            )
+        return 1, f"{error}"
+    if isinstance(error, PermissionError):
+        return 2, f"permission denied: {error.filename or error} (choose a writable --out)"
+    if isinstance(error, OSError) and error.errno == 28:  # ENOSPC
+        return 2, f"no space left on the device while writing {error.filename or ''}"
+    if isinstance(error, KeyError):  # str() of a KeyError is the repr of its argument
+        return 2, str(error.args[0]) if error.args else "KeyError"
+    if isinstance(error, ValueError | OSError):
+        return 2, str(error) or type(error).__name__
+    return 1, f"{type(error).__name__}: {error}"
 
 
 if __name__ == "__main__":

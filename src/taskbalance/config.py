@@ -2,21 +2,33 @@
 
 Every error names the key it is about, e.g.
 ``methods.1.name: unknown method 'pcgard'. Did you mean 'pcgrad'?`` or
-``training.epochs: Input should be greater than or equal to 1``. Unknown keys are errors.
+``training.epochs: Input should be greater than or equal to 1``. Unknown keys are errors,
+numbers must be finite, counts must be integers (``true`` is not 1), and everything that
+can be checked without training is checked here: dataset options, task names, the early
+stopping metric, labels and the output folder.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import tomllib
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from taskbalance import methods
 from taskbalance._validation import check_choice, suggest
-from taskbalance.datasets import DATASETS
+from taskbalance.datasets import DATASETS, describe_tasks
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "method_label"]
 
@@ -26,20 +38,51 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+# a count is a whole number (YAML's `true` is not 1); a real is finite (no .inf / .nan)
+Count = Annotated[int, Field(strict=True, ge=1)]
+Real = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class DataConfig(Strict):
     dataset: str = "digits"
-    batch_size: int = Field(64, ge=1)
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    batch_size: Count = 64
+    val_fraction: Real = Field(0.15, gt=0, lt=1)
+    test_fraction: Real = Field(0.2, gt=0, lt=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("dataset")
     @classmethod
     def known_dataset(cls, value: str) -> str:
         return check_choice(value, DATASETS, "dataset")
+
+    @model_validator(mode="after")
+    def valid_options(self) -> DataConfig:
+        parameters = inspect.signature(DATASETS[self.dataset]).parameters
+        settable = [n for n in parameters if n not in ("seed", "val_fraction", "test_fraction")]
+        for key, value in self.options.items():
+            if key not in settable:
+                where = "set at the top level / in data" if key in parameters else "unknown"
+                raise ValueError(
+                    f"options.{key}: {where} option for dataset {self.dataset!r}."
+                    f"{suggest(key, settable)} Its options: {', '.join(settable) or 'none'}"
+                )
+            default = parameters[key].default
+            if isinstance(default, int) and not isinstance(default, bool):
+                least = 0 if key == "offset" else 1
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise ValueError(
+                        f"options.{key}: must be a whole number >= {least}, got {value!r}"
+                    )
+        return self
 
 
 class ModelConfig(Strict):
@@ -48,38 +91,38 @@ class ModelConfig(Strict):
     ``task_experts`` task-specific experts each; ``lenet``: conv trunk for image datasets."""
 
     kind: Literal["hard_sharing", "mmoe", "ple", "lenet"] = "hard_sharing"
-    hidden: list[int] = Field(default_factory=lambda: [128, 64])
-    experts: int = Field(4, ge=1)
-    task_experts: int = Field(1, ge=0)
-    levels: int = Field(1, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    hidden: list[Count] = Field(default_factory=lambda: [128, 64], min_length=1)
+    experts: Count = 4
+    task_experts: int = Field(1, ge=0, strict=True)
+    levels: Count = 1
+    dropout: Real = Field(0.0, ge=0, lt=1)
 
 
 class TaskConfig(Strict):
     name: str
-    weight: float = Field(1.0, ge=0)
+    weight: Real = Field(1.0, ge=0)
 
 
 class OptimizerConfig(Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    lr: Real = Field(1e-3, gt=0)
+    weight_decay: Real = Field(0.0, ge=0)
+    momentum: Real = Field(0.0, ge=0, lt=1)
 
 
 class EarlyStoppingConfig(Strict):
     monitor: str = "mean_loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=1)
+    patience: Count = 5
 
 
 class TrainingConfig(Strict):
-    epochs: int = Field(20, ge=1)
+    epochs: Count = 20
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     early_stopping: EarlyStoppingConfig | None = None
-    grad_accumulation: int = Field(1, ge=1)
+    grad_accumulation: Count = 1
     level: Literal["parameters", "representation"] = "parameters"
-    log_every: int = Field(1, ge=1)
+    log_every: Count = 1
 
 
 class MethodConfig(Strict):
@@ -91,7 +134,7 @@ class MethodConfig(Strict):
     name: str
     hparams: dict[str, Any] = Field(default_factory=dict)
     level: Literal["parameters", "representation"] | None = None
-    update_every: int = Field(1, ge=1)
+    update_every: Count = 1
     engine: Literal["auto", "gramian", "jacobian"] = "auto"
     label: str | None = None
 
@@ -99,6 +142,22 @@ class MethodConfig(Strict):
     @classmethod
     def known_method(cls, value: str) -> str:
         methods.get(value)  # raises with "did you mean"
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def simple_label(cls, value: str | None) -> str | None:
+        # the label names the run's folder: one plain path component, inside the output
+        if value is not None and (
+            not value.strip()
+            or value in (".", "..")
+            or any(c in value for c in "/\\\0")
+            or value != value.strip()
+        ):
+            raise ValueError(
+                f"label {value!r} must be a plain name (it names the run's folder): no "
+                "slashes, not empty, not '.' or '..', e.g. 'pcgrad-fast'"
+            )
         return value
 
     @model_validator(mode="after")
@@ -156,7 +215,7 @@ class TransformConfig(Strict):
 
 
 class MonitorConfig(Strict):
-    every: int = Field(10, ge=1)
+    every: Count = 10
     task_gradients: bool = False
 
 
@@ -164,10 +223,10 @@ class RunConfig(Strict):
     """The whole run: data, model, tasks, training, the methods to compare, output folder."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, strict=True)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    tasks: list[TaskConfig] | None = None
+    tasks: list[TaskConfig] | None = Field(None, min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     methods: list[MethodConfig] = Field(
         default_factory=lambda: [MethodConfig(name="ew")], min_length=1
@@ -176,21 +235,48 @@ class RunConfig(Strict):
     monitor: MonitorConfig | None = None
     output: str = "runs/run"
 
+    @field_validator("output")
+    @classmethod
+    def plain_output(cls, value: str) -> str:
+        if not value.strip() or ".." in PurePath(value).parts or "\0" in value:
+            raise ValueError(
+                f"output {value!r} must name a folder, without '..' (e.g. 'runs/my-run')"
+            )
+        return value
+
     @model_validator(mode="after")
     def tasks_exist(self) -> RunConfig:
+        described = describe_tasks(self.data.dataset, self.data.options)
+        available = list(described)
         if self.tasks is not None:
-            available = _dataset_tasks(self.data.dataset)
+            names = [task.name for task in self.tasks]
             for index, task in enumerate(self.tasks):
-                if available is not None and task.name not in available:
+                if task.name not in available:
                     raise ValueError(
                         f"tasks.{index}.name: dataset {self.data.dataset!r} "
                         f"has no task {task.name!r}."
                         f"{suggest(task.name, available)} Its tasks: {', '.join(available)}"
                     )
-        count = len(self.tasks) if self.tasks is not None else _dataset_task_count(self.data)
+                if task.name in names[:index]:
+                    raise ValueError(f"tasks.{index}.name: task {task.name!r} is listed twice")
+        chosen = [t.name for t in self.tasks] if self.tasks is not None else available
+        stopping = self.training.early_stopping
+        if stopping is not None:
+            metrics = ["mean_loss"] + [
+                f"{task}/{metric}" for task in chosen for metric in ("loss", *described[task])
+            ]
+            if any("accuracy" in described[task] for task in chosen):
+                metrics.insert(1, "average_accuracy")
+            if stopping.monitor not in metrics:
+                raise ValueError(
+                    f"training.early_stopping.monitor: no validation metric "
+                    f"{stopping.monitor!r}.{suggest(stopping.monitor, metrics)} "
+                    f"Available: {', '.join(metrics)}"
+                )
+        count = len(chosen)
         for index, method in enumerate(self.methods):
             weights = method.hparams.get("weights")
-            if count is not None and isinstance(weights, list) and len(weights) != count:
+            if isinstance(weights, list) and len(weights) != count:
                 raise ValueError(
                     f"methods.{index}.hparams.weights: {len(weights)} weights for {count} tasks"
                 )
@@ -200,19 +286,6 @@ class RunConfig(Strict):
                 "methods: two runs would have the same label; give them distinct 'label's"
             )
         return self
-
-
-def _dataset_task_count(data: DataConfig) -> int | None:
-    if data.dataset in ("digits", "multimnist"):
-        return 3
-    if data.dataset == "synthetic":
-        return int(data.options.get("num_tasks", 6))
-    return None
-
-
-def _dataset_tasks(dataset: str) -> list[str] | None:
-    known = {"digits": ["digit", "parity", "value"], "multimnist": ["left", "right", "mask"]}
-    return known.get(dataset)
 
 
 def _format(error: ValidationError) -> str:
@@ -233,7 +306,12 @@ def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
         path = Path(source)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
+        if not path.is_file():
+            raise ConfigError(f"config {path} is a folder, not a file: give a .yaml/.toml/.json")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config file {path} cannot be read: {error}") from error
         where = str(path)
         try:
             if path.suffix == ".toml":

@@ -17,7 +17,7 @@ import hashlib
 import io
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -386,6 +386,25 @@ DATASETS: dict[str, Callable[..., MultiTaskData]] = {
     "yeast": yeast,
     "text": text,
 }
+
+
+def describe_tasks(
+    name: str, options: Mapping[str, Any] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """``task -> metric names`` of a dataset, without loading it (configs are validated
+    with it before anything is trained; a test checks it against the loaded datasets)."""
+    check_choice(name, DATASETS, "dataset")
+    if name == "synthetic":
+        count = (options or {}).get("num_tasks", 6)
+        return {f"task{t}": ("mae",) for t in range(count if isinstance(count, int) else 0)}
+    static: dict[str, dict[str, tuple[str, ...]]] = {
+        "digits": {"digit": ("accuracy",), "parity": ("accuracy",), "value": ("mae",)},
+        "multimnist": {"left": ("accuracy",), "right": ("accuracy",), "mask": ("binary_miou",)},
+        "census": {"income": ("auc",), "never_married": ("auc",)},
+        "yeast": {f"class{k}": ("auc",) for k in range(1, 15)},
+        "text": {"language": ("accuracy", "f1"), "topic": ("accuracy", "f1")},
+    }
+    return static[name]
 
 
 def load_dataset(name: str, **options: object) -> MultiTaskData:

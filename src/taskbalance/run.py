@@ -184,9 +184,9 @@ def run_one(
 def run_config(config: RunConfig, output: Path | None = None) -> Path:
     """Run every method of ``config``; writes ``<output>/<method>/...`` and ``summary.json``."""
     root = Path(output or config.output)
+    data = load_data(config)  # missing data fails here, before anything is written
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(config.model_dump_json(indent=1))
-    data = load_data(config)
     runs = []
     for method in config.methods:
         run_dir = root / method.display.replace("@", "_")
