@@ -135,7 +135,9 @@ def test_non_finite_gradient_skips_the_step() -> None:
     losses = [w.sqrt().sum() * head.sum(), (w**2).sum()]  # d sqrt(x)/dx at 0 is inf
     info = Balancer("ew", [w]).backward(losses)
     assert info.skipped
-    assert info.reason == "non-finite gradient"
+    assert info.reason is not None
+    assert info.reason.startswith("non-finite")
+    assert "shared.0" in info.reason
     assert w.grad is None
     assert head.grad is None
 

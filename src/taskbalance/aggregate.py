@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from taskbalance.balancer import make_context, resolve_method
+from taskbalance.balancer import make_context, resolve_method, unnormalise
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import TaskGradients
 from taskbalance.methods.base import Combination, Method
@@ -84,4 +84,4 @@ def combine_jacobian(
         losses=_vector(losses, num_tasks, "losses"),
         metrics=_vector(metrics, num_tasks, "metrics"),
     )
-    return method(ctx)
+    return unnormalise(method, method(ctx), ctx)

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from taskbalance._validation import check_choice
-from taskbalance.engine.gramian import in_safe_range
-from taskbalance.engine.graph import reachable_leaves
+from taskbalance.engine.gramian import in_float64_range, in_safe_range
+from taskbalance.engine.graph import depends_on, reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.needs import Need
@@ -100,20 +100,78 @@ def make_context(
     task_names: tuple[str, ...] = (),
     level: str = "parameters",
 ) -> Context:
-    """The :class:`Context` holding what ``method`` declared it needs."""
+    """The :class:`Context` holding what ``method`` declared it needs.
+
+    Where the Gram matrix leaves ``[1e-80, 1e80]`` (gradients beyond ~1e40 or below ~1e-40,
+    where the methods' own arithmetic, or float64 itself, would over- or underflow), a method
+    with a :meth:`~taskbalance.methods.base.Method.scale_degree` is given the exact Gram
+    matrix (and Jacobian) of ``J / s`` instead, ``s`` a power of two; apply
+    :func:`unnormalise` to its combination. A method without one gets the raw matrices,
+    and an error when they are not finite."""
+    gramian = grads.gramian if grads is not None else None
+    jacobian = (
+        grads.matrix if isinstance(grads, TaskGradients) and method.needs >= Need.JACOBIAN else None
+    )
+    scale = 1.0
+    if grads is not None and gramian is not None and not in_float64_range(gramian, 1e-80, 1e80):
+        if method.scale_degree() is not None:
+            gramian, scale = grads.normalised_gramian()
+            if jacobian is not None:
+                jacobian = jacobian / scale
+        elif method.needs == Need.GRAMIAN and not bool(torch.isfinite(gramian).all()):
+            raise ValueError(
+                f"the task gradients (norms up to {float(grads.norms().max()):.3g}) square "
+                f"beyond float64, and {method.name!r} depends on their absolute size, so it "
+                "cannot be solved on rescaled gradients: scale the losses down"
+            )
     return Context(
         num_tasks=num_tasks,
         losses=losses,
-        gramian=grads.gramian if grads is not None else None,
-        jacobian=grads.matrix
-        if isinstance(grads, TaskGradients) and method.needs >= Need.JACOBIAN
-        else None,
+        gramian=gramian,
+        jacobian=jacobian,
         metrics=metrics,
         step=step,
         task_names=task_names,
         block_shapes=grads.shapes if grads is not None else (),
         level=level,
+        gradient_scale=scale,
     )
+
+
+def unnormalise(method: Method, combination: Combination, ctx: Context) -> Combination:
+    """A combination computed on ``J / s`` (``s = ctx.gradient_scale``) as the one for ``J``:
+    weights times ``s^(b-1)``, a direction times ``s^b``, ``b`` the method's scale degree."""
+    scale = ctx.gradient_scale
+    if scale == 1.0:
+        return combination
+    degree = method.scale_degree()
+    assert degree is not None  # make_context normalises only methods with a degree
+    if combination.weights is not None:
+        return Combination(weights=combination.weights * scale ** (degree - 1.0))
+    assert combination.direction is not None
+    return Combination(direction=combination.direction * scale**degree)
+
+
+def _check_representation_used(losses: Sequence[Tensor], representation: Tensor) -> None:
+    if not any(depends_on(loss, [representation]) for loss in losses):
+        raise ValueError(
+            "none of the losses depends on `representation`: pass the tensor the heads read "
+            "in this forward pass (the trunk output the heads were applied to, not the output "
+            "of another forward call; with torch.compile, compile the trunk, not the whole "
+            "model, or pass no representation)"
+        )
+
+
+def _non_finite_reason(params: list[Tensor], grads: list[Tensor], balancer: Balancer) -> str:
+    """Which parameters got non-finite gradients from the combination (for the skip log)."""
+    names = {id(p): n for n, p in zip(balancer.shared_names, balancer.shared_params, strict=True)}
+    bad = [
+        names.get(id(p), f"task parameter {tuple(p.shape)}")
+        for p, g in zip(params, grads, strict=True)
+        if not bool(torch.isfinite(g).all())
+    ]
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return f"non-finite combined gradient ({shown})"
 
 
 def _named_parameter_list(
@@ -428,8 +486,14 @@ class Balancer:
         )
         if grads is not None and loss_scale != 1.0:
             grads = grads.divided_by(loss_scale)
-        if grads is not None and not bool(torch.isfinite(grads.raw_gramian).all()):
-            return self._skip(names, detached, "non-finite gradient")
+        if (
+            grads is not None
+            and not bool(torch.isfinite(grads.raw_gramian).all())
+            and not grads.all_finite()  # else the Gram matrix only overflowed: rescaled below
+        ):
+            return self._skip(names, detached, "non-finite task gradient")
+        if grads is not None:
+            self._check_connected(values, representation, grads, names)
         scales: Tensor | None = None
         if grads is not None:
             for transform in self.transforms:
@@ -454,7 +518,7 @@ class Balancer:
             assert self._cached_weights is not None
             combination = Combination(weights=self._cached_weights)
         else:
-            combination = self.method(ctx)
+            combination = unnormalise(self.method, self.method(ctx), ctx)
             if self.update_every > 1 and combination.weights is not None:
                 applied = combination.weights if scales is None else combination.weights * scales
                 self._cached_weights = applied.detach().clone()
@@ -467,8 +531,14 @@ class Balancer:
                 param_grads = transform.apply(param_grads, params)
         total_norm = global_norm(param_grads)
         weights = combination.weights
-        if not bool(torch.isfinite(total_norm)):
-            return self._skip(names, detached, "non-finite gradient", weights=weights)
+        if not bool(torch.isfinite(total_norm)) and not all(
+            bool(torch.isfinite(g).all()) for g in param_grads
+        ):
+            # (a finite gradient whose norm exceeds float64 is written: only entries that are
+            # really inf or NaN make a step unusable)
+            return self._skip(
+                names, detached, _non_finite_reason(params, param_grads, self), weights=weights
+            )
 
         for p, g in zip(params, param_grads, strict=True):
             if g.dtype != p.dtype:
@@ -485,7 +555,7 @@ class Balancer:
             weights=weights,
             task_scales=scales,
             task_grad_norms=grads.norms() if grads is not None else None,
-            cosines=cosine_matrix(grads.raw_gramian) if grads is not None else None,
+            cosines=cosine_matrix(grads.cosine_gramian()) if grads is not None else None,
             grad_norm=total_norm,
             reused_weights=reuse,
             **(self._layer_statistics(params, param_grads) if observing else {}),
@@ -513,6 +583,39 @@ class Balancer:
             "layer_weight_norms": torch.stack(weight_norms),
         }
 
+    def _check_connected(
+        self,
+        losses: list[Tensor],
+        representation: Tensor | None,
+        grads: RowScaledGradients,
+        names: tuple[str, ...],
+    ) -> None:
+        """Raise when a task's gradient is zero because its loss is not computed from what
+        the gradients are taken of (the representation, or every shared parameter): gradient
+        methods would otherwise weight a task that cannot move (MGDA gives it all the weight,
+        Nash-MTL ~1e6), silently. A gradient that is zero by value (a dead unit, a constant
+        loss) is left to the method. Costs a graph walk only when a gradient row is zero."""
+        zero = (grads.norms() == 0).tolist()
+        if not any(zero):
+            return
+        at_representation = self.level == "representation"
+        targets = [representation] if at_representation and representation is not None else []
+        targets = targets or self.shared_params
+        cut = [
+            name
+            for name, loss, is_zero in zip(names, losses, zero, strict=True)
+            if is_zero and not depends_on(loss, targets)
+        ]
+        if not cut:
+            return
+        what = "the representation" if at_representation else "any shared parameter"
+        raise ValueError(
+            f"the loss of task(s) {cut} does not depend on {what}, so its gradient is zero "
+            "by construction and gradient methods would weight it wrongly: make its head read "
+            "the shared representation, leave it out of the balancer's losses, or list its "
+            "parameters among shared_params"
+        )
+
     def _task_params(
         self, losses: list[Tensor], representation: Tensor | None
     ) -> tuple[list[Tensor], bool]:
@@ -523,6 +626,8 @@ class Balancer:
         leaves = reachable_leaves(losses, stop_at=representation)
         shared_ids = {id(p) for p in self.shared_params}
         bypass = any(id(p) in shared_ids for p in leaves)
+        if bypass and representation is not None:
+            _check_representation_used(losses, representation)
         if bypass and self.level == "representation" and not self._warned_bypass:
             self._warned_bypass = True
             logger.warning(

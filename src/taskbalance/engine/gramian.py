@@ -7,16 +7,29 @@ Gradients of size 1e20 would overflow a float32 Gram matrix (1e40 > 3e38) and gr
 1e-20 would underflow it; when the fast float32 product is non-finite or its diagonal leaves
 ``[1e-30, 1e30]``, the blocks are rescaled by their largest absolute entry ``s`` and
 ``G = s^2 (J/s)(J/s)^T`` is formed in float64.
+
+Beyond float64's own range (gradients above ~1e154 or below ~1e-154, where ``G`` itself
+overflows or underflows), :func:`normalised_gramian_of_blocks` returns the pair
+``(G / s^2, s)`` with ``s`` a power of two (so the division is exact): methods whose result
+is homogeneous in the gradients' scale are then solved on the normalised matrix (see
+:meth:`taskbalance.methods.base.Method.scale_degree`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["gramian_of_blocks", "in_safe_range"]
+__all__ = [
+    "gramian_of_blocks",
+    "in_float64_range",
+    "in_safe_range",
+    "normalised_gramian_of_blocks",
+    "power_of_two",
+]
 
 _LOW, _HIGH = 1e-30, 1e30
 
@@ -34,13 +47,19 @@ def _accumulate(blocks: Sequence[Tensor], scale: Tensor | None) -> Tensor:
     return total.to(torch.float64)
 
 
+def _largest_entry(blocks: Sequence[Tensor]) -> Tensor:
+    """Largest absolute entry of the blocks, in float64 (0 when they are empty)."""
+    maxima = [b.detach().abs().amax().to(torch.float64) for b in blocks if b.numel()]
+    return torch.stack(maxima).amax() if maxima else torch.zeros((), dtype=torch.float64)
+
+
 def in_safe_range(gramian: Tensor) -> bool:
     """Whether a Gram matrix formed in float32 can be trusted: finite, and its largest diagonal
-    entry zero or within ``[1e-30, 1e30]`` (no overflow, no loss to underflow)."""
+    entry within ``[1e-30, 1e30]`` (no overflow, no loss to underflow). An all-zero matrix is
+    not trusted either: gradients below ~2.5e-23 square to zero in float32, and only the
+    rescaled path can tell them from gradients that are really zero."""
     largest = gramian.diagonal().max()
-    return bool(torch.isfinite(gramian).all()) and (
-        bool(largest == 0) or _LOW <= float(largest) <= _HIGH
-    )
+    return bool(torch.isfinite(gramian).all()) and _LOW <= float(largest) <= _HIGH
 
 
 def gramian_of_blocks(blocks: Sequence[Tensor]) -> Tensor:
@@ -50,10 +69,38 @@ def gramian_of_blocks(blocks: Sequence[Tensor]) -> Tensor:
     fast = _accumulate(blocks, None)
     if in_safe_range(fast):
         return fast
-    scale = torch.stack([b.detach().abs().amax().to(torch.float64) for b in blocks]).amax()
+    scale = _largest_entry(blocks)
     if not bool(torch.isfinite(scale)):
         return torch.full_like(fast, float("nan"))
     if bool(scale == 0):
         return torch.zeros_like(fast)
     scaled = _accumulate([b.to(torch.float64) for b in blocks], scale)
     return scaled * scale**2
+
+
+def power_of_two(value: float) -> float:
+    """The power of two nearest to ``value`` (> 0) in log scale: dividing by it is exact."""
+    mantissa, exponent = math.frexp(value)
+    return math.ldexp(1.0, exponent - 1 if mantissa < 0.7071 else exponent)
+
+
+def in_float64_range(gramian: Tensor, low: float = 1e-200, high: float = 1e200) -> bool:
+    """Whether a float64 Gram matrix is finite with its largest diagonal entry in
+    ``[low, high]`` (an all-zero matrix is not: it may be gradients that underflowed)."""
+    if not bool(torch.isfinite(gramian).all()):
+        return False
+    return low <= float(gramian.diagonal().max()) <= high
+
+
+def normalised_gramian_of_blocks(blocks: Sequence[Tensor]) -> tuple[Tensor, float]:
+    """``(G / s^2, s)`` for the rows of the (block-split) Jacobian, in float64, with ``s`` the
+    power of two nearest to the largest absolute entry (``s = 1`` for an all-zero matrix):
+    exact where ``G`` itself would overflow or underflow float64."""
+    if not blocks:
+        raise ValueError("no gradient blocks to build a Gram matrix from")
+    largest = float(_largest_entry(blocks))
+    if not math.isfinite(largest):
+        raise ValueError("the task gradients have non-finite entries")
+    scale = power_of_two(largest) if largest > 0 else 1.0
+    divisor = torch.tensor(scale, dtype=torch.float64)
+    return _accumulate([b.to(torch.float64) for b in blocks], divisor), scale

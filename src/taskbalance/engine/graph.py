@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["reachable_leaves"]
+__all__ = ["depends_on", "reachable_leaves"]
 
 
 def reachable_leaves(
@@ -38,3 +38,28 @@ def reachable_leaves(
             if child is not None:
                 stack.append(child)
     return found
+
+
+def depends_on(root: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
+    """Whether ``root`` is computed from any of ``targets`` (leaf tensors, or non-leaf
+    tensors such as a shared representation), by walking its autograd graph."""
+    if root.grad_fn is None:
+        return False
+    target_nodes = {id(t.grad_fn) for t in targets if t.grad_fn is not None}
+    target_leaves = {id(t) for t in targets if t.grad_fn is None}
+    seen: set[int] = set()
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if id(node) in target_nodes:
+            return True
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            if id(variable) in target_leaves:
+                return True
+            continue
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return False

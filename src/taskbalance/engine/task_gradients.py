@@ -9,6 +9,7 @@ Two representations with one interface:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -16,7 +17,12 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from taskbalance.engine.gramian import gramian_of_blocks
+from taskbalance.engine.gramian import (
+    gramian_of_blocks,
+    in_float64_range,
+    normalised_gramian_of_blocks,
+    power_of_two,
+)
 
 __all__ = ["GramianGradients", "RowScaledGradients", "TaskGradients"]
 
@@ -47,6 +53,15 @@ class RowScaledGradients(ABC):
         """``J^T w`` (raw rows) split per input."""
 
     @abstractmethod
+    def _normalised_raw(self) -> tuple[Tensor, float]:
+        """``(G / s^2, s)`` before row scaling, ``s`` a power of two, exact even where the
+        raw Gram matrix over- or underflows float64."""
+
+    @abstractmethod
+    def all_finite(self) -> bool:
+        """Whether every gradient entry is finite (the Gram matrix may overflow when not)."""
+
+    @abstractmethod
     def with_row_scale(self, scale: Tensor | None) -> RowScaledGradients:
         """The same raw gradients with another row scaling (shares computed results)."""
 
@@ -62,9 +77,31 @@ class RowScaledGradients(ABC):
         s = self.row_scale.to(torch.float64)
         return self.raw_gramian * s.unsqueeze(0) * s.unsqueeze(1)
 
+    def normalised_gramian(self) -> tuple[Tensor, float]:
+        """``(G / s^2, s)``: the Gram matrix (row scaling applied) of ``J / s`` and the power
+        of two ``s``; what methods are solved on when ``G`` leaves float64's range."""
+        normalised, scale = self._normalised_raw()
+        if self.row_scale is not None:
+            r = self.row_scale.to(torch.float64)
+            normalised = normalised * r.unsqueeze(0) * r.unsqueeze(1)
+        return normalised, scale
+
     def norms(self) -> Tensor:
-        """Per-task gradient norms before row scaling, from the Gram diagonal."""
-        return self.raw_gramian.diagonal().clamp_min(0).sqrt()
+        """Per-task gradient norms before row scaling, from the Gram diagonal (overflow-safe:
+        ``s * sqrt(diag(G / s^2))`` when ``G`` leaves float64's range)."""
+        raw = self.raw_gramian
+        if in_float64_range(raw, 1e-300, 1e300) or not self.all_finite():
+            return raw.diagonal().clamp_min(0).sqrt()
+        normalised, scale = self._normalised_raw()
+        return normalised.diagonal().clamp_min(0).sqrt() * scale
+
+    def cosine_gramian(self) -> Tensor:
+        """A positive multiple of the raw Gram matrix that is finite whenever the gradients
+        are (for scale-free statistics: cosines, conflict rates)."""
+        raw = self.raw_gramian
+        if in_float64_range(raw, 1e-300, 1e300) or not self.all_finite():
+            return raw
+        return self._normalised_raw()[0]
 
     def scale_rows(self, scale: Tensor) -> RowScaledGradients:
         """The same gradients with row ``i`` multiplied by ``scale[i]`` (lazily)."""
@@ -114,8 +151,21 @@ class TaskGradients(RowScaledGradients):
 
     @cached_property
     def raw_gramian(self) -> Tensor:
+        return gramian_of_blocks(self._raw_blocks())
+
+    def _raw_blocks(self) -> list[Tensor]:
         whole = self.__dict__.get("matrix") if self.row_scale is None else None
-        return gramian_of_blocks([whole] if whole is not None else self.blocks)
+        return [whole] if whole is not None else self.blocks
+
+    def _normalised_raw(self) -> tuple[Tensor, float]:
+        cached: tuple[Tensor, float] | None = self.__dict__.get("_normalised")
+        if cached is None:
+            cached = normalised_gramian_of_blocks(self._raw_blocks())
+            self.__dict__["_normalised"] = cached
+        return cached
+
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(b).all()) for b in self.blocks)
 
     @property
     def shapes(self) -> tuple[torch.Size, ...]:
@@ -132,8 +182,9 @@ class TaskGradients(RowScaledGradients):
 
     def with_row_scale(self, scale: Tensor | None) -> TaskGradients:
         scaled = TaskGradients(self.blocks, scale)
-        if "raw_gramian" in self.__dict__:
-            scaled.__dict__["raw_gramian"] = self.raw_gramian
+        for computed in ("raw_gramian", "_normalised"):
+            if computed in self.__dict__:
+                scaled.__dict__[computed] = self.__dict__[computed]
         return scaled
 
     def divided_by(self, factor: float) -> TaskGradients:
@@ -189,6 +240,15 @@ class GramianGradients(RowScaledGradients):
     @property
     def shapes(self) -> tuple[torch.Size, ...]:
         return self._shapes
+
+    def _normalised_raw(self) -> tuple[Tensor, float]:
+        # formed from float32-or-wider rows in float64: finite whenever the rows are
+        largest = float(self._gramian.diagonal().max())
+        scale = power_of_two(math.sqrt(largest)) if largest > 0 else 1.0
+        return self._gramian / scale**2, scale
+
+    def all_finite(self) -> bool:
+        return bool(torch.isfinite(self._gramian).all())
 
     def with_row_scale(self, scale: Tensor | None) -> GramianGradients:
         return GramianGradients(self._gramian, self._shapes, self._combiner, scale)

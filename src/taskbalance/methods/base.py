@@ -45,6 +45,8 @@ class Context:
         block_shapes: shape of each block of the Jacobian's columns (one per shared parameter
             at parameter level; the representation's shape at representation level).
         level: ``"parameters"`` or ``"representation"``.
+        gradient_scale: ``s``: the Gram matrix and Jacobian here are those of ``J / s`` (a
+            power of two; 1 unless the raw Gram matrix would leave float64's range).
     """
 
     num_tasks: int
@@ -56,6 +58,7 @@ class Context:
     task_names: tuple[str, ...] = ()
     block_shapes: tuple[torch.Size, ...] = ()
     level: str = "parameters"
+    gradient_scale: float = 1.0
 
     def require_losses(self, method: str) -> Tensor:
         if self.losses is None:
@@ -101,6 +104,8 @@ class Method(ABC):
     # False for methods whose state is indexed by gradient coordinates (tracked gradients):
     # at representation level those coordinates are samples of a batch, which change.
     representation_level: ClassVar[bool] = True
+    # degree b of the update's homogeneity in the gradients, d(sJ) = s^b d(J) (see scale_degree)
+    homogeneity: ClassVar[float | None] = None
 
     @abstractmethod
     def combine(self, ctx: Context) -> Combination:
@@ -114,6 +119,16 @@ class Method(ABC):
                 f"expected ({ctx.num_tasks},)"
             )
         return combination
+
+    def scale_degree(self) -> float | None:
+        """The degree ``b`` with ``d(s J) = s^b d(J)`` for every ``s > 0`` (1: the update
+        scales with the gradients, 0: it does not depend on their scale), or ``None`` when the
+        update has no such property (state in gradient units, absolute thresholds).
+
+        Where the Gram matrix would leave float64's range (gradients beyond ~1e40 or below
+        ~1e-40), a method with a degree is solved exactly on ``J / s`` (``s`` a power of two)
+        and its result mapped back: weights times ``s^(b-1)``, a direction times ``s^b``."""
+        return self.homogeneity
 
     def supports_task_subsets(self) -> bool:
         """Whether a step may involve only some of the tasks (a batch without labels for a

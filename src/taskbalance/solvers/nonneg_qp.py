@@ -161,6 +161,11 @@ def batched_nonneg_qp(
     return x.clamp_min(0), solved
 
 
+# exact per-row fallbacks allowed in one call: rows x T^2 (about 15 s on one CPU core at the
+# limit, T = 256 with every row degenerate); beyond it the solve is refused with a message
+_FALLBACK_BUDGET = 256**3
+
+
 def dual_cone_weights(gramian: Tensor, targets: Tensor, *, start: Tensor | None = None) -> Tensor:
     """For each row ``u`` of ``targets`` (``(k, T)``), ``v = argmin_{v >= u} v^T G v``.
 
@@ -180,6 +185,18 @@ def dual_cone_weights(gramian: Tensor, targets: Tensor, *, start: Tensor | None 
     linear = U @ G
     x, solved = batched_nonneg_qp(G, linear, start=start)
     if not bool(solved.all()):
-        for row in (~solved).nonzero().flatten().tolist():
+        rows = (~solved).nonzero().flatten().tolist()
+        num_tasks = G.shape[0]
+        if len(rows) * num_tasks**2 > _FALLBACK_BUDGET:
+            raise ValueError(
+                f"the Gram matrix of these {num_tasks} task gradients is (numerically) "
+                "singular (more tasks than independent gradient directions), and the exact "
+                f"projection onto its dual cone for {len(rows)} of "
+                "them would take minutes (an O(T^3) active-set solve each). Use fewer tasks "
+                "(group them: `taskbalance affinity`), a method that scales to many tasks "
+                "(mgda, cagrad, nash_mtl, imtl_g, aligned_mtl, dualproj), or a model whose "
+                "shared gradients have more dimensions than there are tasks"
+            )
+        for row in rows:
             x[row] = nonneg_qp(G, linear[row])
     return U + x

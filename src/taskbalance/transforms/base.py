@@ -50,7 +50,18 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
         torch.linalg.vector_norm(t, dtype=torch.float32).to(torch.float64) for t in low_precision
     ]
     total: Tensor = torch.linalg.vector_norm(torch.stack(norms))
-    return total
+    if bool(torch.isfinite(total)):
+        return total
+    # a norm overflowed (float32 squares beyond 3e38, float64 beyond 1e308) or an entry is
+    # not finite: rescale by the largest entry, in float64, so finite gradients get their
+    # true norm (inf only when it exceeds float64) and non-finite ones stay non-finite
+    largest = torch.stack([t.detach().abs().amax().to(torch.float64) for t in tensors if t.numel()])
+    peak = largest.max()
+    if not bool(torch.isfinite(peak)) or not bool(peak > 0):
+        return torch.full((), float("nan") if bool(torch.isnan(peak)) else float("inf"))
+    scaled = [torch.linalg.vector_norm(t.to(torch.float64) / peak) for t in tensors]
+    rescaled: Tensor = torch.linalg.vector_norm(torch.stack(scaled)) * peak
+    return rescaled
 
 
 class Transform(ABC):

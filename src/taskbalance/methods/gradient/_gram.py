@@ -32,6 +32,8 @@ def row_norms(matrix: Tensor) -> Tensor:
     Entries of moderate size (largest in ``[1e-15, 1e15]``) are summed in the matrix's own
     precision (no wide copy of a ``T x P`` matrix); otherwise the rows are rescaled by the
     largest entry and summed in float64."""
+    if matrix.numel() == 0:  # no coordinates (e.g. a (T, 0) Jacobian): zero norms
+        return torch.zeros(matrix.shape[:-1], dtype=torch.float64, device=matrix.device)
     low, high = torch.aminmax(matrix.detach())
     scale = torch.maximum(-low, high).to(torch.float64)
     norms: Tensor

@@ -32,6 +32,7 @@ class AlignedMTL(Method):
     name = "aligned_mtl"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = (
         "Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023."
     )

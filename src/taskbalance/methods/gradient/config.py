@@ -20,7 +20,8 @@ class ConFIG(Method):
     Because ``v = U^T (U U^T)^+ 1`` lies in the span of the gradients, everything follows from
     the cosine matrix ``U U^T``: ``v = sum_i beta_i u_i`` with ``beta = (U U^T)^+ 1``. So the
     method needs only the Gram matrix (no pseudo-inverse of the ``T x P`` Jacobian). Zero
-    gradients are left out of ``U``.
+    gradients are left out of ``U``; where ``v = 0`` (no direction has a positive cosine to
+    the gradients in the least-squares sense, e.g. opposite gradients in balance) ``d = 0``.
 
     Scale: the paper's (length = sum of the projections of the task gradients on ``g_u``).
     """
@@ -28,6 +29,7 @@ class ConFIG(Method):
     name = "config"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = (
         "Liu, Chen & Thuerey, ConFIG: Towards Conflict-free Training of Physics Informed "
         "Neural Networks, ICLR 2025."
@@ -39,6 +41,10 @@ class ConFIG(Method):
         cosines = G * inv.unsqueeze(0) * inv.unsqueeze(1)
         present = (inv > 0).to(torch.float64)
         beta = torch.linalg.pinv(cosines, rtol=1e-10, hermitian=True) @ present
+        # no direction with positive cosine to the gradients in the least-squares sense
+        # (e.g. as many anti-parallel gradients each way: v = U^+ 1 = 0): the rounding
+        # residue of v would be normalised to an arbitrary unit direction, so it is zeroed
+        beta = torch.where(beta.abs().max() <= 1e-10, torch.zeros_like(beta), beta)
         coefficients = inv * beta  # v = J^T (inv * beta)
         v_squared = (coefficients @ G @ coefficients).clamp_min(0)
         projection_sum = (G @ coefficients).sum()  # sum_i g_i . v

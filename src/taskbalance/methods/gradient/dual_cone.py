@@ -36,6 +36,7 @@ class UPGrad(Method):
     name = "upgrad"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = _REFERENCE
     state_attributes = ("previous_tight",)
 
@@ -68,6 +69,7 @@ class DualProj(Method):
     name = "dualproj"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = _REFERENCE
 
     def combine(self, ctx: Context) -> Combination:

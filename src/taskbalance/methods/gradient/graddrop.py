@@ -60,6 +60,8 @@ class GradDrop(Method):
     def combine(self, ctx: Context) -> Combination:
         J = ctx.require_jacobian(self.name)
         num_tasks = J.shape[0]
+        if J.numel() == 0:  # no coordinates to drop signs in
+            return Combination(direction=J.sum(dim=0))
         pooled = (
             ctx.level == "representation"
             and len(ctx.block_shapes) == 1

@@ -78,6 +78,7 @@ class GradVac(Method):
     name = "gradvac"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = (
         "Wang et al., Gradient Vaccine: Investigating and Improving Multi-task Optimization "
         "in Massively Multilingual Models, ICLR 2021."

@@ -32,6 +32,7 @@ class IMTL(Method):
     name = "imtl"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021."
     state_attributes = ("loss_balance",)
 

@@ -15,24 +15,29 @@ def equal_projection_weights(gramian: Tensor) -> Tensor:
     """Weights ``alpha`` (summing to 1) such that ``d = J^T alpha`` has the same projection
     onto every unit task gradient ``u_i = g_i / |g_i|``.
 
-    IMTL-G's closed form: with ``D`` the rows ``g_1 - g_i`` and ``U`` the rows
-    ``u_1 - u_i`` (``i = 2..T``), ``alpha_{2:T} = (g_1 U^T) (D U^T)^+`` and
-    ``alpha_1 = 1 - sum alpha_{2:T}``; every product is read off the Gram matrix. The
-    pseudo-inverse keeps it finite for collinear gradients (then the projections cannot all be
-    made equal and the least-squares solution is used). Zero gradients get ``u_i = 0``.
+    With ``p(alpha) = (g_j . u_i)_i^T alpha`` the projections, IMTL-G's conditions are
+    ``(I - 1 1^T / T) p(alpha) = 0`` and ``1^T alpha = 1``: one linear system, read off the
+    Gram matrix, solved by the pseudo-inverse. Where the gradients are in general position
+    this is the paper's closed form (``alpha_{2:T} = (g_1 U^T)(D U^T)^{-1}``). Where the
+    solution is not unique (parallel or duplicate gradients: every ``alpha`` gives equal
+    projections) the pseudo-inverse picks the minimum-norm ``alpha``, and where no exact
+    solution exists, the least-squares one; both are symmetric in the tasks, so the update
+    does not depend on their order (the closed form, which singles out task 1, returned
+    task 1's gradient for parallel gradients). Zero gradients get ``u_i = 0``.
     """
     G = normalised_gramian(gramian)
     num_tasks = G.shape[0]
     if num_tasks == 1:
         return torch.ones(1, dtype=torch.float64, device=G.device)
     inv = inverse_norms(G)
-    # GU[i, k] = g_i . u_k
-    GU = G * inv.unsqueeze(0)
-    first_dot_U = GU[0, 0] - GU[0, 1:]  # g_1 . (u_1 - u_k)
-    # (g_1 - g_j) . (u_1 - u_k) = GU[0,0] - GU[0,k] - GU[j,0] + GU[j,k]
-    DU = GU[0, 0] - GU[0, 1:].unsqueeze(0) - GU[1:, 0].unsqueeze(1) + GU[1:, 1:]
-    rest = first_dot_U @ torch.linalg.pinv(DU, rtol=1e-10, hermitian=False)
-    return torch.cat([(1.0 - rest.sum()).unsqueeze(0), rest])
+    projections = (G * inv.unsqueeze(0)).T  # [i, j] = g_j . u_i
+    centred = projections - projections.mean(dim=0, keepdim=True)
+    ones = torch.ones(1, num_tasks, dtype=G.dtype, device=G.device)
+    system = torch.cat([centred, ones])
+    target = torch.zeros(num_tasks + 1, dtype=G.dtype, device=G.device)
+    target[-1] = 1.0
+    weights: Tensor = torch.linalg.pinv(system, rtol=1e-10) @ target
+    return weights
 
 
 @register
@@ -49,6 +54,7 @@ class IMTLG(Method):
     name = "imtl_g"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021 (IMTL-G)."
 
     def combine(self, ctx: Context) -> Combination:

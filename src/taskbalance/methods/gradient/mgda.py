@@ -49,6 +49,7 @@ class MGDA(Method):
     name = "mgda"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018."
 
     state_attributes = ("previous_weights",)

@@ -14,8 +14,6 @@ from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.gradient._gram import row_norms
 from taskbalance.methods.registry import register
 
-_EPS = 1e-8
-
 
 @register
 class MoCo(Method):
@@ -89,9 +87,13 @@ class MoCo(Method):
         self.steps += 1
         beta = self.beta / self.steps**self.beta_sigma
         gamma = self.gamma / self.steps**self.gamma_sigma
-        # y <- y - beta (y - L_i g_i / |g_i|), in place and without a T x P temporary
-        row_factor = beta * losses / (row_norms(J).to(J.dtype) + _EPS)
-        self.tracked.mul_(1 - beta).addcmul_(J, row_factor.unsqueeze(1))
+        # y <- y - beta (y - L_i g_i / |g_i|), in place and without a T x P temporary; a zero
+        # gradient contributes zero (LibMTL divides by |g_i| + 1e-8, which stops normalising
+        # gradients below 1e-8: here the normalisation is exact at every scale)
+        norms = row_norms(J).to(torch.float64)
+        safe = torch.where(norms > 0, norms, 1.0)
+        row_factor = torch.where(norms > 0, beta * losses.to(torch.float64) / safe, 0.0)
+        self.tracked.mul_(1 - beta).addcmul_(J, row_factor.to(J.dtype).unsqueeze(1))
         gram = gramian_of_blocks([self.tracked]) + self.rho * torch.eye(
             num_tasks, dtype=torch.float64, device=J.device
         )

@@ -61,6 +61,11 @@ class NashMTL(Method):
     def supports_task_subsets(self) -> bool:
         return self.update_weights_every == 1
 
+    def scale_degree(self) -> float | None:
+        # weights of the normalised Gram matrix: the update scales with the gradients,
+        # unless max_norm clips it at an absolute size
+        return 1.0 if self.max_norm == 0 else None
+
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name).to(torch.float64)
         reuse = (
@@ -110,6 +115,10 @@ class FairGrad(Method):
 
     def hparams(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
+
+    def scale_degree(self) -> float | None:
+        # G w = w^(-1/alpha) with G -> s^2 G gives w -> s^(-2 alpha / (alpha + 1)) w
+        return 1.0 - 2.0 * self.alpha / (self.alpha + 1.0)
 
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name)

@@ -38,6 +38,7 @@ class PCGrad(Method):
     name = "pcgrad"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
+    homogeneity = 1.0
     reference = "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020."
     state_attributes = ("generator",)
 
