@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from taskbalance._validation import check_choice
+from taskbalance.distributed import Communicator, DistributedMode, check_parameters
 from taskbalance.engine.gramian import in_float64_range, in_safe_range
 from taskbalance.engine.graph import depends_on, reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
@@ -162,6 +163,10 @@ def _check_representation_used(losses: Sequence[Tensor], representation: Tensor)
         )
 
 
+def _no_combination(weights: Tensor) -> list[Tensor]:
+    raise RuntimeError("representation-level task gradients are combined through the losses")
+
+
 def _non_finite_reason(params: list[Tensor], grads: list[Tensor], balancer: Balancer) -> str:
     """Which parameters got non-finite gradients from the combination (for the skip log)."""
     names = {id(p): n for n, p in zip(balancer.shared_names, balancer.shared_params, strict=True)}
@@ -241,6 +246,14 @@ class Balancer:
             and new weights only every ``k`` steps; in between, reuse the last applied weights
             with one ordinary backward of ``sum_i w_i L_i`` (amortises the per-task cost to
             ``1/k``). Methods that return a direction are recomputed every step.
+        distributed: with ``torch.distributed`` initialised and more than one process,
+            ``"auto"``/``"global"`` (default) balance the global batch exactly: the method
+            sees the losses and task gradients of all ranks' batches together and every rank
+            writes the same gradient, the one-process gradient on the global batch;
+            ``"local"`` balances each rank's batch alone and averages the results (an
+            approximation, cheaper); ``"off"`` ignores the process group. See
+            :mod:`taskbalance.distributed` for the semantics and what is exchanged.
+        process_group: the process group to balance over (default: the default group).
 
     Example::
 
@@ -264,8 +277,14 @@ class Balancer:
         engine: EnginePath = "auto",
         update_every: int = 1,
         monitor: HealthMonitor | None = None,
+        distributed: DistributedMode = "auto",
+        process_group: Any = None,
     ) -> None:
         self.method = resolve_method(method)
+        check_choice(distributed, get_args(DistributedMode), "distributed mode")
+        self.distributed: DistributedMode = distributed
+        self.process_group = process_group
+        self._comm: Communicator | None = None
         self.shared_names, self.shared_params = _named_parameter_list(shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: pass the trunk's parameters")
@@ -443,11 +462,18 @@ class Balancer:
             representation = model.representation
         names, values, stacked = self._stack_losses(losses)
         metrics_tensor = self._metrics_tensor(metrics, names)
+        comm = self._communicator()
         detached = stacked.detach()
-        if not bool(torch.isfinite(detached).all()):
-            finite = torch.isfinite(detached).tolist()
-            bad = [n for n, ok in zip(names, finite, strict=True) if not ok]
-            return self._skip(names, detached, f"non-finite loss for task(s) {bad}")
+        if comm is not None and comm.is_global:
+            detached = comm.mean(detached)  # the global losses (non-finite on every rank alike)
+        finite = bool(torch.isfinite(detached).all())
+        if comm is not None and not comm.is_global:
+            finite = not comm.any(not finite)
+        if not finite:
+            flags = torch.isfinite(detached).tolist()
+            bad = [n for n, ok in zip(names, flags, strict=True) if not ok]
+            where = f"task(s) {bad}" if bad else "a task on another rank"
+            return self._skip(names, detached, f"non-finite loss for {where}")
         if not stacked.requires_grad:
             raise ValueError(
                 "none of the losses requires grad: were they computed under torch.no_grad() "
@@ -486,11 +512,16 @@ class Balancer:
         )
         if grads is not None and loss_scale != 1.0:
             grads = grads.divided_by(loss_scale)
-        if (
+        if grads is not None and comm is not None and comm.is_global:
+            grads = self._global_task_gradients(comm, grads)
+        broken = (
             grads is not None
             and not bool(torch.isfinite(grads.raw_gramian).all())
             and not grads.all_finite()  # else the Gram matrix only overflowed: rescaled below
-        ):
+        )
+        if comm is not None and not comm.is_global and grads is not None:
+            broken = comm.any(broken)  # every rank skips, or none
+        if broken:
             return self._skip(names, detached, "non-finite task gradient")
         if grads is not None:
             self._check_connected(values, representation, grads, names)
@@ -519,12 +550,18 @@ class Balancer:
             combination = Combination(weights=self._cached_weights)
         else:
             combination = unnormalise(self.method, self.method(ctx), ctx)
+            if comm is not None and comm.is_global and combination.weights is not None:
+                # every rank computed the same weights from the same inputs; rank 0's are
+                # applied everywhere so that the ranks' parameters stay bit-identical
+                combination = Combination(weights=comm.same_everywhere(combination.weights))
             if self.update_every > 1 and combination.weights is not None:
                 applied = combination.weights if scales is None else combination.weights * scales
                 self._cached_weights = applied.detach().clone()
         params, param_grads = self._parameter_gradients(
             combination, grads, stacked, scales, representation, task_params, 1.0 / loss_scale
         )
+        if comm is not None:
+            params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
 
         for transform in self.transforms:
             if isinstance(transform, CombinedTransform):
@@ -582,6 +619,64 @@ class Balancer:
             "layer_grad_norms": torch.stack(grad_norms),
             "layer_weight_norms": torch.stack(weight_norms),
         }
+
+    # ----------------------------------------------------------------- distributed
+    def _communicator(self) -> Communicator | None:
+        """The communicator of this step (None in a single process), checked once."""
+        comm = Communicator.resolve(self.distributed, self.process_group)
+        if comm is not None and self._comm is None:
+            check_parameters(self.shared_params)
+            if (
+                comm.is_global
+                and self.level == "representation"
+                and self.method.needs >= Need.JACOBIAN
+            ):
+                raise ValueError(
+                    f"{self.method.name!r} needs the representation Jacobian itself, which "
+                    "cannot be formed for the global batch without gathering every rank's "
+                    "representation gradients: use level='parameters' or distributed='local'"
+                )
+        self._comm = comm
+        return comm
+
+    def _global_task_gradients(
+        self, comm: Communicator, grads: RowScaledGradients
+    ) -> RowScaledGradients:
+        """The task gradients of the global batch from this rank's (see
+        :mod:`taskbalance.distributed`)."""
+        if self.level == "representation":
+            return GramianGradients(
+                comm.global_representation_gramian(grads.raw_gramian),
+                grads.shapes,
+                _no_combination,
+            )
+        if not isinstance(grads, TaskGradients):  # the Gram-only path is off when distributed
+            raise RuntimeError("distributed balancing at parameter level needs the Jacobian")
+        return TaskGradients(comm.global_blocks(grads.blocks))
+
+    def _averaged(
+        self,
+        comm: Communicator,
+        params: list[Tensor],
+        grads: list[Tensor],
+        from_global_jacobian: bool,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Average over the ranks what was computed from this rank's graph: everything, but
+        the shared gradients when they were combined from the global Jacobian."""
+        shared_done = comm.is_global and from_global_jacobian and self.level == "parameters"
+        shared_ids = {id(p) for p in self.shared_params} if shared_done else set()
+        local = [p for p in self._all_params(params) if id(p) not in shared_ids]
+        by_id = {id(p): g for p, g in zip(params, grads, strict=True)}
+        averaged_params, averaged = comm.average_gradients(local, [by_id.get(id(p)) for p in local])
+        done = [
+            (p, by_id[id(p)]) for p in self.shared_params if id(p) in shared_ids and id(p) in by_id
+        ]
+        return [p for p, _ in done] + averaged_params, [g for _, g in done] + averaged
+
+    def _all_params(self, params: list[Tensor]) -> list[Tensor]:
+        """Shared then task parameters in a fixed order (the same on every rank)."""
+        shared_ids = {id(p) for p in self.shared_params}
+        return self.shared_params + [p for p in params if id(p) not in shared_ids]
 
     def _check_connected(
         self,
@@ -699,6 +794,8 @@ class Balancer:
         """Whether to take the layer-wise Gram path (see ``engine`` in the class docstring)."""
         if self.engine == "jacobian" or not (self.batched and self._layerwise_ok):
             return False
+        if self._comm is not None and self._comm.is_global:
+            return False  # the global Jacobian is exchanged, not only a Gram matrix
         if self.engine == "gramian" or num_tasks >= _LAYERWISE_MIN_TASKS:
             return True
         jacobian_bytes = num_tasks * sum(p.numel() * p.element_size() for p in self.shared_params)

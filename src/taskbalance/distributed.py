@@ -1,0 +1,164 @@
+"""Balancing across processes: the one module of taskbalance that talks to ``torch.distributed``.
+
+When ``torch.distributed`` is initialised with more than one process (``torchrun``, DDP),
+:meth:`taskbalance.Balancer.backward` balances the **global** batch by default
+(``distributed="auto"`` / ``"global"``): the method sees the losses, Gram matrix and Jacobian
+that one process holding all ranks' batches would see, every rank applies the same
+combination, and the gradient written is the one-process gradient on the global batch.
+
+Semantics: each rank's losses are means over its own batch, and the global loss of a task is
+the mean of the ranks' losses, ``L_i = (1/R) sum_r L_i^r`` (what DDP's gradient averaging
+optimises; with equal per-rank batches it is the mean over the concatenated batch, with
+unequal ones each rank's samples count ``1/R`` in total, as under plain DDP). So
+``g_i = (1/R) sum_r g_i^r``.
+
+What is exchanged per step, by family (``T`` tasks, ``P`` shared parameters, ``H`` task-
+specific parameters, ``R`` processes; all-reduces of float32/float64 buffers):
+
+* loss weighting (and steps reusing weights with ``update_every``): the ``T`` losses, then
+  the combined gradient of all ``P + H`` parameters (the bytes of plain DDP + ``T`` floats);
+* gradient methods at parameter level: the ``T`` losses, the local ``T x P`` Jacobian (summed:
+  every rank then holds the global Jacobian, forms ``G`` and ``J^T w`` itself, so the shared
+  gradient needs no further exchange), the ``T`` weights (broadcast from rank 0, so every rank
+  applies bit-identical weights), and the ``H`` head gradients. Direction methods (GradDrop,
+  MoCo, DB-MTL) compute their direction from the same global Jacobian (their generators and
+  state start equal on every rank and see equal inputs, so they stay equal);
+* gradient methods at representation level: the ``T`` losses, the ``T x T`` Gram matrix of the
+  representation gradients (the global one is ``(1/R^2) sum_r G_r``: each rank's samples are
+  their own coordinates), the ``T`` weights, then ``P + H`` combined gradients.
+
+``distributed="local"`` balances each rank's batch on its own (cheaper: no loss, Jacobian or
+Gram exchange) and averages the resulting gradients: an approximation (the mean of per-rank
+combinations is not the combination of the global batch). The gradients are written to
+``.grad`` by the balancer itself, averaged here: DDP's reducer is not used (the balancer never
+calls ``backward`` on the model), so a model needs no wrapper at all, and DDP's ``no_sync``
+has no effect on it (every balancer step exchanges; accumulation stays exact).
+
+FSDP-sharded parameters are refused with a clear error (their gradients are shards: the Gram
+matrix would need the shards' partial Gram matrices, not implemented yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["Communicator", "DistributedMode", "check_parameters"]
+
+DistributedMode = Literal["auto", "global", "local", "off"]
+
+
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def check_parameters(params: Sequence[Tensor]) -> None:
+    """Refuse parameters the distributed balancer cannot handle exactly (FSDP shards)."""
+    for p in params:
+        kind = type(p).__name__
+        if kind == "DTensor" or getattr(p, "_is_flat_param", False) or kind == "FlatParameter":
+            raise ValueError(
+                "the shared parameters are FSDP shards (DTensor / FlatParameter): taskbalance "
+                "balances exactly under DistributedDataParallel or with an unwrapped model "
+                "in a process group; FSDP is not supported yet. Use DDP, or shard only the "
+                "task-specific parts"
+            )
+
+
+@dataclass(frozen=True)
+class Communicator:
+    """The collective operations one balancer step needs, on one process group."""
+
+    mode: Literal["global", "local"]
+    world_size: int
+    group: Any = None  # a torch.distributed ProcessGroup (None: the default group)
+
+    @classmethod
+    def resolve(cls, mode: DistributedMode, group: Any = None) -> Communicator | None:
+        """The communicator for ``mode`` now, or None for a single-process step."""
+        if mode == "off":
+            return None
+        if not _initialised():
+            if mode in ("global", "local"):
+                raise ValueError(
+                    f"distributed={mode!r} needs torch.distributed to be initialised "
+                    "(torchrun, or torch.distributed.init_process_group)"
+                )
+            return None
+        world = dist.get_world_size(group)
+        if world == 1:
+            return None
+        return cls("local" if mode == "local" else "global", world, group)
+
+    @property
+    def is_global(self) -> bool:
+        return self.mode == "global"
+
+    def mean(self, tensor: Tensor) -> Tensor:
+        """The mean of ``tensor`` over the ranks (a new tensor; every rank gets the same)."""
+        result = tensor.detach().clone()
+        dist.all_reduce(result, group=self.group)
+        return result / self.world_size
+
+    def same_everywhere(self, tensor: Tensor) -> Tensor:
+        """Rank 0's ``tensor`` on every rank (bit-identical weights on all ranks)."""
+        result = tensor.detach().clone().contiguous()
+        source = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        dist.broadcast(result, src=source, group=self.group)
+        return result
+
+    def global_blocks(self, blocks: Sequence[Tensor]) -> list[Tensor]:
+        """The global Jacobian's blocks: the mean over ranks of the local ``(T, ...)``
+        blocks, in one flat all-reduce."""
+        flat = torch.cat([b.detach().reshape(b.shape[0], -1) for b in blocks], dim=1)
+        flat = self.mean(flat)
+        pieces = torch.split(flat, [b[0].numel() for b in blocks], dim=1)
+        return [p.reshape(b.shape) for p, b in zip(pieces, blocks, strict=True)]
+
+    def global_representation_gramian(self, local: Tensor) -> Tensor:
+        """``(1/R^2) sum_r G_r``: the Gram matrix of the global loss's representation
+        gradients (each rank's samples are separate coordinates, scaled by ``1/R``)."""
+        total = local.detach().clone()
+        dist.all_reduce(total, group=self.group)
+        return total / self.world_size**2
+
+    def average_gradients(
+        self, params: Sequence[Tensor], grads: Sequence[Tensor | None]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Average per-parameter gradients over the ranks in one flat all-reduce. A gradient
+        missing on a rank (the parameter did not reach its losses) counts as zero there; a
+        parameter no rank reached is left out, as in a single process."""
+        reference = next((g for g in grads if g is not None), None)
+        dtype = reference.dtype if reference is not None else torch.float32
+        if any(g is not None and g.dtype == torch.float64 for g in grads):
+            dtype = torch.float64
+        device = reference.device if reference is not None else torch.device("cpu")
+        parts = [
+            (g.detach().reshape(-1).to(dtype) if g is not None else torch.zeros(p.numel())).to(
+                device, dtype
+            )
+            for p, g in zip(params, grads, strict=True)
+        ]
+        used = torch.tensor([g is not None for g in grads], dtype=dtype, device=device)
+        flat = self.mean(torch.cat([*parts, used]))
+        used_anywhere = (flat[flat.numel() - len(params) :] > 0).tolist()
+        offset = 0
+        kept_params, kept_grads = [], []
+        for p, part, keep in zip(params, parts, used_anywhere, strict=True):
+            size = part.numel()
+            if keep:
+                kept_params.append(p)
+                kept_grads.append(flat[offset : offset + size].view(p.shape).to(p.dtype))
+            offset += size
+        return kept_params, kept_grads
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (so that every rank takes the same branch)."""
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(value.item() > 0)

@@ -1,0 +1,149 @@
+"""Training runs for the distributed tests: the Quick start loop, with the model wrapped in
+DistributedDataParallel, on one rank's half of each global batch (``run_rank``), and the same
+loop in one process on the whole batches (``run_single``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from taskbalance import Balancer, methods
+
+STEPS = 5
+GLOBAL_BATCH = 16
+# (method, level, hyperparameters) trained in each test process
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("ew", "parameters", {}),
+    ("uw", "parameters", {}),
+    ("pcgrad", "parameters", {}),
+    ("mgda", "parameters", {}),
+    ("nash_mtl", "parameters", {}),
+    ("upgrad", "parameters", {}),
+    ("graddrop", "parameters", {}),
+    ("ew", "representation", {}),
+    ("mgda", "representation", {}),
+    ("imtl_g", "representation", {}),
+]
+
+
+class Net(nn.Module):
+    """A shared trunk and three heads; ``forward`` returns ``(z, {task: prediction})``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
+        self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in ("a", "b", "c")})
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        z = self.trunk(x)
+        return z, {t: head(z).squeeze(-1) for t, head in self.heads.items()}
+
+
+def batches() -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    data = []
+    for _ in range(STEPS):
+        x = torch.randn(GLOBAL_BATCH, 6, generator=generator)
+        y = torch.stack([x[:, 0] - x[:, 1], torch.sin(x[:, 2]), -x[:, 0] + 0.5 * x[:, 3]], 1)
+        data.append((x, y))
+    return data
+
+
+def train(
+    model: nn.Module, trunk: nn.Module, data: list[tuple[Tensor, Tensor]], config: Any
+) -> None:
+    """The Quick start loop (the user's code is the same with or without DDP)."""
+    name, level, hparams = config
+    optimizer = torch.optim.SGD(trunk.parameters(), lr=0.1)
+    heads = [p for n, p in model.named_parameters() if "heads" in n]
+    optimizer.add_param_group({"params": heads})
+    balancer = Balancer(methods.create(name, **hparams), trunk.parameters(), level=level)
+    for x, y in data:
+        optimizer.zero_grad()
+        z, out = model(x)
+        info = balancer.backward(task_losses(out, y), representation=z)
+        assert not info.skipped, info.reason
+        optimizer.step()
+
+
+def task_losses(pred: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+    return {t: ((pred[t] - y[:, i]) ** 2).mean() for i, t in enumerate(("a", "b", "c"))}
+
+
+def join_group(rank: int, world: int, port: int) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def run_single(config: Any) -> list[Tensor]:
+    net = Net()
+    train(net, net.trunk, batches(), config)
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def run_rank(rank: int, world: int, port: int, out: str, find_unused: bool) -> None:
+    join_group(rank, world, port)
+    try:
+        results = {}
+        share = GLOBAL_BATCH // world
+        for config in CONFIGS:
+            net = Net()
+            model = DistributedDataParallel(net, find_unused_parameters=find_unused)
+            local = [
+                (x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share])
+                for x, y in batches()
+            ]
+            train(model, net.trunk, local, config)
+            results[f"{config[0]}@{config[1]}"] = [p.detach().clone() for p in net.parameters()]
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_local_rank(rank: int, world: int, port: int, out: str) -> None:
+    """``distributed="local"``: each rank balances its own half, the results are averaged."""
+    join_group(rank, world, port)
+    try:
+        net = Net()
+        share = GLOBAL_BATCH // world
+        balancer = Balancer("mgda", net.trunk.parameters(), distributed="local")
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for x, y in batches():
+            x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+            optimizer.zero_grad()
+            z, pred = net(x)
+            balancer.backward(task_losses(pred, y), representation=z)
+            optimizer.step()
+        torch.save([p.detach() for p in net.parameters()], Path(out) / f"local{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
+    """FSDP-sharded shared parameters must be refused with a clear error, before any step."""
+    from torch.distributed.fsdp import fully_shard
+
+    join_group(rank, world, port)
+    try:
+        net = Net()
+        fully_shard(net.trunk)
+        balancer = Balancer("mgda", net.trunk.parameters())
+        x, y = batches()[0]
+        z, pred = net(x)
+        try:
+            balancer.backward(task_losses(pred, y), representation=z)
+            message = "no error"
+        except ValueError as error:
+            message = str(error)
+        (Path(out) / f"fsdp{rank}.txt").write_text(message)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,85 @@
+"""Real torch.distributed processes (gloo, 2 CPU ranks): the Quick start loop with the model
+wrapped in DDP must give both ranks identical parameters, equal to one process trained on the
+concatenated batches."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distributed_worker as worker
+from taskbalance import Balancer
+from taskbalance.distributed import Communicator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(tmp_path: Path, find_unused: bool = False) -> dict[int, dict[str, list[torch.Tensor]]]:
+    mp.spawn(
+        worker.run_rank,
+        args=(2, free_port(), str(tmp_path), find_unused),
+        nprocs=2,
+        join=True,
+    )
+    return {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, list[torch.Tensor]]]:
+    return spawn(tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.mark.parametrize("config", worker.CONFIGS, ids=lambda c: f"{c[0]}@{c[1]}")
+def test_ddp_equals_one_process_on_the_global_batch(
+    config: tuple[str, str, dict[str, object]], ranks: dict[int, dict[str, list[torch.Tensor]]]
+) -> None:
+    key = f"{config[0]}@{config[1]}"
+    reference = worker.run_single(config)
+    for p, q in zip(ranks[0][key], ranks[1][key], strict=True):
+        assert torch.equal(p, q), f"{key}: the ranks' parameters differ"
+    for p, q in zip(ranks[0][key], reference, strict=True):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+
+
+def test_ddp_with_find_unused_parameters(tmp_path: Path) -> None:
+    ranks = spawn(tmp_path, find_unused=True)
+    for key in ("mgda@parameters", "ew@representation"):
+        for p, q in zip(ranks[0][key], ranks[1][key], strict=True):
+            assert torch.equal(p, q)
+
+
+def test_single_process_has_no_communicator() -> None:
+    assert Communicator.resolve("auto") is None
+    assert Communicator.resolve("off") is None
+    with pytest.raises(ValueError, match=r"needs torch\.distributed to be initialised"):
+        Communicator.resolve("global")
+
+
+def test_distributed_mode_is_validated() -> None:
+    w = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match="Did you mean 'global'"):
+        Balancer("ew", [w], distributed="globl")  # type: ignore[arg-type]
+
+
+def test_local_mode_keeps_ranks_equal_and_is_an_approximation(tmp_path: Path) -> None:
+    mp.spawn(worker.run_local_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    local = [torch.load(tmp_path / f"local{r}.pt", weights_only=True) for r in (0, 1)]
+    for p, q in zip(*local, strict=True):
+        assert torch.equal(p, q)
+    exact = worker.run_single(("mgda", "parameters", {}))
+    assert any(not torch.allclose(p, q, atol=1e-6) for p, q in zip(local[0], exact, strict=True))
+
+
+def test_fsdp_shards_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    mp.spawn(worker.run_fsdp_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        message = (tmp_path / f"fsdp{rank}.txt").read_text()
+        assert "FSDP" in message, message
