@@ -147,3 +147,49 @@ def run_fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
         (Path(out) / f"fsdp{rank}.txt").write_text(message)
     finally:
         dist.destroy_process_group()
+
+
+def run_trainer_rank(rank: int, world: int, port: int, out: str, stop: int, resume: bool) -> None:
+    """The Trainer under 2 processes: DistributedSampler for training, the whole validation
+    set on every rank, a shared run folder; stops after ``stop`` steps or resumes."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from taskbalance.models import HardSharing
+    from taskbalance.train import Task, Trainer
+
+    join_group(rank, world, port)
+    try:
+        generator = torch.Generator().manual_seed(3)
+        x = torch.randn(64, 6, generator=generator)
+        data = TensorDataset(x, x[:, 0] - x[:, 1], torch.sin(x[:, 2]))
+
+        def collate(rows: list[tuple[Tensor, ...]]) -> tuple[Tensor, dict[str, Tensor]]:
+            xs, a, b = (torch.stack(c) for c in zip(*rows, strict=True))
+            return xs, {"a": a, "b": b}
+
+        sampler = DistributedSampler(data, shuffle=True, seed=5)
+        train = DataLoader(data, batch_size=8, sampler=sampler, collate_fn=collate)
+        val = DataLoader(data, batch_size=64, collate_fn=collate)
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 8))
+        model = HardSharing(trunk, {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+        trainer = Trainer(
+            DistributedDataParallel(model),
+            [Task("a", "mse"), Task("b", "mse")],
+            "mgda",
+            optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+            run_dir=Path(out) / "run",
+            checkpoint_every=3,
+            seed=0,
+        )
+        last = Path(out) / "run" / "last.pt"
+        trainer.fit(
+            train,
+            val,
+            epochs=3,
+            resume=last if resume else None,
+            stop_after_steps=stop if stop else None,
+        )
+        torch.save([p.detach() for p in model.parameters()], Path(out) / f"trainer{rank}.pt")
+    finally:
+        dist.destroy_process_group()

@@ -83,3 +83,59 @@ def test_fsdp_shards_are_refused_with_a_clear_error(tmp_path: Path) -> None:
     for rank in (0, 1):
         message = (tmp_path / f"fsdp{rank}.txt").read_text()
         assert "FSDP" in message, message
+
+
+def _trainer(tmp_path: Path, stop: int, resume: bool) -> list[list[torch.Tensor]]:
+    mp.spawn(
+        worker.run_trainer_rank,
+        args=(2, free_port(), str(tmp_path), stop, resume),
+        nprocs=2,
+        join=True,
+    )
+    return [torch.load(tmp_path / f"trainer{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def test_trainer_under_two_processes_logs_once_and_resumes_exactly(tmp_path: Path) -> None:
+    full = _trainer(tmp_path / "full", stop=0, resume=False)
+    for p, q in zip(*full, strict=True):
+        assert torch.equal(p, q)  # the ranks agree
+    _trainer(tmp_path / "cut", stop=5, resume=False)  # mid epoch 2 (4 steps per epoch)
+    resumed = _trainer(tmp_path / "cut", stop=0, resume=True)
+    for rank in (0, 1):
+        for p, q in zip(full[rank], resumed[rank], strict=True):
+            assert torch.equal(p, q)
+    steps = (tmp_path / "cut" / "run" / "steps.csv").read_text().splitlines()
+    assert [int(float(line.split(",")[0])) for line in steps[1:]] == list(range(1, 13))
+    assert (tmp_path / "full" / "run" / "steps.csv").read_text() == "\n".join(steps) + "\n"
+
+
+def test_taskbalance_train_runs_under_torchrun_unchanged(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config = {
+        "name": "ddp",
+        "data": {"dataset": "digits", "batch_size": 64},
+        "model": {"hidden": [16]},
+        "training": {"epochs": 1},
+        "methods": [{"name": "mgda"}],
+        "output": str(tmp_path / "out"),
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    bin_dir = Path(sys.executable).parent
+    launcher = [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python"]
+    result = subprocess.run(
+        [*launcher, str(bin_dir / "taskbalance"), "train", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("wrote ") == 1  # rank 0 reports, once
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runs"][0]["steps"] > 0
+    steps = (tmp_path / "out" / "mgda" / "steps.csv").read_text().splitlines()
+    assert len(steps) - 1 == summary["runs"][0]["steps"]  # one row per step, one writer

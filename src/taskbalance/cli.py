@@ -61,6 +61,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         config.training.epochs = args.epochs
     root = run_config(config, Path(args.out) if args.out else None)
+    from taskbalance.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 writes the report and prints
+        return 0
     report = write_report(root)
     summary = json.loads((root / "summary.json").read_text())
     keys = [k for k in summary["runs"][0]["test"] if "/" in k and not k.endswith("/loss")]

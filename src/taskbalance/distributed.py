@@ -40,6 +40,7 @@ matrix would need the shards' partial Gram matrices, not implemented yet).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -48,7 +49,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Communicator", "DistributedMode", "check_parameters"]
+__all__ = [
+    "Communicator",
+    "DistributedMode",
+    "check_parameters",
+    "gather",
+    "init_from_environment",
+    "is_main_process",
+    "rank",
+    "world_size",
+]
 
 DistributedMode = Literal["auto", "global", "local", "off"]
 
@@ -162,3 +172,43 @@ class Communicator:
         value = torch.tensor([1.0 if flag else 0.0])
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item() > 0)
+
+
+# ----------------------------------------------------------------- processes (the trainer's)
+def rank() -> int:
+    """This process's rank in the default group (0 without torch.distributed)."""
+    return dist.get_rank() if _initialised() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _initialised() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes logs, checkpoints and reports (rank 0)."""
+    return rank() == 0
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value`` (a picklable object of this process), in rank order; a
+    one-element list without torch.distributed."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def init_from_environment() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``
+    > 1, ``RANK``, ``MASTER_ADDR``...), with NCCL on CUDA and gloo otherwise; returns whether
+    this is a distributed run. A no-op when already initialised or not launched by torchrun."""
+    if _initialised():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 import taskbalance
+from taskbalance import distributed
 from taskbalance.config import MethodConfig, RunConfig
 from taskbalance.datasets import DATASETS, MultiTaskData, collate, load_dataset
 from taskbalance.health.monitor import HealthMonitor
@@ -119,14 +120,28 @@ def run_one(
     model = build_model(config, data, names)
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.data.batch_size
+    processes = distributed.world_size()
 
     def keep(rows: list[Any]) -> Any:
         x, targets = collate(rows)
         return x, {t: y for t, y in targets.items() if t in names}
 
-    train = DataLoader(
-        data.train, batch_size=batch, shuffle=True, collate_fn=keep, generator=generator
-    )
+    if processes > 1:  # under torchrun: each rank trains on its shard, batch_size is global
+        if batch % processes:
+            raise ValueError(
+                f"data.batch_size {batch} is the global batch and must be divisible by the "
+                f"{processes} processes"
+            )
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            data.train, shuffle=True, seed=config.seed
+        )
+        train = DataLoader(
+            data.train, batch_size=batch // processes, sampler=sampler, collate_fn=keep
+        )
+    else:
+        train = DataLoader(
+            data.train, batch_size=batch, shuffle=True, collate_fn=keep, generator=generator
+        )
     val = DataLoader(data.val, batch_size=512, collate_fn=keep)
     test = DataLoader(data.test, batch_size=512, collate_fn=keep)
     stopping = config.training.early_stopping
@@ -177,22 +192,27 @@ def run_one(
         "health": monitor.summary() if monitor else None,
         "history": history,
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    if distributed.is_main_process():
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def run_config(config: RunConfig, output: Path | None = None) -> Path:
     """Run every method of ``config``; writes ``<output>/<method>/...`` and ``summary.json``."""
     root = Path(output or config.output)
+    distributed.init_from_environment()  # under torchrun: join its process group
+    main = distributed.is_main_process()  # only rank 0 writes
     data = load_data(config)  # missing data fails here, before anything is written
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(config.model_dump_json(indent=1))
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.json").write_text(config.model_dump_json(indent=1))
     runs = []
     for method in config.methods:
         run_dir = root / method.display.replace("@", "_")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        logger.info("training %s", method.display)
-        print(f"[taskbalance] training {method.display} ...", flush=True)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            logger.info("training %s", method.display)
+            print(f"[taskbalance] training {method.display} ...", flush=True)
         runs.append(run_one(config, method, data, run_dir))
     meta = {
         "taskbalance": taskbalance.__version__,
@@ -207,5 +227,6 @@ def run_config(config: RunConfig, output: Path | None = None) -> Path:
         "meta": meta,
         "runs": [{k: v for k, v in r.items() if k != "history"} for r in runs],
     }
-    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    if main:
+        (root / "summary.json").write_text(json.dumps(summary, indent=1))
     return root

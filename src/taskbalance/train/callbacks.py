@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskbalance.distributed import is_main_process
+
 if TYPE_CHECKING:
     from taskbalance.train.trainer import Trainer
 
@@ -98,6 +100,8 @@ class CSVLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._columns.clear()
+        if not is_main_process():
+            return
         self._truncate("steps.csv", "step", trainer.global_step)
         self._truncate("epochs.csv", "epoch", trainer.epoch)
 
@@ -132,6 +136,8 @@ class CSVLogger(Callback):
             temporary.replace(path)
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
+        if not is_main_process():  # under torch.distributed, rank 0 writes the logs
+            return
         path = self.directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
         columns = self._columns.get(name)
@@ -163,18 +169,23 @@ class TensorBoardLogger(Callback):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("TensorBoard logging needs `pip install tensorboard`") from error
-        self.writer = SummaryWriter(str(directory))
+        self.writer = SummaryWriter(str(directory)) if is_main_process() else None
         self.every = every
 
     def on_step_end(self, trainer: Trainer, record: dict[str, float]) -> None:
+        if self.writer is None:
+            return
         if record["step"] % self.every == 0:
             for key, value in record.items():
                 if key != "step":
                     self.writer.add_scalar(f"train/{key}", value, int(record["step"]))
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.writer is None:
+            return
         for key, value in metrics.items():
             self.writer.add_scalar(f"val/{key}", value, trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()

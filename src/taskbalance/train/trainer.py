@@ -17,6 +17,13 @@ epoch-start RNG state and skipped without computing, then the step-time state is
 Checkpoints are verified (SHA-256) and loaded without unpickling code
 (:mod:`taskbalance.train.checkpoint`); one from another model, method, task set or optimizer
 is refused with a message naming what differs.
+
+Under ``torchrun`` (``torch.distributed`` initialised), the balancer balances the global batch
+(:mod:`taskbalance.distributed`); give each rank its shard of the training data (a
+``DistributedSampler``, whose ``set_epoch`` the trainer calls) and the whole validation set
+(every rank then computes the same metrics, so early stopping agrees). Only rank 0 writes
+logs and checkpoints; a checkpoint holds every rank's RNG states, so each rank resumes its own
+stream exactly (with the same number of processes).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from taskbalance import distributed
 from taskbalance.balancer import Balancer, EnginePath, Level
 from taskbalance.health.monitor import HealthMonitor
 from taskbalance.methods.base import Method
@@ -56,6 +64,10 @@ from taskbalance.transforms.base import Transform
 __all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
 def _to(value: Any, device: torch.device) -> Any:
@@ -135,7 +147,10 @@ class Trainer:
     ) -> None:
         if seed is not None:
             seed_everything(seed)
-        self.model = model
+        self.model = model  # forward passes go through it (a DDP wrapper included)
+        # what is trained and checkpointed: the module inside a DistributedDataParallel
+        self.core: nn.Module = getattr(model, "module", model) if _is_ddp(model) else model
+        model = self.core
         self.tasks = {task.name: task for task in tasks}
         if len(self.tasks) != len(tasks) or not tasks:
             raise ValueError("tasks must be non-empty with unique names")
@@ -227,7 +242,7 @@ class Trainer:
         ``run_dir`` is set) after that many optimizer steps in total."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main_process():
             remove_stale_temporaries(self.run_dir, ("last.pt", "best.pt"))
         self._generators = loader_generators(train)
         resume_rng: dict[str, Any] | None = None
@@ -244,9 +259,10 @@ class Trainer:
                 self._epoch_rng = capture_rng(self._generators)
             else:
                 restore_rng(self._epoch_rng, self._generators)  # replay the epoch's order
-            set_epoch = getattr(train, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self.epoch)
+            for holder in (train, getattr(train, "sampler", None)):  # DistributedSampler
+                set_epoch = getattr(holder, "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(self.epoch)
             iterator = iter(train)
             skipped = sum(1 for _ in itertools.islice(iterator, self.batch_in_epoch))
             if skipped != self.batch_in_epoch:
@@ -276,7 +292,7 @@ class Trainer:
                     return self.history
             stop = self._end_epoch(val)
         if self.restore_best and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
+            self.core.load_state_dict(self._best_state)
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.monitor is not None:
@@ -376,8 +392,8 @@ class Trainer:
             if self.early_stopping is not None:
                 improved, stop = self.early_stopping.update(metrics)
                 if improved:
-                    self._best_state = copy.deepcopy(self.model.state_dict())
-                    if self.run_dir is not None:
+                    self._best_state = copy.deepcopy(self.core.state_dict())
+                    if self.run_dir is not None and distributed.is_main_process():
                         save_checkpoint(self._best_state, self.run_dir / "best.pt")
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
@@ -435,8 +451,8 @@ class Trainer:
         """What a checkpoint must agree with to be resumed here: the model's class and
         parameter shapes, the method, the tasks, the level and the optimizer's class."""
         return {
-            "model": type(self.model).__name__,
-            "shapes": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+            "model": type(self.core).__name__,
+            "shapes": {k: list(v.shape) for k, v in self.core.state_dict().items()},
             "method": self.balancer.method.name,
             "tasks": list(self.tasks),
             "level": self.balancer.level,
@@ -447,7 +463,7 @@ class Trainer:
         accumulating = self._micro != 0  # gradients of the batches since the last step
         return {
             "signature": self.signature(),
-            "model": self.model.state_dict(),
+            "model": self.core.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "balancer": self.balancer.state_dict(),
@@ -470,14 +486,23 @@ class Trainer:
             },
             "rng": capture_rng(self._generators),
             "epoch_rng": self._epoch_rng,
+            # under torch.distributed: every rank's states (each resumes its own stream)
+            "ranks": distributed.gather(
+                {"rng": capture_rng(self._generators), "epoch_rng": self._epoch_rng}
+            ),
         }
 
     def _params(self) -> list[Tensor]:
         return list(self.model.parameters())
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Atomically write everything needed to resume exactly (verified on load)."""
-        return save_checkpoint(self.state_dict(), path)
+        """Atomically write everything needed to resume exactly (verified on load). Under
+        torch.distributed every rank must call it (the RNG states are gathered); rank 0
+        writes."""
+        state = self.state_dict()
+        if distributed.is_main_process():
+            save_checkpoint(state, path)
+        return Path(path)
 
     def _check_signature(self, saved: Mapping[str, Any], path: Path) -> None:
         here = self.signature()
@@ -514,7 +539,7 @@ class Trainer:
         if "signature" not in state or "trainer" not in state:
             raise CheckpointError(f"{source} is not a trainer checkpoint (no training state)")
         self._check_signature(state["signature"], source)
-        self.model.load_state_dict(state["model"])
+        self.core.load_state_dict(state["model"])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as error:
@@ -541,10 +566,18 @@ class Trainer:
         self.loss_scale = float(trainer["loss_scale"])
         self._good_steps = int(trainer["good_steps"])
         self._epoch_rng = state["epoch_rng"]
+        ranks = state.get("ranks") or [{"rng": state["rng"], "epoch_rng": state["epoch_rng"]}]
+        if len(ranks) != distributed.world_size():
+            raise CheckpointError(
+                f"{source} was written by {len(ranks)} process(es); resume with the same "
+                f"number (this run has {distributed.world_size()}) for an exact data order"
+            )
+        own = ranks[distributed.rank()]
+        self._epoch_rng = own["epoch_rng"]
         best = self.run_dir / "best.pt" if self.run_dir is not None else None
         if best is not None and best.exists():
             self._best_state = load_checkpoint(best)
-        rng: dict[str, Any] = state["rng"]
+        rng: dict[str, Any] = own["rng"]
         return rng
 
     @property
