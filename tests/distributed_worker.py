@@ -84,6 +84,11 @@ def join_group(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def leave_group() -> None:
+    dist.barrier()  # no rank tears down while another still has collectives in flight
+    dist.destroy_process_group()
+
+
 def run_single(config: Any) -> list[Tensor]:
     net = Net()
     train(net, net.trunk, batches(), config)
@@ -106,7 +111,7 @@ def run_rank(rank: int, world: int, port: int, out: str, find_unused: bool) -> N
             results[f"{config[0]}@{config[1]}"] = [p.detach().clone() for p in net.parameters()]
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        leave_group()
 
 
 def run_local_rank(rank: int, world: int, port: int, out: str) -> None:
@@ -125,7 +130,7 @@ def run_local_rank(rank: int, world: int, port: int, out: str) -> None:
             optimizer.step()
         torch.save([p.detach() for p in net.parameters()], Path(out) / f"local{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        leave_group()
 
 
 def run_fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
@@ -146,7 +151,7 @@ def run_fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
             message = str(error)
         (Path(out) / f"fsdp{rank}.txt").write_text(message)
     finally:
-        dist.destroy_process_group()
+        leave_group()
 
 
 def run_trainer_rank(rank: int, world: int, port: int, out: str, stop: int, resume: bool) -> None:
@@ -192,4 +197,4 @@ def run_trainer_rank(rank: int, world: int, port: int, out: str, stop: int, resu
         )
         torch.save([p.detach() for p in model.parameters()], Path(out) / f"trainer{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        leave_group()
