@@ -37,9 +37,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_time import Net  # noqa: E402 - the benchmark MLP, shared with step_time.py
-
-from taskbalance import Balancer  # noqa: E402
+from step_time import Net
+from taskbalance import Balancer
 
 CONFIGS = ["ddp:sum", "ew", "mgda", "upgrad", "graddrop", "mgda@repr", "mgda~local"]
 BATCH = 64  # per rank
