@@ -285,6 +285,7 @@ class Balancer:
         self.distributed: DistributedMode = distributed
         self.process_group = process_group
         self._comm: Communicator | None = None
+        self._scaler_step = False
         self.shared_names, self.shared_params = _named_parameter_list(shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: pass the trunk's parameters")
@@ -439,6 +440,7 @@ class Balancer:
         *,
         metrics: MetricsLike | None = None,
         loss_scale: float = 1.0,
+        scaler: Any = None,
     ) -> StepInfo:
         """Compute the balanced gradients of ``losses`` and add them to ``.grad``.
 
@@ -451,6 +453,15 @@ class Balancer:
             loss_scale: back-propagate ``loss_scale * L`` (float16 mixed precision: keeps small
                 gradients from underflowing) and divide every gradient by it before the
                 method and the transforms see it, so balancing works on true gradients.
+            scaler: a ``torch.amp.GradScaler`` (float16 mixed precision), used exactly like
+                ``scaler.scale(loss).backward()``: the task gradients come from losses scaled
+                by its current scale and are unscaled before the method and the transforms;
+                ``.grad`` receives the *scaled* combined gradient, so the unchanged
+                ``scaler.step(optimizer); scaler.update()`` unscales it once. A step whose
+                losses or gradients overflow writes ``inf`` to a shared parameter's ``.grad``
+                (and is reported as skipped): the scaler then skips ``optimizer.step()`` and
+                lowers its scale, as after an overflowing ``backward``. A disabled scaler is
+                ignored.
 
         Returns:
             A :class:`StepInfo`. When ``skipped`` is true nothing was written to ``.grad``:
@@ -461,6 +472,13 @@ class Balancer:
         if representation is None and model is not None and model.supports_representation:
             representation = model.representation
         names, values, stacked = self._stack_losses(losses)
+        write_scale = 1.0
+        self._scaler_step = scaler is not None and bool(scaler.is_enabled())
+        if self._scaler_step:
+            if loss_scale != 1.0:
+                raise ValueError("pass scaler= or loss_scale=, not both")
+            scaler.scale(stacked.detach())  # what scaler.scale(loss) does: creates its scale
+            loss_scale = write_scale = float(scaler.get_scale())
         metrics_tensor = self._metrics_tensor(metrics, names)
         comm = self._communicator()
         detached = stacked.detach()
@@ -578,6 +596,8 @@ class Balancer:
             )
 
         for p, g in zip(params, param_grads, strict=True):
+            if write_scale != 1.0:
+                g = g * write_scale  # the scaler's step divides it back (a power of two)
             if g.dtype != p.dtype:
                 g = g.to(p.dtype)
             if p.grad is None:
@@ -867,6 +887,12 @@ class Balancer:
     def _skip(
         self, names: tuple[str, ...], losses: Tensor, reason: str, *, weights: Tensor | None = None
     ) -> StepInfo:
+        if self._scaler_step:
+            # tell the GradScaler, as an overflowing backward would: it finds inf in .grad,
+            # skips optimizer.step() and lowers the scale in update()
+            first = self.shared_params[0]
+            first.grad = torch.full_like(first, float("inf"))
+            reason += " (GradScaler: inf written to .grad, its step is skipped)"
         self._skips += 1
         if self._skips == 1 or self._skips % 100 == 0:
             logger.warning(
