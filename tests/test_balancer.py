@@ -209,8 +209,11 @@ def test_input_errors_say_what_to_do() -> None:
         Balancer("ew", model.trunk.parameters(), level="representaton")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty"):
         Balancer("ew", [])
-    with pytest.raises(ValueError, match="require grad"):
-        Balancer("ew", [torch.zeros(2)])
+    with pytest.raises(ValueError, match="must be parameters"):
+        Balancer("ew", [torch.ones(2, requires_grad=True) * 2])  # an activation, not a leaf
+    frozen = torch.zeros(2)
+    with pytest.raises(ValueError, match="every shared parameter is frozen"):
+        Balancer("ew", [frozen]).backward([frozen.sum(), model.trunk[0].weight.sum()])
     with pytest.raises(ValueError, match="unknown method"):
         Balancer("mdga", model.trunk.parameters())
     with pytest.raises(TypeError, match="transforms"):

@@ -204,9 +204,10 @@ def _as_parameter_list(params: Iterable[Tensor], what: str) -> list[Tensor]:
     for p in result:
         if not isinstance(p, Tensor):
             raise TypeError(f"{what} must be tensors, got {type(p).__name__}")
-        if not p.requires_grad:
+        if p.grad_fn is not None:
             raise ValueError(
-                f"{what} must require grad (a tensor of shape {tuple(p.shape)} does not)"
+                f"{what} must be parameters (leaf tensors); a tensor of shape "
+                f"{tuple(p.shape)} is the result of a computation"
             )
         if id(p) in seen:
             raise ValueError(f"{what} lists the same tensor twice")
@@ -281,14 +282,16 @@ class Balancer:
         process_group: Any = None,
     ) -> None:
         self.method = resolve_method(method)
+        self._declared_names, self._declared_params = _named_parameter_list(shared_params)
         check_choice(distributed, get_args(DistributedMode), "distributed mode")
         self.distributed: DistributedMode = distributed
         self.process_group = process_group
         self._comm: Communicator | None = None
         self._scaler_step = False
-        self.shared_names, self.shared_params = _named_parameter_list(shared_params)
-        if not self.shared_params:
+        if not self._declared_params:
             raise ValueError("shared_params is empty: pass the trunk's parameters")
+        # frozen parameters are skipped, as torch.optim does (re-checked at every step)
+        self.shared_names, self.shared_params = self._trainable()
         check_choice(level, get_args(Level), "level")
         self.level: Level = level
         if level == "representation" and not self.method.representation_level:
@@ -323,6 +326,28 @@ class Balancer:
         self.step = 0
         self._skips = 0
         self._warned_bypass = False
+
+    def _trainable(self) -> tuple[tuple[str, ...], list[Tensor]]:
+        pairs = [
+            (n, p)
+            for n, p in zip(self._declared_names, self._declared_params, strict=True)
+            if p.requires_grad
+        ]
+        return tuple(n for n, _ in pairs), [p for _, p in pairs]
+
+    def _refresh_trainable(self) -> None:
+        """Follow parameters frozen or unfrozen since the last step."""
+        names, params = self._trainable()
+        if [id(p) for p in params] != [id(p) for p in self.shared_params]:
+            logger.info(
+                "shared parameters now trainable: %d of %d", len(params), len(self._declared_params)
+            )
+            self.shared_names, self.shared_params = names, params
+        if not self.shared_params:
+            raise ValueError(
+                "every shared parameter is frozen (requires_grad=False): unfreeze some, or "
+                "balance only the task-specific parameters with a plain backward"
+            )
 
     @classmethod
     def for_model(cls, method: Method | str, model: MultiTaskModel, **kwargs: Any) -> Balancer:
@@ -472,6 +497,7 @@ class Balancer:
         if representation is None and model is not None and model.supports_representation:
             representation = model.representation
         names, values, stacked = self._stack_losses(losses)
+        self._refresh_trainable()
         write_scale = 1.0
         self._scaler_step = scaler is not None and bool(scaler.is_enabled())
         if self._scaler_step:
@@ -698,6 +724,13 @@ class Balancer:
         shared_ids = {id(p) for p in self.shared_params}
         return self.shared_params + [p for p in params if id(p) not in shared_ids]
 
+    def _reached_shared(self, stacked: Tensor) -> Callable[[Tensor], bool]:
+        """Whether a shared parameter is reached by the losses (one graph walk): parameters
+        no task uses keep ``.grad = None`` (so that e.g. AdamW's decay leaves them alone), as
+        after a plain ``backward``."""
+        leaves = {id(p) for p in reachable_leaves([stacked])}
+        return lambda p: id(p) in leaves
+
     def _check_connected(
         self,
         losses: list[Tensor],
@@ -737,7 +770,7 @@ class Balancer:
         """Task-specific parameters, and whether the shared parameters reach the losses only
         through ``representation`` (then per-task gradients can be chained through it)."""
         if representation is None and self.task_params is not None:
-            return self.task_params, False
+            return [p for p in self.task_params if p.requires_grad], False
         leaves = reachable_leaves(losses, stop_at=representation)
         shared_ids = {id(p) for p in self.shared_params}
         bypass = any(id(p) in shared_ids for p in leaves)
@@ -751,7 +784,8 @@ class Balancer:
                 "flows through it for direction-returning methods"
             )
         if self.task_params is not None:
-            return self.task_params, representation is not None and not bypass
+            trainable = [p for p in self.task_params if p.requires_grad]
+            return trainable, representation is not None and not bypass
         task_params = [p for p in leaves if id(p) not in shared_ids]
         return task_params, representation is not None and not bypass
 
@@ -857,11 +891,13 @@ class Balancer:
                 return _grad(
                     objective, self.shared_params + task_params, retain_graph=False, unscale=unscale
                 )
+            reached = self._reached_shared(stacked)
             shared = grads.combine(combination.weights.to(stacked.device))
             head_params, head_grads = _grad(
                 objective, task_params, retain_graph=False, unscale=unscale
             )
-            return self.shared_params + head_params, shared + head_grads
+            kept = [(p, g) for p, g in zip(self.shared_params, shared, strict=True) if reached(p)]
+            return [p for p, _ in kept] + head_params, [g for _, g in kept] + head_grads
         if not isinstance(grads, TaskGradients) or combination.direction is None:
             raise RuntimeError(
                 f"{self.method.name} returned a direction without per-task gradients"
@@ -873,7 +909,9 @@ class Balancer:
             objective, task_params, retain_graph=not at_parameters, unscale=unscale
         )
         if at_parameters:
-            return self.shared_params + head_params, pieces + head_grads
+            reached = self._reached_shared(stacked)
+            kept = [(p, g) for p, g in zip(self.shared_params, pieces, strict=True) if reached(p)]
+            return [p for p, _ in kept] + head_params, [g for _, g in kept] + head_grads
         assert representation is not None
         trunk_params, trunk_grads = _grad(
             representation,
