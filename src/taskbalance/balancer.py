@@ -153,14 +153,38 @@ def unnormalise(method: Method, combination: Combination, ctx: Context) -> Combi
     return Combination(direction=combination.direction * scale**degree)
 
 
-def _check_representation_used(losses: Sequence[Tensor], representation: Tensor) -> None:
-    if not any(depends_on(loss, [representation]) for loss in losses):
+def _as_representations(representation: Any) -> tuple[Tensor, ...] | None:
+    """``representation=`` as a tuple of tensors (one tensor, a tuple / list, or a dict such
+    as ``{"sequence": h, "pooled": p}`` when heads read different shared tensors)."""
+    if representation is None:
+        return None
+    items = (
+        list(representation.values())
+        if isinstance(representation, Mapping)
+        else list(representation)
+        if isinstance(representation, tuple | list)
+        else [representation]
+    )
+    if not items or not all(isinstance(z, Tensor) and z.requires_grad for z in items):
+        raise ValueError(
+            "representation must be a tensor attached to the graph (requires grad), or a "
+            "tuple / dict of such tensors (e.g. the sequence and the pooled output)"
+        )
+    return tuple(items)
+
+
+def _check_representation_used(losses: Sequence[Tensor], representation: Sequence[Tensor]) -> None:
+    if not any(depends_on(loss, list(representation)) for loss in losses):
         raise ValueError(
             "none of the losses depends on `representation`: pass the tensor the heads read "
             "in this forward pass (the trunk output the heads were applied to, not the output "
             "of another forward call; with torch.compile, compile the trunk, not the whole "
             "model, or pass no representation)"
         )
+
+
+def _single(representation: tuple[Tensor, ...] | None) -> bool:
+    return representation is not None and len(representation) == 1
 
 
 def _no_combination(weights: Tensor) -> list[Tensor]:
@@ -461,7 +485,7 @@ class Balancer:
     def backward(
         self,
         losses: LossesLike,
-        representation: Tensor | None = None,
+        representation: Tensor | Sequence[Tensor] | Mapping[str, Tensor] | None = None,
         *,
         metrics: MetricsLike | None = None,
         loss_scale: float = 1.0,
@@ -473,7 +497,10 @@ class Balancer:
             losses: one scalar loss per task: a dict ``name -> loss``, a sequence, or a
                 ``(T,)`` tensor. The set of tasks must stay the same across steps.
             representation: the shared features (output of the trunk) that the losses were
-                computed from; required at ``level="representation"``.
+                computed from; required at ``level="representation"``. Several tensors (a
+                tuple or dict, e.g. a transformer's sequence output for a tagging head and its
+                pooled output for a classification head): the representation gradient of a
+                task is then the concatenation of its gradients w.r.t. each.
             metrics: optional per-task metrics for methods that use them.
             loss_scale: back-propagate ``loss_scale * L`` (float16 mixed precision: keeps small
                 gradients from underflowing) and divide every gradient by it before the
@@ -496,6 +523,7 @@ class Balancer:
         model = self._model
         if representation is None and model is not None and model.supports_representation:
             representation = model.representation
+        reps = _as_representations(representation)
         names, values, stacked = self._stack_losses(losses)
         self._refresh_trainable()
         write_scale = 1.0
@@ -523,13 +551,7 @@ class Balancer:
                 "none of the losses requires grad: were they computed under torch.no_grad() "
                 "or from detached tensors?"
             )
-        if representation is not None and (
-            not isinstance(representation, Tensor) or not representation.requires_grad
-        ):
-            raise ValueError(
-                "representation must be a tensor attached to the graph (requires grad)"
-            )
-        if self.level == "representation" and representation is None:
+        if self.level == "representation" and reps is None:
             raise ValueError(
                 "level='representation' needs the shared features: call "
                 "backward(losses, representation=z) with the trunk output z the heads read"
@@ -539,7 +561,7 @@ class Balancer:
         if loss_scale != 1.0:
             values = [v * loss_scale for v in values]
             stacked = stacked * loss_scale
-        task_params, separable = self._task_params(values, representation)
+        task_params, separable = self._task_params(values, reps)
         reuse = (
             self._cached_weights is not None
             and self._cached_weights.shape == (len(names),)
@@ -549,11 +571,7 @@ class Balancer:
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:
             need = max(need, Need.GRAMIAN)
-        grads = (
-            None
-            if reuse
-            else self._task_gradients(values, stacked, representation, separable, need)
-        )
+        grads = None if reuse else self._task_gradients(values, stacked, reps, separable, need)
         if grads is not None and loss_scale != 1.0:
             grads = grads.divided_by(loss_scale)
         if grads is not None and comm is not None and comm.is_global:
@@ -568,7 +586,7 @@ class Balancer:
         if broken:
             return self._skip(names, detached, "non-finite task gradient")
         if grads is not None:
-            self._check_connected(values, representation, grads, names)
+            self._check_connected(values, reps, grads, names)
         scales: Tensor | None = None
         if grads is not None:
             for transform in self.transforms:
@@ -602,7 +620,7 @@ class Balancer:
                 applied = combination.weights if scales is None else combination.weights * scales
                 self._cached_weights = applied.detach().clone()
         params, param_grads = self._parameter_gradients(
-            combination, grads, stacked, scales, representation, task_params, 1.0 / loss_scale
+            combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale
         )
         if comm is not None:
             params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
@@ -734,7 +752,7 @@ class Balancer:
     def _check_connected(
         self,
         losses: list[Tensor],
-        representation: Tensor | None,
+        representation: tuple[Tensor, ...] | None,
         grads: RowScaledGradients,
         names: tuple[str, ...],
     ) -> None:
@@ -747,7 +765,7 @@ class Balancer:
         if not any(zero):
             return
         at_representation = self.level == "representation"
-        targets = [representation] if at_representation and representation is not None else []
+        targets = list(representation) if at_representation and representation else []
         targets = targets or self.shared_params
         cut = [
             name
@@ -765,7 +783,7 @@ class Balancer:
         )
 
     def _task_params(
-        self, losses: list[Tensor], representation: Tensor | None
+        self, losses: list[Tensor], representation: tuple[Tensor, ...] | None
     ) -> tuple[list[Tensor], bool]:
         """Task-specific parameters, and whether the shared parameters reach the losses only
         through ``representation`` (then per-task gradients can be chained through it)."""
@@ -785,15 +803,16 @@ class Balancer:
             )
         if self.task_params is not None:
             trainable = [p for p in self.task_params if p.requires_grad]
-            return trainable, representation is not None and not bypass
+            return trainable, _single(representation) and not bypass
         task_params = [p for p in leaves if id(p) not in shared_ids]
-        return task_params, representation is not None and not bypass
+        # several representation tensors: per-task gradients come from the stacked losses
+        return task_params, _single(representation) and not bypass
 
     def _task_gradients(
         self,
         losses: list[Tensor],
         stacked: Tensor,
-        representation: Tensor | None,
+        representation: tuple[Tensor, ...] | None,
         separable: bool,
         need: Need,
     ) -> RowScaledGradients | None:
@@ -814,12 +833,12 @@ class Balancer:
             return None
         if self.level == "representation":
             assert representation is not None
-            return TaskGradients([representation_jacobian(losses, representation)])
+            return TaskGradients([representation_jacobian(losses, z) for z in representation])
         if separable:
             assert representation is not None
             outputs, grad_outputs = (
-                representation,
-                representation_jacobian(losses, representation),
+                representation[0],
+                representation_jacobian(losses, representation[0]),
             )
         else:
             outputs = stacked
@@ -876,7 +895,7 @@ class Balancer:
         grads: RowScaledGradients | None,
         stacked: Tensor,
         scales: Tensor | None,
-        representation: Tensor | None,
+        representation: tuple[Tensor, ...] | None,
         task_params: list[Tensor],
         unscale: float = 1.0,
     ) -> tuple[list[Tensor], list[Tensor]]:
@@ -916,7 +935,7 @@ class Balancer:
         trunk_params, trunk_grads = _grad(
             representation,
             self.shared_params,
-            grad_output=pieces[0] / unscale,
+            grad_output=[piece / unscale for piece in pieces],
             retain_graph=False,
             unscale=unscale,
         )
@@ -989,11 +1008,11 @@ class Balancer:
 
 
 def _grad(
-    output: Tensor,
+    output: Tensor | Sequence[Tensor],
     params: list[Tensor],
     *,
     retain_graph: bool,
-    grad_output: Tensor | None = None,
+    grad_output: Tensor | Sequence[Tensor] | None = None,
     unscale: float = 1.0,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Gradients of ``output`` w.r.t. ``params``; parameters it does not reach are dropped."""

@@ -10,22 +10,26 @@ __all__ = ["depends_on", "reachable_leaves"]
 
 
 def reachable_leaves(
-    roots: Sequence[torch.Tensor], *, stop_at: torch.Tensor | None = None
+    roots: Sequence[torch.Tensor],
+    *,
+    stop_at: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Leaf tensors requiring grad that ``roots`` depend on, in a stable order.
 
-    With ``stop_at`` (e.g. the shared representation), the walk does not go past that tensor:
+    With ``stop_at`` (e.g. the shared representation, or several such tensors), the walk does
+    not go past them:
     the result is then the leaves the losses reach *without* passing through it (the heads'
     parameters, plus any shared parameter that bypasses the representation).
     """
-    stop_node = None if stop_at is None else stop_at.grad_fn
+    stops = [] if stop_at is None else [stop_at] if isinstance(stop_at, torch.Tensor) else stop_at
+    stop_nodes = {id(t.grad_fn) for t in stops if t.grad_fn is not None}
     seen_nodes: set[int] = set()
     found: list[torch.Tensor] = []
-    found_ids: set[int] = set() if stop_at is None else {id(stop_at)}
+    found_ids: set[int] = {id(t) for t in stops}
     stack = [r.grad_fn for r in reversed(roots) if r.grad_fn is not None]
     while stack:
         node = stack.pop()
-        if id(node) in seen_nodes or (stop_node is not None and node is stop_node):
+        if id(node) in seen_nodes or id(node) in stop_nodes:
             continue
         seen_nodes.add(id(node))
         variable = getattr(node, "variable", None)
