@@ -57,7 +57,11 @@ def batches() -> list[tuple[Tensor, Tensor]]:
 
 
 def train(
-    model: nn.Module, trunk: nn.Module, data: list[tuple[Tensor, Tensor]], config: Any
+    model: nn.Module,
+    trunk: nn.Module,
+    data: list[tuple[Tensor, Tensor]],
+    config: Any,
+    pass_representation: bool = True,
 ) -> None:
     """The Quick start loop (the user's code is the same with or without DDP)."""
     name, level, hparams = config
@@ -68,7 +72,9 @@ def train(
     for x, y in data:
         optimizer.zero_grad()
         z, out = model(x)
-        info = balancer.backward(task_losses(out, y), representation=z)
+        info = balancer.backward(
+            task_losses(out, y), representation=z if pass_representation else None
+        )
         assert not info.skipped, info.reason
         optimizer.step()
 
@@ -89,25 +95,33 @@ def leave_group() -> None:
     dist.destroy_process_group()
 
 
-def run_single(config: Any) -> list[Tensor]:
+def run_single(config: Any, pass_representation: bool = True) -> list[Tensor]:
     net = Net()
-    train(net, net.trunk, batches(), config)
+    train(net, net.trunk, batches(), config, pass_representation)
     return [p.detach().clone() for p in net.parameters()]
 
 
-def run_rank(rank: int, world: int, port: int, out: str, find_unused: bool) -> None:
+def run_rank(
+    rank: int,
+    world: int,
+    port: int,
+    out: str,
+    find_unused: bool,
+    configs: Any = None,
+    pass_representation: bool = True,
+) -> None:
     join_group(rank, world, port)
     try:
         results = {}
         share = GLOBAL_BATCH // world
-        for config in CONFIGS:
+        for config in configs or CONFIGS:
             net = Net()
             model = DistributedDataParallel(net, find_unused_parameters=find_unused)
             local = [
                 (x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share])
                 for x, y in batches()
             ]
-            train(model, net.trunk, local, config)
+            train(model, net.trunk, local, config, pass_representation)
             results[f"{config[0]}@{config[1]}"] = [p.detach().clone() for p in net.parameters()]
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:

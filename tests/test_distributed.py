@@ -22,10 +22,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(tmp_path: Path, find_unused: bool = False) -> dict[int, dict[str, list[torch.Tensor]]]:
+def spawn(
+    tmp_path: Path,
+    find_unused: bool = False,
+    configs: object = None,
+    pass_representation: bool = True,
+) -> dict[int, dict[str, list[torch.Tensor]]]:
     mp.spawn(
         worker.run_rank,
-        args=(2, free_port(), str(tmp_path), find_unused),
+        args=(2, free_port(), str(tmp_path), find_unused, configs, pass_representation),
         nprocs=2,
         join=True,
     )
@@ -50,10 +55,20 @@ def test_ddp_equals_one_process_on_the_global_batch(
 
 
 def test_ddp_with_find_unused_parameters(tmp_path: Path) -> None:
-    ranks = spawn(tmp_path, find_unused=True)
-    for key in ("mgda@parameters", "ew@representation"):
-        for p, q in zip(ranks[0][key], ranks[1][key], strict=True):
+    # the Quick start without representation= (DDP's sink hides the trunk output it returns)
+    configs = [("mgda", "parameters", {}), ("upgrad", "parameters", {})]
+    ranks = spawn(tmp_path, find_unused=True, configs=configs, pass_representation=False)
+    for config in configs:
+        key = f"{config[0]}@{config[1]}"
+        reference = worker.run_single(config, pass_representation=False)
+        for p, q, r in zip(ranks[0][key], ranks[1][key], reference, strict=True):
             assert torch.equal(p, q)
+            torch.testing.assert_close(p, r, atol=1e-5, rtol=1e-5)
+
+
+def test_a_representation_hidden_by_ddps_sink_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="sink node"):
+        spawn(tmp_path, find_unused=True, configs=[("mgda", "representation", {})])
 
 
 def test_single_process_has_no_communicator() -> None:

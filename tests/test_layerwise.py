@@ -115,8 +115,11 @@ class _NoVmapRule(torch.autograd.Function):
 
 
 def test_unvectorisable_backward_returns_none_and_says_why(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import taskbalance.engine.jacobian as jacobian
+
+    monkeypatch.setattr(jacobian, "_warned", set())  # said once per process: forget earlier
     w = torch.randn(4, requires_grad=True)
     doubled = _NoVmapRule.apply(w)
     losses = torch.stack([doubled.sum(), doubled.pow(2).sum()])

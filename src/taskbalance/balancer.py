@@ -175,6 +175,15 @@ def _as_representations(representation: Any) -> tuple[Tensor, ...] | None:
 
 def _check_representation_used(losses: Sequence[Tensor], representation: Sequence[Tensor]) -> None:
     if not any(depends_on(loss, list(representation)) for loss in losses):
+        if any("DDPSink" in type(z.grad_fn).__name__ for z in representation):
+            raise ValueError(
+                "the representation is an output of DistributedDataParallel's forward with "
+                "find_unused_parameters=True (or static_graph): DDP passes its outputs through "
+                "a sink node, so the losses are not computed from the tensor it returns. Take "
+                "the representation from the inner module (ddp.module), or drop "
+                "find_unused_parameters (taskbalance writes the gradients itself and does not "
+                "need it), or pass no representation"
+            )
         raise ValueError(
             "none of the losses depends on `representation`: pass the tensor the heads read "
             "in this forward pass (the trunk output the heads were applied to, not the output "
