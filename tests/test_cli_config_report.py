@@ -215,8 +215,8 @@ def _with(change: dict) -> dict:  # type: ignore[type-arg]
         ({"training": {"epochs": 2.5}}, "training.epochs", "integer"),
         ({"data": {"batch_size": True}}, "data.batch_size", "integer"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
-        ({"methods": [{"name": "ew", "label": "../../x"}]}, "methods.0.label", "plain name"),
-        ({"methods": [{"name": "ew", "label": ""}]}, "methods.0.label", "plain name"),
+        ({"methods": [{"name": "ew", "label": "../../x"}]}, "methods.0.label", "path segments"),
+        ({"methods": [{"name": "ew", "label": ""}]}, "methods.0.label", "path segments"),
         ({"output": ""}, "output", "must name a folder"),
         ({"output": "../../x"}, "output", "without '..'"),
         ({"data": {"options": {"bogus": 1}}}, "options.bogus", "unknown option"),
@@ -327,3 +327,12 @@ def test_described_tasks_match_the_loaded_datasets() -> None:
     for name, options in (("digits", {}), ("synthetic", {"num_tasks": 4}), ("multimnist", {})):
         data = load_dataset(name, **options)
         assert describe_tasks(name, options) == {t.name: tuple(t.metrics) for t in data.tasks}
+
+
+def test_labels_with_separators_name_a_safe_folder() -> None:
+    from taskbalance._validation import run_folder
+
+    config = load_config(_with({"methods": [{"name": "ew", "label": "mmoe / ew"}]}))
+    assert config.methods[0].display == "mmoe / ew"
+    assert run_folder("mmoe / ew") == "mmoe_ew"
+    assert run_folder("mgda@repr") == "mgda_repr"

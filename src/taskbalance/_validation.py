@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
-__all__ = ["check_choice", "suggest"]
+__all__ = ["check_choice", "run_folder", "suggest"]
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -25,3 +26,9 @@ def check_choice(value: str, choices: Iterable[str], what: str) -> str:
             f"Available: {', '.join(options)}."
         )
     return value
+
+
+def run_folder(label: str) -> str:
+    """The folder name of a run labelled ``label``: anything but letters, digits, ``_``,
+    ``.`` and ``-`` becomes ``_`` (so a label never names a path outside the output)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import tomllib
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -27,10 +28,10 @@ from pydantic import (
 )
 
 from taskbalance import methods
-from taskbalance._validation import check_choice, suggest
+from taskbalance._validation import check_choice, run_folder, suggest
 from taskbalance.datasets import DATASETS, describe_tasks
 
-__all__ = ["ConfigError", "RunConfig", "load_config", "method_label"]
+__all__ = ["ConfigError", "RunConfig", "load_config", "method_label", "run_folder"]
 
 
 class ConfigError(ValueError):
@@ -146,17 +147,15 @@ class MethodConfig(Strict):
 
     @field_validator("label")
     @classmethod
-    def simple_label(cls, value: str | None) -> str | None:
-        # the label names the run's folder: one plain path component, inside the output
+    def safe_label(cls, value: str | None) -> str | None:
+        # the label names the run's folder (through run_folder): never empty, never a way out
         if value is not None and (
-            not value.strip()
-            or value in (".", "..")
-            or any(c in value for c in "/\\\0")
-            or value != value.strip()
+            run_folder(value) in ("", ".", "..")
+            or any(part.strip() in (".", "..") for part in re.split(r"[/\\]", value))
         ):
             raise ValueError(
-                f"label {value!r} must be a plain name (it names the run's folder): no "
-                "slashes, not empty, not '.' or '..', e.g. 'pcgrad-fast'"
+                f"label {value!r} names the run's folder: it must not be empty or contain "
+                "'.' or '..' path segments (e.g. 'pcgrad-fast' or 'mmoe / ew')"
             )
         return value
 

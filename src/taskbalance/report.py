@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from taskbalance._validation import run_folder
+
 __all__ = ["write_report"]
 
 
@@ -365,7 +367,7 @@ def write_report(run_dir: str | Path) -> Path:
             sections.append(_benchmark_section(root, root, link=False))
         sections.append(_comparison(root, summary))
         for run in summary["runs"]:
-            sub = root / run.get("dir", run["method"].replace("@", "_"))
+            sub = root / run.get("dir", run_folder(run["method"]))
             if sub.is_dir():
                 sections.append(_run_section(sub, run["method"], root))
         sections.append(_affinity_section(root / "affinity", root))

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import taskbalance
 from taskbalance import distributed
+from taskbalance._validation import run_folder
 from taskbalance.config import MethodConfig, RunConfig
 from taskbalance.datasets import DATASETS, MultiTaskData, collate, load_dataset
 from taskbalance.health.monitor import HealthMonitor
@@ -208,7 +209,7 @@ def run_config(config: RunConfig, output: Path | None = None) -> Path:
         (root / "config.json").write_text(config.model_dump_json(indent=1))
     runs = []
     for method in config.methods:
-        run_dir = root / method.display.replace("@", "_")
+        run_dir = root / run_folder(method.display)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             logger.info("training %s", method.display)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from typing import Any, Protocol
 import torch
 
 import taskbalance
-from taskbalance._validation import suggest
+from taskbalance._validation import run_folder, suggest
 from taskbalance.bench.suite import BenchmarkSpec, Entry
 from taskbalance.config import MethodConfig, RunConfig, TaskConfig
 from taskbalance.datasets import MultiTaskData
@@ -52,8 +51,7 @@ class Progress(Protocol):
     def __call__(self, message: str) -> None: ...
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+slug = run_folder  # one rule for run folders, shared with `taskbalance train`
 
 
 @dataclass(frozen=True)
