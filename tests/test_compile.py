@@ -4,6 +4,8 @@ is refused at the first step with a message, never trained wrongly."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,14 @@ def _model() -> HardSharing:
     torch.manual_seed(0)
     trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8))
     return HardSharing(trunk, {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+
+
+@pytest.fixture(autouse=True)
+def _no_donated_buffers() -> Iterator[None]:
+    import torch._functorch.config as functorch_config
+
+    with functorch_config.patch(donated_buffer=False):  # as the README says
+        yield
 
 
 def _train(compiled: str | None, method: str, level: str) -> list[torch.Tensor]:
@@ -53,3 +63,18 @@ def test_a_compiled_trunk_gives_the_eager_result(method: str, level: str) -> Non
 def test_a_compiled_whole_model_is_refused_before_the_first_step(method: str, level: str) -> None:
     with pytest.raises(ValueError, match=r"torch\.compile, compile the trunk"):
         _train("whole", method, level)
+
+
+def test_donated_buffers_get_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def donated(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "This backward function was compiled with non-empty donated buffers which "
+            "requires create_graph=False and retain_graph=False."
+        )
+
+    model = _model()
+    out = model(torch.randn(4, 6))
+    losses = {t: out[t].pow(2).mean() for t in "ab"}
+    monkeypatch.setattr(torch.autograd, "grad", donated)
+    with pytest.raises(ValueError, match=r"donated_buffer = False"):
+        Balancer.for_model("mgda", model).backward(losses)

@@ -22,6 +22,10 @@ def test_the_section_has_snippets() -> None:
 
 
 def test_every_snippet_runs() -> None:
+    import importlib.util
+
     namespace: dict[str, object] = {}
     for number, code in enumerate(snippets(), start=1):
+        if "import lightning" in code and importlib.util.find_spec("lightning") is None:
+            continue  # the optional extra is not installed here (CI installs it)
         exec(compile(code, f"README snippet {number}", "exec"), namespace)

@@ -30,9 +30,10 @@ that requires grad and is not shared), or given explicitly with ``task_params=``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
 import torch
@@ -190,6 +191,23 @@ def _check_representation_used(losses: Sequence[Tensor], representation: Sequenc
             "of another forward call; with torch.compile, compile the trunk, not the whole "
             "model, or pass no representation)"
         )
+
+
+@contextlib.contextmanager
+def _explained_compile_errors() -> Iterator[None]:
+    """torch.compile may donate a compiled graph's saved buffers to its backward, which then
+    runs once only; per-task gradients need several backward passes through the trunk."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "donated buffers" not in str(error):
+            raise
+        raise ValueError(
+            "a torch.compile'd module in this graph gave its saved buffers to its backward, "
+            "which then runs only once, but balancing back-propagates through the shared part "
+            "once per task: set torch._functorch.config.donated_buffer = False before the "
+            "first compiled call, or compile only the task heads"
+        ) from error
 
 
 def _single(representation: tuple[Tensor, ...] | None) -> bool:
@@ -580,7 +598,8 @@ class Balancer:
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:
             need = max(need, Need.GRAMIAN)
-        grads = None if reuse else self._task_gradients(values, stacked, reps, separable, need)
+        with _explained_compile_errors():
+            grads = None if reuse else self._task_gradients(values, stacked, reps, separable, need)
         if grads is not None and loss_scale != 1.0:
             grads = grads.divided_by(loss_scale)
         if grads is not None and comm is not None and comm.is_global:
@@ -628,9 +647,10 @@ class Balancer:
             if self.update_every > 1 and combination.weights is not None:
                 applied = combination.weights if scales is None else combination.weights * scales
                 self._cached_weights = applied.detach().clone()
-        params, param_grads = self._parameter_gradients(
-            combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale
-        )
+        with _explained_compile_errors():
+            params, param_grads = self._parameter_gradients(
+                combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale
+            )
         if comm is not None:
             params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
 
