@@ -135,3 +135,33 @@ def test_the_example_runs() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "balance/weight/digit" in result.stdout
+
+
+def test_ddp_strategy_balances_the_global_batch(tmp_path: Path) -> None:
+    module = Module("mgda")
+    trainer = lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, _data())  # Lightning shards the data: DistributedSampler, seed 0
+    from torch.utils.data import DistributedSampler
+
+    dataset = _data().dataset
+    shards = [list(DistributedSampler(dataset, 2, rank, seed=0)) for rank in (0, 1)]
+    model = _model()
+    balancer = Balancer.for_model("mgda", model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = dataset.tensors  # type: ignore[attr-defined]
+    for start in range(0, 32, 16):  # the global batch: both ranks' 16 samples of the step
+        index = torch.tensor(shards[0][start : start + 16] + shards[1][start : start + 16])
+        optimizer.zero_grad()
+        balancer.backward(_losses(model, (x[index], y[index])))
+        optimizer.step()
+    for p, q in zip(module.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
