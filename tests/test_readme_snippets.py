@@ -26,6 +26,7 @@ def test_every_snippet_runs() -> None:
 
     namespace: dict[str, object] = {}
     for number, code in enumerate(snippets(), start=1):
-        if "import lightning" in code and importlib.util.find_spec("lightning") is None:
-            continue  # the optional extra is not installed here (CI installs it)
+        extras = [name for name in ("lightning", "transformers") if f"import {name}" in code]
+        if any(importlib.util.find_spec(name) is None for name in extras):
+            continue  # an optional extra that is not installed here (CI installs them)
         exec(compile(code, f"README snippet {number}", "exec"), namespace)
