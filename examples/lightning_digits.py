@@ -80,6 +80,7 @@ def main() -> None:
         precision=args.precision,
         logger=False,
         enable_checkpointing=False,
+        log_every_n_steps=5,  # the balancer's StepInfo is logged at Lightning's cadence
     )
     trainer.fit(DigitsModule(args.method), train, val)
     print({k: round(float(v), 4) for k, v in trainer.callback_metrics.items()})

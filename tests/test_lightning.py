@@ -86,7 +86,7 @@ def test_lightning_gives_the_plain_loop_result(method: str) -> None:
 
 
 def test_step_info_is_logged() -> None:
-    trainer = _fit(Module("mgda"), epochs=1)
+    trainer = _fit(Module("mgda"), epochs=1, log_every_n_steps=1)
     metrics = trainer.callback_metrics
     assert "balance/weight/a" in metrics
     assert "balance/conflict_rate" in metrics or "balance/grad_norm" in metrics

@@ -54,8 +54,9 @@ class BalancedModule:
     :class:`~taskbalance.Balancer` to ``self.balancer`` in ``__init__``."""
 
     balancer: Balancer
-    #: log the step's StepInfo every this many steps (0: never)
-    log_balance_every: int = 1
+    #: log the step's StepInfo every this many steps (0: never; None: the Trainer's
+    #: ``log_every_n_steps``, as Lightning logs everything else)
+    log_balance_every: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -97,6 +98,9 @@ class BalancedModule:
     def _log_balance(self, info: StepInfo) -> None:
         module: Any = self
         every = self.log_balance_every
+        if every is None:
+            trainer = getattr(self, "_trainer", None)
+            every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
         if every <= 0 or module.global_step % every:
             return
         values = {
