@@ -143,11 +143,11 @@ class Communicator:
         """Average per-parameter gradients over the ranks in one flat all-reduce. A gradient
         missing on a rank (the parameter did not reach its losses) counts as zero there; a
         parameter no rank reached is left out, as in a single process."""
-        reference = next((g for g in grads if g is not None), None)
-        dtype = reference.dtype if reference is not None else torch.float32
-        if any(g is not None and g.dtype == torch.float64 for g in grads):
-            dtype = torch.float64
-        device = reference.device if reference is not None else torch.device("cpu")
+        present = [g for g in grads if g is not None]
+        dtype = torch.float32  # at least: half-precision gradients are summed in float32
+        for g in present:
+            dtype = torch.promote_types(dtype, g.dtype)
+        device = params[0].device if params else torch.device("cpu")  # (NCCL: the GPU)
         parts = [
             (g.detach().reshape(-1).to(dtype) if g is not None else torch.zeros(p.numel())).to(
                 device, dtype
