@@ -8,8 +8,9 @@ per task) on its own batch. Configurations, timed interleaved round by round on 
 * ``METHOD~local``: ``distributed="local"`` (each rank balances its own batch).
 
 Prints, per process count and task count, the median step time and its ratio to
-``ddp:sum`` measured in the same run, and the floats each rank sends per step (the sizes of
-the collectives the balancer issues; see ``taskbalance.distributed``). Writes JSON.
+``ddp:sum`` measured in the same run, and the floats each rank sends per step with ring
+algorithms (from the collectives the balancer issues; see ``taskbalance.distributed``).
+Writes JSON.
 
     python benchmarks/distributed_step.py --processes 2 4 --tasks 3 10 \
         --out benchmarks/results/distributed_step.json
@@ -44,20 +45,39 @@ CONFIGS = ["ddp:sum", "ew", "mgda", "upgrad", "graddrop", "mgda@repr", "mgda~loc
 BATCH = 64  # per rank
 
 
-def floats_sent(config: str, tasks: int, shared: int, heads: int) -> int:
-    """Floats in the collectives one rank joins per step (all-reduce / broadcast sizes)."""
+def floats_sent(
+    config: str, tasks: int, shared: int, heads: int, world: int, sharded: bool = False
+) -> int:
+    """Floats one rank sends per step with ring algorithms: an all-reduce of ``n`` floats
+    sends ``2 (R-1)/R n``, a reduce-scatter of ``n`` or an all-gather into ``n`` sends
+    ``(R-1)/R n``, a broadcast of ``n`` about ``n``."""
+    share = (world - 1) / world
+
+    def all_reduce(n: int) -> float:
+        return 2 * share * n
+
     if config == "ddp:sum":
-        return shared + heads
-    if config.endswith("~local"):
-        return shared + heads + 1  # the averaged gradient (+ one skip flag)
-    losses = tasks
-    if config == "ew":
-        return losses + shared + heads
-    if config.endswith("@repr"):
-        return losses + tasks * tasks + tasks + shared + heads  # Gram, weights, gradients
-    if config == "graddrop":
-        return losses + tasks * shared + heads  # the Jacobian; the direction is not exchanged
-    return losses + tasks * shared + tasks + heads  # Jacobian, weights, head gradients
+        total = all_reduce(shared + heads)
+    elif config.endswith("~local"):
+        total = all_reduce(shared + heads + 1)  # the averaged gradient (+ a skip flag)
+    elif config == "ew":
+        total = all_reduce(tasks) + all_reduce(shared + heads)
+    elif config.endswith("@repr"):  # losses, Gram matrix, weights, gradients
+        total = all_reduce(tasks) + all_reduce(tasks * tasks) + tasks + all_reduce(shared + heads)
+    elif config == "graddrop":  # needs the Jacobian itself: all-reduced
+        total = all_reduce(tasks) + all_reduce(tasks * shared) + all_reduce(heads)
+    elif not sharded:  # Gram methods on gloo: the Jacobian all-reduced, weights, heads
+        total = all_reduce(tasks) + all_reduce(tasks * shared) + tasks + all_reduce(heads)
+    else:  # Gram methods on NCCL: reduce-scatter of the Jacobian, T x T Gram, all-gather
+        total = (
+            all_reduce(tasks)
+            + share * tasks * shared
+            + all_reduce(1 + tasks * tasks)
+            + tasks
+            + share * shared
+            + all_reduce(heads)
+        )
+    return round(total)
 
 
 def make_step(config: str, tasks: int, rank: int) -> Any:
@@ -148,7 +168,7 @@ def main() -> None:
             heads = sum(p.numel() for p in Net(tasks).heads.parameters())
             for config in CONFIGS:
                 ratio = times[config] / times["ddp:sum"]
-                floats = floats_sent(config, tasks, shared, heads)
+                floats = floats_sent(config, tasks, shared, heads, world)
                 print(
                     f"{world:>2} {tasks:>3}  {config:<11} {1000 * times[config]:>8.2f} "
                     f"{ratio:>9.2f} {floats:>12,}"

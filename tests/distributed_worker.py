@@ -212,3 +212,41 @@ def run_trainer_rank(rank: int, world: int, port: int, out: str, stop: int, resu
         torch.save([p.detach() for p in model.parameters()], Path(out) / f"trainer{rank}.pt")
     finally:
         leave_group()
+
+
+def run_shard_check(rank: int, world: int, port: int, out: str) -> None:
+    """The column-sharded Jacobian (reduce-scatter) against the all-reduced one, with a
+    column count the world size does not divide and gradients beyond float64's Gram range."""
+    from taskbalance.distributed import Communicator, shard_jacobian
+    from taskbalance.engine.task_gradients import TaskGradients
+
+    join_group(rank, world, port)
+    try:
+        comm = Communicator.resolve("global")
+        assert comm is not None
+        generator = torch.Generator().manual_seed(10 + rank)
+        report = {}
+        for scale in (1.0, 1e200):
+            blocks = [
+                torch.randn(3, 3, 5, generator=generator, dtype=torch.float64) * scale,
+                torch.randn(3, 6, generator=generator, dtype=torch.float64) * scale,
+            ]  # 21 columns
+            sharded = shard_jacobian(comm, blocks)
+            full = TaskGradients(comm.global_blocks(blocks))
+            weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+            g_sharded, s_sharded = sharded.normalised_gramian()
+            g_full, s_full = full.normalised_gramian()
+            report[str(scale)] = {
+                "gramian": float(
+                    (g_sharded * (s_sharded / scale) ** 2 - g_full * (s_full / scale) ** 2)
+                    .abs()
+                    .max()
+                ),
+                "combine": max(
+                    float(((a - b) / scale).abs().max())
+                    for a, b in zip(sharded.combine(weights), full.combine(weights), strict=True)
+                ),
+            }
+        torch.save(report, Path(out) / f"shard{rank}.pt")
+    finally:
+        leave_group()

@@ -154,3 +154,12 @@ def test_taskbalance_train_runs_under_torchrun_unchanged(tmp_path: Path) -> None
     assert summary["runs"][0]["steps"] > 0
     steps = (tmp_path / "out" / "mgda" / "steps.csv").read_text().splitlines()
     assert len(steps) - 1 == summary["runs"][0]["steps"]  # one row per step, one writer
+
+
+def test_the_column_sharded_jacobian_equals_the_all_reduced_one(tmp_path: Path) -> None:
+    mp.spawn(worker.run_shard_check, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        report = torch.load(tmp_path / f"shard{rank}.pt", weights_only=True)
+        for scale, errors in report.items():
+            assert errors["gramian"] < 1e-12, (scale, errors)
+            assert errors["combine"] < 1e-12, (scale, errors)

@@ -40,7 +40,12 @@ import torch
 from torch import Tensor
 
 from taskbalance._validation import check_choice
-from taskbalance.distributed import Communicator, DistributedMode, check_parameters
+from taskbalance.distributed import (
+    Communicator,
+    DistributedMode,
+    check_parameters,
+    shard_jacobian,
+)
 from taskbalance.engine.gramian import in_float64_range, in_safe_range
 from taskbalance.engine.graph import depends_on, reachable_leaves
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
@@ -745,6 +750,8 @@ class Balancer:
             )
         if not isinstance(grads, TaskGradients):  # the Gram-only path is off when distributed
             raise RuntimeError("distributed balancing at parameter level needs the Jacobian")
+        if self.needs == Need.GRAMIAN and comm.shards_columns:  # only G and J^T w needed
+            return shard_jacobian(comm, grads.blocks)
         return TaskGradients(comm.global_blocks(grads.blocks))
 
     def _averaged(
