@@ -210,8 +210,9 @@ def _explained_compile_errors() -> Iterator[None]:
         raise ValueError(
             "a torch.compile'd module in this graph gave its saved buffers to its backward, "
             "which then runs only once, but balancing back-propagates through the shared part "
-            "once per task: set torch._functorch.config.donated_buffer = False before the "
-            "first compiled call, or compile only the task heads"
+            "once per task: `import torch._functorch.config` and set "
+            "torch._functorch.config.donated_buffer = False before the first compiled call, "
+            "or compile only the task heads"
         ) from error
 
 
