@@ -17,12 +17,14 @@ specific parameters, ``R`` processes; all-reduces of float32/float64 buffers):
 
 * loss weighting (and steps reusing weights with ``update_every``): the ``T`` losses, then
   the combined gradient of all ``P + H`` parameters (the bytes of plain DDP + ``T`` floats);
-* gradient methods at parameter level: the ``T`` losses, the local ``T x P`` Jacobian (summed:
-  every rank then holds the global Jacobian, forms ``G`` and ``J^T w`` itself, so the shared
-  gradient needs no further exchange), the ``T`` weights (broadcast from rank 0, so every rank
-  applies bit-identical weights), and the ``H`` head gradients. Direction methods (GradDrop,
-  MoCo, DB-MTL) compute their direction from the same global Jacobian (their generators and
-  state start equal on every rank and see equal inputs, so they stay equal);
+* gradient methods at parameter level: the ``T`` losses, the local ``T x P`` Jacobian, the
+  ``T`` weights (broadcast from rank 0, so every rank applies bit-identical weights), and the
+  ``H`` head gradients. On gloo the Jacobian is all-reduced: every rank holds the global one
+  and forms ``G`` and ``J^T w`` itself. On NCCL, for methods that need only ``G``, it is
+  reduce-scattered by columns (:class:`ShardedGradients`: a ``T x T`` all-reduce of the Gram
+  slices, an all-gather of ``J^T w``; half the Jacobian traffic). Direction methods (GradDrop,
+  MoCo, DB-MTL) compute their direction from the all-reduced global Jacobian (their generators
+  and state start equal on every rank and see equal inputs, so they stay equal);
 * gradient methods at representation level: the ``T`` losses, the ``T x T`` Gram matrix of the
   representation gradients (the global one is ``(1/R^2) sum_r G_r``: each rank's samples are
   their own coordinates), the ``T`` weights, then ``P + H`` combined gradients.
