@@ -9,6 +9,7 @@ sibling does not depend on ``z``, although it reaches the same node.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -19,6 +20,42 @@ Edge = tuple[int, int]
 
 def _edges(tensors: Sequence[torch.Tensor]) -> set[Edge]:
     return {(id(t.grad_fn), t.output_nr) for t in tensors if t.grad_fn is not None}
+
+
+def _walk(roots: Sequence[torch.Tensor], stop_edges: set[Edge]) -> tuple[list[torch.Tensor], bool]:
+    """Depth-first walk from ``roots`` that does not cross ``stop_edges``: the leaf tensors
+    reached (in a stable order), and whether a stop edge was met."""
+    seen: set[int] = set()
+    found: list[torch.Tensor] = []
+    found_ids: set[int] = set()
+    met = False
+    stack: list[Any] = []
+    for root in reversed(roots):
+        if root.grad_fn is None:
+            continue
+        if (id(root.grad_fn), root.output_nr) in stop_edges:
+            met = True
+        else:
+            stack.append(root.grad_fn)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            if id(variable) not in found_ids:
+                found.append(variable)
+                found_ids.add(id(variable))
+            continue
+        for child, slot in reversed(node.next_functions):
+            if child is None:
+                continue
+            if (id(child), slot) in stop_edges:
+                met = True
+            else:
+                stack.append(child)
+    return found, met
 
 
 def reachable_leaves(
@@ -34,57 +71,14 @@ def reachable_leaves(
     representation, e.g. through a sibling output of the node that produced it).
     """
     stops = [] if stop_at is None else [stop_at] if isinstance(stop_at, torch.Tensor) else stop_at
-    stop_edges = _edges(stops)
-    seen_nodes: set[int] = set()
-    found: list[torch.Tensor] = []
-    found_ids: set[int] = {id(t) for t in stops}
-    stack = [
-        r.grad_fn
-        for r in reversed(roots)
-        if r.grad_fn is not None and (id(r.grad_fn), r.output_nr) not in stop_edges
-    ]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen_nodes:
-            continue
-        seen_nodes.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            if id(variable) not in found_ids:
-                found.append(variable)
-                found_ids.add(id(variable))
-            continue
-        for child, slot in reversed(node.next_functions):
-            if child is not None and (id(child), slot) not in stop_edges:
-                stack.append(child)
-    return found
+    excluded = {id(t) for t in stops}
+    leaves, _ = _walk(roots, _edges(stops))
+    return [leaf for leaf in leaves if id(leaf) not in excluded]
 
 
 def depends_on(root: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
     """Whether ``root`` is computed from any of ``targets`` (leaf tensors, or non-leaf
     tensors such as a shared representation), by walking its autograd graph."""
-    if root.grad_fn is None:
-        return False
-    target_edges = _edges(targets)
+    leaves, met = _walk([root], _edges(targets))
     target_leaves = {id(t) for t in targets if t.grad_fn is None}
-    if (id(root.grad_fn), root.output_nr) in target_edges:
-        return True
-    seen: set[int] = set()
-    stack = [root.grad_fn]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            if id(variable) in target_leaves:
-                return True
-            continue
-        for child, slot in node.next_functions:
-            if child is None:
-                continue
-            if (id(child), slot) in target_edges:
-                return True
-            stack.append(child)
-    return False
+    return met or any(id(leaf) in target_leaves for leaf in leaves)
