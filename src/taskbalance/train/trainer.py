@@ -484,9 +484,8 @@ class Trainer:
                 "loss_scale": self.loss_scale,
                 "good_steps": self._good_steps,
             },
-            "rng": capture_rng(self._generators),
-            "epoch_rng": self._epoch_rng,
-            # under torch.distributed: every rank's states (each resumes its own stream)
+            # every rank's RNG states now and at the epoch start (one rank without
+            # torch.distributed): each rank resumes its own streams
             "ranks": distributed.gather(
                 {"rng": capture_rng(self._generators), "epoch_rng": self._epoch_rng}
             ),
@@ -536,7 +535,7 @@ class Trainer:
         :meth:`fit` restores at the right point of the epoch."""
         source = Path(path)
         state = load_checkpoint(source)
-        if "signature" not in state or "trainer" not in state:
+        if not {"signature", "trainer", "ranks"} <= set(state):
             raise CheckpointError(f"{source} is not a trainer checkpoint (no training state)")
         self._check_signature(state["signature"], source)
         self.core.load_state_dict(state["model"])
@@ -565,8 +564,7 @@ class Trainer:
         self._metric_values = trainer["metric_values"]
         self.loss_scale = float(trainer["loss_scale"])
         self._good_steps = int(trainer["good_steps"])
-        self._epoch_rng = state["epoch_rng"]
-        ranks = state.get("ranks") or [{"rng": state["rng"], "epoch_rng": state["epoch_rng"]}]
+        ranks = state["ranks"]
         if len(ranks) != distributed.world_size():
             raise CheckpointError(
                 f"{source} was written by {len(ranks)} process(es); resume with the same "
