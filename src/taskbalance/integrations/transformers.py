@@ -68,7 +68,8 @@ class BalancedTrainer(transformers.Trainer):
         balancer: the :class:`~taskbalance.Balancer` (built on the model's shared parameters).
         task_losses: optional ``(model, inputs) -> (losses, representation)``; default: read
             ``losses`` and ``representation`` from the model's output.
-        *args, **kwargs: passed to ``transformers.Trainer``.
+        *args: passed to ``transformers.Trainer``.
+        **kwargs: passed to ``transformers.Trainer``.
     """
 
     def __init__(

@@ -100,6 +100,10 @@ class Method(ABC):
     family: ClassVar[str]
     needs: ClassVar[Need]
     reference: ClassVar[str] = ""
+    # what the weights sum to / how long the update is, following the paper or reference code
+    scale: ClassVar[str] = ""
+    # what the method needs beyond ``needs`` (metrics, epoch ends, a Jacobian for an option)
+    needs_note: ClassVar[str] = ""
     state_attributes: ClassVar[tuple[str, ...]] = ()
     # False for methods whose state is indexed by gradient coordinates (tracked gradients):
     # at representation level those coordinates are samples of a batch, which change.

@@ -81,7 +81,8 @@ class ESMM(MultiTaskModel):
 
     Args:
         trunk: shared module (e.g. embeddings + MLP).
-        ctr_tower, cvr_tower: modules producing one logit per sample.
+        ctr_tower: module producing one click logit per sample.
+        cvr_tower: module producing one conversion logit per sample.
     """
 
     def __init__(self, trunk: nn.Module, ctr_tower: nn.Module, cvr_tower: nn.Module) -> None:

@@ -91,7 +91,10 @@ class Trainer:
         optimizer: default ``Adam(model.parameters(), lr=1e-3)``.
         scheduler: a ``torch.optim.lr_scheduler`` stepped every epoch (or every optimizer step
             with ``scheduler_interval="step"``).
-        transforms, level, update_every, engine: passed to the :class:`Balancer`.
+        transforms: passed to the :class:`Balancer`.
+        level: passed to the :class:`Balancer`.
+        update_every: passed to the :class:`Balancer`.
+        engine: passed to the :class:`Balancer`.
         shared_params: shared parameters when ``model`` is not a ``MultiTaskModel``.
         callbacks: :class:`~taskbalance.train.callbacks.Callback` objects.
         early_stopping: stop on a validation metric; with ``restore_best`` the model ends with

@@ -30,6 +30,7 @@ class AlignedMTL(Method):
     """
 
     name = "aligned_mtl"
+    scale = "sum of aligned gradients, `σ_min` (`scale_mode`)"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

@@ -48,6 +48,7 @@ class CAGrad(Method):
     """
 
     name = "cagrad"
+    scale = "the mean gradient's order, `/(1+c²)`"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

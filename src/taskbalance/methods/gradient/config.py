@@ -27,6 +27,7 @@ class ConFIG(Method):
     """
 
     name = "config"
+    scale = "sum of projections on the common direction"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

@@ -37,6 +37,8 @@ class DBMTL(Method):
     """
 
     name = "db_mtl"
+    scale = "sum of balanced log-loss gradients"
+    needs_note = "Jacobian + losses"
     family = "gradient manipulation"
     needs = Need.JACOBIAN
     reference = "Lin et al., Dual-Balancing for Multi-Task Learning, 2023 (arXiv:2308.12029)."

@@ -34,6 +34,7 @@ class UPGrad(Method):
     """
 
     name = "upgrad"
+    scale = "mean of projections (TorchJD)"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0
@@ -67,6 +68,7 @@ class DualProj(Method):
     """
 
     name = "dualproj"
+    scale = "projected mean gradient (TorchJD)"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

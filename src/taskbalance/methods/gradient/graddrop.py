@@ -41,6 +41,8 @@ class GradDrop(Method):
     """
 
     name = "graddrop"
+    scale = "sum of masked gradients"
+    needs_note = 'Jacobian (use `level="representation"`)'
     family = "gradient manipulation"
     needs = Need.JACOBIAN
     reference = (

@@ -43,6 +43,8 @@ class GradNorm(Method):
     """
 
     name = "gradnorm"
+    scale = "weights sum to T"
+    needs_note = 'Gram diagonal + losses (use `level="representation"`)'
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     reference = (

@@ -76,6 +76,8 @@ class GradVac(Method):
     """
 
     name = "gradvac"
+    scale = "sum of vaccinated gradients"
+    needs_note = 'Gram matrix (`granularity="layer"`: Jacobian)'
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

@@ -30,6 +30,8 @@ class IMTL(Method):
     """
 
     name = "imtl"
+    scale = "IMTL-G weights × `exp(s_i)`"
+    needs_note = "Gram matrix + losses"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

@@ -52,6 +52,7 @@ class IMTLG(Method):
     """
 
     name = "imtl_g"
+    scale = "weights sum to 1"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

@@ -47,6 +47,7 @@ class MGDA(Method):
     """
 
     name = "mgda"
+    scale = "weights sum to 1"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

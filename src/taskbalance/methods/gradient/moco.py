@@ -35,6 +35,8 @@ class MoCo(Method):
     """
 
     name = "moco"
+    scale = "LibMTL's (`λ` sums to 1)"
+    needs_note = "Jacobian + losses"
     family = "gradient manipulation"
     needs = Need.JACOBIAN
     reference = (

@@ -39,6 +39,7 @@ class NashMTL(Method):
     """
 
     name = "nash_mtl"
+    scale = "weights of the Frobenius-normalised Gram matrix (`max_norm` option)"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     reference = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022."
@@ -106,6 +107,7 @@ class FairGrad(Method):
     """
 
     name = "fairgrad"
+    scale = "raw Gram matrix (paper's code)"
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     reference = "Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024."

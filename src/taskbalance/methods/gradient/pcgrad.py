@@ -36,6 +36,7 @@ class PCGrad(Method):
     """
 
     name = "pcgrad"
+    scale = 'sum of projected gradients (`reduction="mean"`)'
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     homogeneity = 1.0

@@ -36,6 +36,8 @@ class DynamicTaskPrioritization(Method):
     """
 
     name = "dtp"
+    scale = "focal weights, unnormalised"
+    needs_note = "losses + KPIs"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = "Guo et al., Dynamic Task Prioritization for Multitask Learning, ECCV 2018."

@@ -34,6 +34,8 @@ class DynamicWeightAverage(Method):
     """
 
     name = "dwa"
+    scale = "sum to T"
+    needs_note = "losses (+ epoch ends)"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019."

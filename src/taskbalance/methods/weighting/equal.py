@@ -18,6 +18,7 @@ class EqualWeighting(Method):
     """
 
     name = "ew"
+    scale = "weights sum to T (sum of losses)"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = "Baseline: linear scalarisation with unit weights."

@@ -45,6 +45,8 @@ class FAMO(Method):
     """
 
     name = "famo"
+    scale = "sum to 1"
+    needs_note = "losses (+ losses after the step)"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = "Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023."

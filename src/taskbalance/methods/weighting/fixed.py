@@ -24,6 +24,7 @@ class FixedWeighting(Method):
     """
 
     name = "fixed"
+    scale = "as given"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = "Manual weighting (grid-searched weights are the usual MTL baseline)."

@@ -28,6 +28,7 @@ class GeometricLossStrategy(Method):
     """
 
     name = "gls"
+    scale = "gradient of the geometric mean"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = (

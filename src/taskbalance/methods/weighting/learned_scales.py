@@ -76,6 +76,7 @@ class UncertaintyWeighting(LearnedScaleWeighting):
     """
 
     name = "uw"
+    scale = "`0.5 exp(-s_i)` (0.5 at start)"
     reference = (
         "Kendall, Gal & Cipolla, Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018."
     )
@@ -100,6 +101,7 @@ class IMTLL(LearnedScaleWeighting):
     """
 
     name = "imtl_l"
+    scale = "`exp(s_i)` (1 at start)"
     reference = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021 (IMTL-L)."
 
     def weights_from(self, log_scales: Tensor) -> Tensor:

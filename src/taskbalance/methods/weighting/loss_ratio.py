@@ -30,9 +30,13 @@ class LossRatioWeighting(Method):
     """
 
     name = "loss_ratio"
+    scale = "sum to T"
     family = "loss weighting"
     needs = Need.LOSSES
-    reference = "Inverse-loss weighting (seed document 002, section 4.2.1)."
+    reference = (
+        "Common heuristic (inverse-loss weighting: every weighted loss equals the harmonic "
+        "mean of the losses); no single paper."
+    )
 
     def combine(self, ctx: Context) -> Combination:
         losses = non_negative_losses(ctx, self.name)

@@ -25,9 +25,15 @@ class MetricWeighting(Method):
     """
 
     name = "metric_weighting"
+    scale = "sum to T"
+    needs_note = "losses + metrics"
     family = "loss weighting"
     needs = Need.LOSSES
-    reference = "Accuracy-based weighting (seed document 002, section 4.2.2)."
+    reference = (
+        "Common heuristic (performance-based weighting, w_i ∝ 1 - metric_i); the KPI-driven "
+        "relative of Guo et al., Dynamic Task Prioritization, ECCV 2018 (dtp), without its "
+        "focal exponent."
+    )
     state_attributes = ("last_metrics",)
 
     def __init__(self) -> None:

@@ -26,6 +26,7 @@ class RandomLossWeighting(Method):
     """
 
     name = "rlw"
+    scale = "sum to 1"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = "Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022."

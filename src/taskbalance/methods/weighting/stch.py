@@ -42,6 +42,7 @@ class SmoothTchebycheff(Method):
     """
 
     name = "stch"
+    scale = "sum to 1 (unit preferences)"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = (
