@@ -223,3 +223,37 @@ def test_bench_command_runs_the_toy_and_validates_arguments(
     with pytest.raises(SystemExit):
         main(["bench", "toy", "--steps", "0"])
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+class _Steps(_Count):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps, self.messages = 0, []  # type: ignore[var-annotated]
+
+    def advance(self, count: int, message: str) -> None:
+        self.steps += count
+        self.messages.append(message)
+
+
+def test_toy_progress_moves_by_steps_and_names_the_runs(tmp_path: Path) -> None:
+    progress = _Steps()
+    run_toy(tmp_path, ["ew", "mgda"], steps=400, progress=progress)
+    assert progress.total == progress.steps == 800
+    assert len(progress.messages) >= 100  # about a hundred updates per run, not one per run
+    assert any("mgda" in message for message in progress.messages)
+
+
+def test_toy_cache_is_reused_only_for_the_same_code_and_settings(tmp_path: Path) -> None:
+    from taskbalance.bench.toy import fingerprint
+
+    run_toy(tmp_path, ["ew"], steps=100)
+    cached = tmp_path / "toy" / "toy_runs" / "ew_100.json"
+    result = json.loads(cached.read_text())
+    assert result["fingerprint"] == fingerprint("ew", 100)
+    result["distance"] = [123.0] * 5  # a stale result under the current fingerprint: reused
+    cached.write_text(json.dumps(result))
+    assert run_toy(tmp_path, ["ew"], steps=100)["results"]["ew"]["distance"][0] == 123.0
+    result["fingerprint"] = "from older code"  # another fingerprint: recomputed
+    cached.write_text(json.dumps(result))
+    assert run_toy(tmp_path, ["ew"], steps=100)["results"]["ew"]["distance"][0] != 123.0
+    assert fingerprint("ew", 100) != fingerprint("ew", 200) != fingerprint("mgda", 200)

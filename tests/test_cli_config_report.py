@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("pydantic")
 pytest.importorskip("yaml")
@@ -18,7 +19,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"trainig": {"epochs": 1}}, r"^trainig: Extra inputs are not permitted"),
+        ({"trainig": {"epochs": 1}}, r"^trainig: unknown key 'trainig'. Did you mean 'training'\?"),
         ({"training": {"epochs": "many"}}, r"^training\.epochs: Input should be a valid integer"),
         (
             {"training": {"epochs": 0}},
@@ -338,3 +339,54 @@ def test_labels_with_separators_name_a_safe_folder() -> None:
     assert config.methods[0].display == "mmoe / ew"
     assert run_folder("mmoe / ew") == "mmoe_ew"
     assert run_folder("mgda@repr") == "mgda_repr"
+
+
+def test_unknown_config_keys_suggest_the_right_one() -> None:
+    with pytest.raises(
+        ValueError, match=r"training.epoch: unknown key 'epoch'. Did you mean 'epochs'"
+    ):
+        load_config({"training": {"epoch": 3}})
+    with pytest.raises(ValueError, match=r"Valid keys here: .*epochs"):
+        load_config({"training": {"epoch": 3}})
+    with pytest.raises(ValueError, match=r"unknown option 'max_nrom'. Did you mean 'max_norm'"):
+        load_config({"transforms": [{"name": "clip_per_task_norm", "max_nrom": 1.0}]})
+
+
+def test_methods_may_be_given_by_name() -> None:
+    config = load_config({"methods": ["ew", {"name": "pcgrad"}]})
+    assert [m.name for m in config.methods] == ["ew", "pcgrad"]
+
+
+def test_cli_version_and_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from taskbalance import __version__
+    from taskbalance.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"taskbalance {__version__}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if not action.option_strings:  # every positional explains itself
+                assert action.help, f"{name} {action.dest}"
+        text = sub.format_help()
+        if name == "bench":
+            assert "(default: 2)" in text  # --jobs
+        if name == "data":
+            assert "fetch:" in text
+            assert "list:" in text
+
+
+def test_train_picks_one_thread_for_small_models() -> None:
+    from taskbalance.run import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert choose_threads(torch.nn.Linear(64, 64), None) == 1
+        assert torch.get_num_threads() == 1
+        assert choose_threads(torch.nn.Linear(64, 64), 2) == 2
+    finally:
+        torch.set_num_threads(before)

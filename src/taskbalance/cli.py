@@ -88,7 +88,7 @@ def _affinity(args: argparse.Namespace) -> int:
     from taskbalance.config import load_config
     from taskbalance.datasets import collate
     from taskbalance.health import HealthMonitor, LookaheadAffinity, rank_groupings
-    from taskbalance.report import _plt
+    from taskbalance.plots import heatmap_figure
     from taskbalance.run import build_model, load_data
     from taskbalance.train import Task
 
@@ -128,20 +128,16 @@ def _affinity(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cosines = monitor.mean_cosines()
     assert cosines is not None
-    plt = _plt()
     lines = []
     for label, matrix in (("gradient cosine", cosines), ("look-ahead (TAG)", lookahead.matrix)):
-        fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 1.0 * len(names) + 1.5))
-        limit = float(matrix.abs().max()) or 1.0
-        image = ax.imshow(matrix.numpy(), cmap="coolwarm", vmin=-limit, vmax=limit)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_title(f"task affinity: {label} (row i helps column j)")
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
         file = "affinity_cosine.png" if "cosine" in label else "affinity_lookahead.png"
-        fig.savefig(out / file, dpi=100)
-        plt.close(fig)
+        heatmap_figure(
+            matrix.tolist(),
+            names,
+            out / file,
+            title=f"task affinity: {label}\n(row i helps column j; colours scaled to the "
+            "off-diagonal entries)",
+        )
         lines.append(f"{label}:")
         for grouping in rank_groupings(matrix, args.budget, names, top=3):
             lines.append(f"  {grouping}")

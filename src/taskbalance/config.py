@@ -14,6 +14,8 @@ import inspect
 import json
 import re
 import tomllib
+import typing
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -210,7 +212,15 @@ class TransformConfig(Strict):
         from taskbalance import transforms
 
         options = self.model_extra or {}
-        return getattr(transforms, TRANSFORMS[self.name])(**options)
+        cls = getattr(transforms, TRANSFORMS[self.name])
+        valid = [name for name in inspect.signature(cls).parameters]
+        for key in options:
+            if key not in valid:
+                raise ValueError(
+                    f"unknown option {key!r}.{suggest(key, valid)} "
+                    f"Valid options: {', '.join(valid) or 'none'}."
+                )
+        return cls(**options)
 
 
 class MonitorConfig(Strict):
@@ -233,6 +243,14 @@ class RunConfig(Strict):
     transforms: list[TransformConfig] = Field(default_factory=list)
     monitor: MonitorConfig | None = None
     output: str = "runs/run"
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def names_as_methods(cls, value: Any) -> Any:
+        """``methods: [ew, pcgrad]`` is short for ``[{name: ew}, {name: pcgrad}]``."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
 
     @field_validator("output")
     @classmethod
@@ -287,11 +305,40 @@ class RunConfig(Strict):
         return self
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``list[X]``, ``X | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _known_keys(location: Sequence[Any]) -> list[str]:
+    """The keys the config model at ``location`` (the unknown key's parent) accepts."""
+    model: type[BaseModel] | None = RunConfig
+    for part in location:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
 def _format(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
         message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            known = _known_keys(item["loc"][:-1])
+            message = f"unknown key {str(item['loc'][-1])!r}.{suggest(str(item['loc'][-1]), known)}"
+            if known:
+                message += f" Valid keys here: {', '.join(known)}."
         lines.append(f"{location}: {message}" if location else message)
     return "\n".join(lines)
 

@@ -19,10 +19,17 @@ import csv
 import html
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 from taskbalance._validation import run_folder
+from taskbalance.plots import (
+    curves_figure,
+    heatmap_figure,
+    pareto_figure,
+    within_noise,
+)
 
 __all__ = ["write_report"]
 
@@ -43,118 +50,161 @@ def _read_csv(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _series(rows: list[dict[str, float]], key: str) -> list[float]:
+    return [row.get(key, math.nan) for row in rows]
 
 
-def _line_plot(
-    rows: list[dict[str, float]], prefix: str, x_key: str, title: str, path: Path, log: bool = False
-) -> bool:
-    keys = sorted({k for row in rows for k in row if k.startswith(prefix) and k != x_key})
-    if not keys:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for key in keys:
-        points = [(row[x_key], row[key]) for row in rows if key in row and not math.isnan(row[key])]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, label=key.removeprefix(prefix) or key, linewidth=1.2)
-    ax.set_title(title)
-    ax.set_xlabel(x_key)
-    if log:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+def _keys(rows: list[dict[str, float]], prefix: str) -> list[str]:
+    return sorted({k for row in rows for k in row if k.startswith(prefix)})
 
 
-def _cosine_heatmap(rows: list[dict[str, float]], path: Path) -> bool:
-    pairs = sorted({k for row in rows for k in row if k.startswith("cosine/")})
-    if not pairs:
-        return False
-    tasks: list[str] = []
-    for key in pairs:
-        _, a, b = key.split("/")
-        for t in (a, b):
-            if t not in tasks:
-                tasks.append(t)
-    import numpy as np
-
-    matrix = np.eye(len(tasks))
-    for key in pairs:
-        _, a, b = key.split("/")
-        values = [row[key] for row in rows if key in row and not math.isnan(row[key])]
-        mean = float(np.mean(values)) if values else 0.0
-        matrix[tasks.index(a), tasks.index(b)] = matrix[tasks.index(b), tasks.index(a)] = mean
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * len(tasks) + 2, 1.0 * len(tasks) + 1.5))
-    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
-    ax.set_yticks(range(len(tasks)), tasks)
-    for i in range(len(tasks)):
-        for j in range(len(tasks)):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_title("mean task-gradient cosine")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+def _by_unit(rows: list[dict[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """Validation metrics grouped by metric (``digit/accuracy`` and ``parity/accuracy`` share
+    the accuracy panel; ``value/mae`` gets its own), losses left out."""
+    panels: dict[str, dict[str, list[float]]] = {}
+    for key in sorted({k for row in rows for k in row if "/" in k and not k.endswith("/loss")}):
+        task, metric = key.split("/", 1)
+        panels.setdefault(f"validation {metric}", {})[task] = _series(rows, key)
+    return panels
 
 
-def _run_section(run_dir: Path, title: str, base: Path) -> str:
+def _run_figures(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """The run's figures and the notes for series that were not worth drawing."""
     steps = _read_csv(run_dir / "steps.csv")
     epochs = _read_csv(run_dir / "epochs.csv")
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
-    images = []
-    plots = [
-        (steps, "loss/", "step", "training loss per task", "loss.png", True),
-        (epochs, "", "epoch", "validation metrics per epoch", "validation.png", False),
-        (steps, "weight/", "step", "task weights", "weights.png", False),
-        (steps, "grad_norm/", "step", "task gradient norms", "grad_norms.png", True),
-        (steps, "layer_grad_norm/", "step", "gradient norm per shared layer", "layers.png", True),
+    x_steps = _series(steps, "step")
+    window = max(5, len(steps) // 40)
+
+    def per_task(prefix: str, label: str) -> dict[str, dict[str, list[float]]]:
+        keys = _keys(steps, prefix)
+        return {label: {k.removeprefix(prefix): _series(steps, k) for k in keys}} if keys else {}
+
+    plots: list[tuple[str, list[float], dict[str, dict[str, list[float]]], str, bool, int]] = [
         (
-            steps,
-            "conflict_rate",
-            "step",
-            "conflict rate (share of task pairs with cos < 0)",
-            "conflict.png",
+            "loss.png",
+            x_steps,
+            per_task("loss/", "training loss"),
+            "training loss per task",
+            True,
+            0,
+        ),
+        (
+            "validation.png",
+            _series(epochs, "epoch"),
+            _by_unit(epochs),
+            "validation metrics per epoch",
             False,
+            0,
+        ),
+        ("weights.png", x_steps, per_task("weight/", "task weight"), "task weights", False, 0),
+        (
+            "grad_norms.png",
+            x_steps,
+            per_task("grad_norm/", "task gradient norm"),
+            "task gradient norms",
+            True,
+            0,
+        ),
+        (
+            "layers.png",
+            x_steps,
+            per_task("layer_grad_norm/", "gradient norm"),
+            "gradient norm per shared layer",
+            True,
+            0,
+        ),
+        (
+            "conflict.png",
+            x_steps,
+            {"conflict rate": {"conflict rate": _series(steps, "conflict_rate")}}
+            if _keys(steps, "conflict_rate")
+            else {},
+            "share of task pairs with cos < 0",
+            False,
+            window,
         ),
     ]
-    for rows, prefix, x_key, name, file, log in plots:
-        if prefix == "":  # validation metrics (losses are in the training plot)
-            rows = [
-                {k: v for k, v in row.items() if "/" in k and not k.endswith("/loss")}
-                | {"epoch": row.get("epoch", math.nan)}
-                for row in rows
-            ]
-        if rows and _line_plot(rows, prefix, x_key, name, figures / file, log):
+    images, notes = [], []
+    for file, x, panels, title, log, smooth_window in plots:
+        if not panels or not x:
+            continue
+        x_label = "epoch" if file == "validation.png" else "optimizer step"
+        drawn, note = curves_figure(
+            x,
+            panels,
+            figures / file,
+            title=title,
+            x_label=x_label,
+            log=log,
+            smooth_window=smooth_window,
+        )
+        if drawn:
             images.append(figures / file)
-    if _cosine_heatmap(steps, figures / "cosines.png"):
+        if note:
+            notes.append(f"{title}: {note} (not plotted)")
+    cosine = _mean_cosines(steps)
+    if cosine is not None:
+        matrix, tasks = cosine
+        heatmap_figure(
+            matrix,
+            tasks,
+            figures / "cosines.png",
+            title="mean task-gradient cosine over the logged steps",
+            symmetric_limit=1.0,
+        )
         images.append(figures / "cosines.png")
+    return images, notes
 
+
+def _mean_cosines(rows: list[dict[str, float]]) -> tuple[list[list[float]], list[str]] | None:
+    pairs = _keys(rows, "cosine/")
+    if not pairs:
+        return None
+    tasks: list[str] = []
+    for key in pairs:
+        for task in key.split("/")[1:]:
+            if task not in tasks:
+                tasks.append(task)
+    matrix = [[1.0 if i == j else 0.0 for j in range(len(tasks))] for i in range(len(tasks))]
+    for key in pairs:
+        _, a, b = key.split("/")
+        values = [v for v in _series(rows, key) if not math.isnan(v)]
+        mean = statistics.fmean(values) if values else 0.0
+        i, j = tasks.index(a), tasks.index(b)
+        matrix[i][j] = matrix[j][i] = mean
+    return matrix, tasks
+
+
+def _run_section(run_dir: Path, title: str, base: Path) -> str:
+    for stale in (
+        "figures/loss.png",
+        "figures/validation.png",
+        "figures/weights.png",
+        "figures/grad_norms.png",
+        "figures/layers.png",
+        "figures/conflict.png",
+        "figures/cosines.png",
+    ):
+        (run_dir / stale).unlink(missing_ok=True)
+    images, notes = _run_figures(run_dir)
     body = "".join(
         f'<img src="{html.escape(p.relative_to(base).as_posix())}" alt="{html.escape(p.stem)}">'
         for p in images
     )
+    extra = "".join(f"<p class='note'>{html.escape(note)}</p>" for note in notes)
     results = run_dir / "results.json"
-    extra = ""
     if results.exists():
         health = json.loads(results.read_text()).get("health")
         if health:
-            extra = f"<pre>{html.escape(health)}</pre>"
-
+            extra += f"<pre>{html.escape(health)}</pre>"
+    ran = run_dir / "run_config.json"
+    if ran.exists():
+        extra += (
+            "<details><summary>Configuration that ran</summary>"
+            f"<pre>{html.escape(ran.read_text())}</pre></details>"
+        )
     return (
         f"<section><h2>{html.escape(title)}</h2><div class='figures'>{body}</div>{extra}</section>"
     )
@@ -176,79 +226,60 @@ def _affinity_section(directory: Path, base: Path) -> str:
     )
 
 
+STEP_TIME_NOTE = (
+    "train step ms: median time of one optimizer step's own work (forward, balancing "
+    "backward, optimizer step), without data loading, validation, checkpoints and logging; "
+    "runs trained side by side share the CPU, so compare ratios within one table."
+)
+
+
 def _comparison(root: Path, summary: dict[str, Any]) -> str:
     runs = summary["runs"]
     keys = [k for k in runs[0]["test"] if "/" in k and not k.endswith("/loss")]
-    directions = runs[0].get("directions", {})
+    directions = {k: runs[0].get("directions", {}).get(k, True) for k in keys}
+    columns = [*keys, "mean_loss"]
+    up = {**directions, "mean_loss": False}
     best = {}
-    for key in keys:
-        values = [r["test"].get(key, math.nan) for r in runs]
-        finite = [v for v in values if not math.isnan(v)]
+    for key in columns:
+        finite = [v for r in runs if not math.isnan(v := r["test"].get(key, math.nan))]
         if finite:
-            best[key] = max(finite) if directions.get(key, True) else min(finite)
-    header = "".join(
-        f"<th>{html.escape(k)} {'↑' if directions.get(k, True) else '↓'}</th>" for k in keys
-    )
-    rows = []
+            best[key] = max(finite) if up[key] else min(finite)
+    results_path = root / "results.json"
+    if results_path.exists():  # a benchmark: the front of the mean metrics, as its table stars
+        rows = json.loads(results_path.read_text())["rows"]
+        points = {name: {k: row["metrics"][k]["mean"] for k in keys} for name, row in rows.items()}
+        what = "mean test metrics over seeds, as in the benchmark table"
+    else:
+        points = {run["method"]: {k: run["test"][k] for k in keys} for run in runs}
+        what = "test metrics"
+    front = pareto_figure(points, directions, root / "pareto.png", title=what)
+    header = "".join(f"<th>{html.escape(k)} {'↑' if up[k] else '↓'}</th>" for k in keys)
+    lines = []
     for run in runs:
         cells = []
-        for key in keys:
+        for key in columns:
             value = run["test"].get(key, math.nan)
             text = f"{value:.4f}"
             cells.append(
                 f"<td><b>{text}</b></td>" if value == best.get(key) else f"<td>{text}</td>"
             )
-        rows.append(
-            f"<tr><td>{html.escape(run['method'])}</td>{''.join(cells)}"
-            f"<td>{run['test'].get('mean_loss', math.nan):.4f}</td>"
-            f"<td>{run['ms_per_step']:.2f}</td></tr>"
+        star = " *" if run["method"] in front else ""
+        ms = run.get("ms_per_step", math.nan)
+        lines.append(
+            f"<tr><td>{html.escape(run['method'])}{star}</td>{''.join(cells)}<td>{ms:.2f}</td></tr>"
         )
-    head = f"<tr><th>method</th>{header}<th>mean loss ↓</th><th>ms / step</th></tr>"
-    table = f"<table>{head}{''.join(rows)}</table>"
-    pareto = ""
-    if len(keys) >= 2:
-        pareto_path = root / "pareto.png"
-        _pareto_plot(runs, keys[0], keys[1], directions, pareto_path)
-        pareto = '<img src="pareto.png" alt="pareto">'
-    return f"<section><h2>Test metrics (best validation epoch)</h2>{table}{pareto}</section>"
-
-
-def _pareto_plot(
-    runs: list[dict[str, Any]], x_key: str, y_key: str, directions: dict[str, bool], path: Path
-) -> None:
-    points = [(r["test"][x_key], r["test"][y_key], r["method"]) for r in runs]
-    sign_x = 1 if directions.get(x_key, True) else -1
-    sign_y = 1 if directions.get(y_key, True) else -1
-    front = [
-        p
-        for p in points
-        if not any(
-            sign_x * q[0] >= sign_x * p[0]
-            and sign_y * q[1] >= sign_y * p[1]
-            and (q[0], q[1]) != (p[0], p[1])
-            for q in points
-        )
-    ]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for x, y, label in points:
-        ax.scatter(x, y, color="tab:red" if (x, y, label) in front else "tab:gray", zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ordered = sorted(front, key=lambda p: p[0])
-    ax.plot(
-        [p[0] for p in ordered],
-        [p[1] for p in ordered],
-        color="tab:red",
-        alpha=0.5,
-        label="Pareto front",
+    head = f"<tr><th>method</th>{header}<th>mean loss ↓</th><th>train step ms</th></tr>"
+    table = f"<table>{head}{''.join(lines)}</table>"
+    figure = (
+        '<div class="figures"><img class="wide" src="pareto.png" alt="Pareto front"></div>'
+        if len(keys) >= 2 and (root / "pareto.png").exists()
+        else ""
     )
-    ax.set_xlabel(f"{x_key} ({'higher' if sign_x > 0 else 'lower'} is better)")
-    ax.set_ylabel(f"{y_key} ({'higher' if sign_y > 0 else 'lower'} is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return (
+        "<section><h2>Test metrics (best validation epoch)</h2>"
+        f"{table}<p class='note'>* = on the Pareto front over all {len(keys)} metrics "
+        f"({what}). {html.escape(STEP_TIME_NOTE)}</p>{figure}</section>"
+    )
 
 
 def mean_std(stat: dict[str, float], spec: str, seeds: int) -> str:
@@ -262,45 +293,88 @@ def _benchmark_table(results: dict[str, Any]) -> str:
     """A benchmark's results.json as an HTML table: mean +/- std, Delta-m%, rank, step ratio."""
     directions = results["directions"]
     metrics = list(directions)
-    arrows = {True: "↑", False: "↓"}
-    head = "".join(f"<th>{html.escape(m)} {arrows[directions[m]]}</th>" for m in metrics)
-    rows = [
-        "<tr><td>single-task</td>"
-        + "".join(f"<td>{results['baselines'][m]:.4f}</td>" for m in metrics)
-        + "<td>0</td><td>0</td><td></td><td></td></tr>"
-    ]
     seeds = len(results["seeds"])
-    for name, row in results["rows"].items():
-        cells = "".join(f"<td>{mean_std(row['metrics'][m], '.4f', seeds)}</td>" for m in metrics)
-        ratio = row.get("step_ratio_to_ew")
-        label = html.escape(name) + (" *" if row.get("pareto") else "")
-        rows.append(
-            f"<tr><td>{label}</td>{cells}"
-            f"<td>{mean_std(row['delta_m'], '+.2f', seeds)}</td>"
-            f"<td>{mean_std(row['delta_m_tasks'], '+.2f', seeds)}</td>"
-            f"<td>{row['mean_rank']:.2f}</td>"
-            f"<td>{'' if ratio is None else f'{ratio:.2f}'}</td></tr>"
-        )
-    header = (
-        f"<tr><th>method</th>{head}<th>Δm% (metrics) ↑</th><th>Δm% (tasks) ↑</th>"
-        "<th>mean rank ↓</th><th>step / ew</th></tr>"
+    rows_data = results["rows"]
+    both = any(
+        abs(row["delta_m"]["mean"] - row["delta_m_tasks"]["mean"]) > 1e-9
+        for row in rows_data.values()
     )
+    arrows = {True: "↑", False: "↓"}
+    columns = [f"{m} {arrows[directions[m]]}" for m in metrics]
+    columns += ["Δm% (metrics) ↑", "Δm% (tasks) ↑"] if both else ["Δm% ↑"]
+    columns += ["mean rank ↓", "train step / ew"]
+    best = {
+        m: (max if directions[m] else min)(row["metrics"][m]["mean"] for row in rows_data.values())
+        for m in metrics
+    }
+    best_delta = max(row["delta_m"]["mean"] for row in rows_data.values())
+    best_rank = min(row["mean_rank"] for row in rows_data.values())
+
+    def cell(text: str, bold: bool) -> str:
+        return f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>"
+
+    baseline = "".join(f"<td>{results['baselines'][m]:.4f}</td>" for m in metrics)
+    zeros = "<td>0</td>" * (2 if both else 1)
+    lines = [f"<tr><td>single-task</td>{baseline}{zeros}<td></td><td></td></tr>"]
+    for name, row in rows_data.items():
+        cells = [
+            cell(mean_std(row["metrics"][m], ".4f", seeds), row["metrics"][m]["mean"] == best[m])
+            for m in metrics
+        ]
+        cells.append(
+            cell(mean_std(row["delta_m"], "+.2f", seeds), row["delta_m"]["mean"] == best_delta)
+        )
+        if both:
+            cells.append(cell(mean_std(row["delta_m_tasks"], "+.2f", seeds), False))
+        cells.append(cell(f"{row['mean_rank']:.2f}", row["mean_rank"] == best_rank))
+        ratio = row.get("step_ratio_to_ew")
+        cells.append(cell("" if ratio is None else f"{ratio:.2f}", False))
+        label = html.escape(name) + (" *" if row.get("pareto") else "")
+        lines.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    header = (
+        "<tr><th>method</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
+    )
+    deltas = "Δm% against the single-task baselines (uniform over metrics, Maninis et al. 2019"
+    deltas += "; tasks: per task first, as LibMTL)" if both else ")"
     return (
         f"<p>{html.escape(results['description'])}</p><p>Mean ± std over {seeds} seed(s); test "
-        "metrics at the best validation epoch; Δm% against the single-task baselines "
-        "(metrics: uniform over metrics, Maninis et al.; tasks: per task first, LibMTL); "
-        f"* = Pareto-optimal.</p><table>{header}{''.join(rows)}</table>"
+        f"metrics at the best validation epoch; {deltas}; best value per column in bold; "
+        "* = on the Pareto front of the mean metrics. "
+        f"{html.escape(noise_verdict(results))} {html.escape(STEP_TIME_NOTE)}</p>"
+        f"<table>{header}{''.join(lines)}</table>"
     )
+
+
+def noise_verdict(results: dict[str, Any]) -> str:
+    """One sentence on whether the entries' Delta-m% differ by more than the seeds' spread."""
+    rows = list(results["rows"].values())
+    verdict = within_noise(
+        [row["delta_m"]["mean"] for row in rows], [row["delta_m"]["std"] for row in rows]
+    )
+    if verdict is None:
+        return "One seed: the differences come without an estimate of their noise."
+    if verdict:
+        return (
+            "The entries' Δm% differ by less than twice the typical seed spread: no clear winner."
+        )
+    return "Some entries' Δm% differ by more than twice the typical seed spread."
 
 
 def _benchmark_section(root: Path, base: Path, link: bool) -> str:
     results = json.loads((root / "results.json").read_text())
     prefix = root.relative_to(base).as_posix() + "/" if root != base else ""
-    image = f'<img src="{html.escape(prefix)}delta_m.png" alt="delta-m">'
-    more = f'<p><a href="{html.escape(prefix)}report.html">per-run pages</a></p>' if link else ""
+    images = f'<img src="{html.escape(prefix)}delta_m.png" alt="delta-m">'
+    if (root / "pareto.png").exists():
+        images += f'<img src="{html.escape(prefix)}pareto.png" alt="Pareto front">'
+    more = (
+        f"<p>Training curves, weights, gradient norms and the configuration of every run: "
+        f'<a href="{html.escape(prefix)}report.html">{html.escape(prefix)}report.html</a>.</p>'
+        if link
+        else ""
+    )
     return (
         f"<section><h2>Benchmark: {html.escape(results['benchmark'])}</h2>"
-        f"{_benchmark_table(results)}<div class='figures'>{image}</div>{more}</section>"
+        f"{_benchmark_table(results)}<div class='figures'>{images}</div>{more}</section>"
     )
 
 
@@ -324,6 +398,45 @@ def _toy_section(root: Path, base: Path) -> str:
     )
 
 
+def suite_summary(root: Path) -> list[str]:
+    """One line per benchmark of a suite directory: best Delta-m%, whether it is within noise,
+    the fastest entry other than ``ew``; for the toy problem, who reaches the front."""
+    suite = json.loads((root / "suite.json").read_text())
+    lines = []
+    for part in suite["parts"]:
+        if part == "toy" and (root / "toy" / "toy.json").exists():
+            toy = json.loads((root / "toy" / "toy.json").read_text())["results"]
+            starts = max(len(r["distance"]) for r in toy.values())
+            every = [name for name, r in toy.items() if r["reached"] == starts]
+            lines.append(
+                f"toy: reach the Pareto front from all {starts} starts: "
+                + (", ".join(every) if every else "none")
+            )
+            continue
+        path = root / part / "results.json"
+        if not path.exists():
+            continue
+        results = json.loads(path.read_text())
+        rows = results["rows"]
+        best = max(rows, key=lambda name: rows[name]["delta_m"]["mean"])
+        timed = {n: r["step_ratio_to_ew"] for n, r in rows.items() if r["step_ratio_to_ew"]}
+        others = {n: v for n, v in timed.items() if rows[n]["method"] != "ew"}
+        fastest = min(others, key=lambda n: others[n]) if others else None
+        text = f"{part}: best Δm% {best} ({rows[best]['delta_m']['mean']:+.2f}%)"
+        verdict = within_noise(
+            [r["delta_m"]["mean"] for r in rows.values()],
+            [r["delta_m"]["std"] for r in rows.values()],
+        )
+        if verdict is None:
+            text += ", one seed (no noise estimate)"
+        elif verdict:
+            text += ", all within seed noise"
+        if fastest is not None:
+            text += f"; fastest besides ew: {fastest} ({others[fastest]:.2f}x ew's train step)"
+        lines.append(text)
+    return lines
+
+
 def _suite_sections(root: Path) -> tuple[str, list[str]]:
     suite = json.loads((root / "suite.json").read_text())
     sections = []
@@ -332,6 +445,8 @@ def _suite_sections(root: Path) -> tuple[str, list[str]]:
             sections.append(_toy_section(root / "toy", root))
         elif (root / part / "results.json").exists():
             sections.append(_benchmark_section(root / part, root, link=True))
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in suite_summary(root))
+    sections.append(f"<section><h2>Summary</h2><ul>{summary}</ul></section>")
     sections.append(
         "<section><h2>Environment</h2>"
         f"<pre>{html.escape(json.dumps(suite['meta'], indent=1))}</pre></section>"

@@ -40,16 +40,22 @@ class _Progress:
         try:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.label, unit="run", file=sys.stderr)
+            unit = "step" if self.label == "toy" else "run"
+            self.bar = tqdm(
+                total=total, desc=self.label, unit=unit, unit_scale=unit == "step", file=sys.stderr
+            )
         except ImportError:  # pragma: no cover - tqdm is in the cli extra
             self.bar = None
 
     def __call__(self, message: str) -> None:
-        self.done += 1
+        self.advance(1, message)
+
+    def advance(self, count: int, message: str) -> None:
+        self.done += count
         if self.bar is not None:
-            self.bar.set_postfix_str(message.split(": ", 1)[-1][:40])
-            self.bar.update()
-        else:  # pragma: no cover
+            self.bar.set_postfix_str(message.split(": ", 1)[-1][:40], refresh=False)
+            self.bar.update(count)
+        elif count == 1 or self.done == self.total:  # pragma: no cover
             print(f"[{self.done}/{self.total}] {message}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -104,4 +110,8 @@ def run_named(
         "meta": {**machine_info(), "jobs": jobs, "wall_seconds": time.perf_counter() - started},
     }
     (out / "suite.json").write_text(json.dumps(suite, indent=1))
-    return write_report(out)
+    report = write_report(out)
+    from taskbalance.report import suite_summary
+
+    print("\nsummary:\n  " + "\n  ".join(suite_summary(out)), flush=True)
+    return report

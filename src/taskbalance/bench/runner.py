@@ -44,11 +44,14 @@ __all__ = ["Job", "Progress", "run_benchmark", "summarise"]
 
 
 class Progress(Protocol):
-    """Told how many runs are planned, then called once per finished run."""
+    """Told how many units of work are planned, then told of each unit done: ``__call__``
+    for one finished run, ``advance`` for a number of steps (the toy problem's runs)."""
 
     def planned(self, total: int) -> None: ...
 
     def __call__(self, message: str) -> None: ...
+
+    def advance(self, count: int, message: str) -> None: ...
 
 
 slug = run_folder  # one rule for run folders, shared with `taskbalance train`
@@ -83,6 +86,8 @@ def _execute(job: Job) -> dict[str, Any]:
     config = RunConfig.model_validate_json(job.config)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ran = {"config": json.loads(job.config), "method": json.loads(job.method)}
+    (run_dir / "run_config.json").write_text(json.dumps(ran, indent=1))
     summary = run_one(
         config, MethodConfig.model_validate_json(job.method), _data(_data_key(config)), run_dir
     )
@@ -160,12 +165,11 @@ def summarise(
     for entry in entries:
         runs = [results[(entry.display, s)] for s in range(seeds)]
         metrics = {m: _mean_std([r["test"][m] for r in runs]) for m in directions}
-        deltas = {
-            average: _mean_std(
-                [delta_m(r["test"], baselines, directions, average=average) for r in runs]
-            )
+        per_seed_deltas = {
+            average: [delta_m(r["test"], baselines, directions, average=average) for r in runs]
             for average in ("metrics", "tasks")
         }
+        deltas = {average: _mean_std(values) for average, values in per_seed_deltas.items()}
         ms = statistics.fmean(r["ms_per_step"] for r in runs)
         reference = ew_time.get(json.dumps(entry.model, sort_keys=True))
         rows[entry.display] = {
@@ -176,6 +180,7 @@ def summarise(
             "metrics": {m: {"mean": v[0], "std": v[1]} for m, v in metrics.items()},
             "per_seed": {m: [r["test"][m] for r in runs] for m in directions},
             "delta_m": {"mean": deltas["metrics"][0], "std": deltas["metrics"][1]},
+            "delta_m_per_seed": per_seed_deltas["metrics"],
             "delta_m_tasks": {"mean": deltas["tasks"][0], "std": deltas["tasks"][1]},
             "ms_per_step": round(ms, 3),
             "step_ratio_to_ew": round(ms / reference, 3) if reference else None,
@@ -198,39 +203,46 @@ def summarise(
 
 
 def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    from taskbalance.report import STEP_TIME_NOTE, noise_verdict
+
     directions = summary["directions"]
     metrics = list(directions)
-    header = [
-        "method",
-        *[f"{m} {'↑' if directions[m] else '↓'}" for m in metrics],
-        "Δm% (metrics) ↑",
-        "Δm% (tasks) ↑",
-        "mean rank ↓",
-        "step / ew",
-    ]
+    rows = summary["rows"]
+    both = any(
+        abs(row["delta_m"]["mean"] - row["delta_m_tasks"]["mean"]) > 1e-9 for row in rows.values()
+    )
+    header = ["method", *[f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]]
+    header += ["Δm% (metrics) ↑", "Δm% (tasks) ↑"] if both else ["Δm% ↑"]
+    header += ["mean rank ↓", "train step / ew"]
+    averages = (
+        "Δm% (metrics) averages over every metric (Maninis et al. 2019), Δm% (tasks) first "
+        "within each task (LibMTL)"
+        if both
+        else "Δm% averages over every metric (Maninis et al. 2019; with one metric per task "
+        "the same as LibMTL's per-task average)"
+    )
     lines = [
         f"# Benchmark `{summary['benchmark']}`",
         "",
         summary["description"],
         "",
         f"Seeds {summary['seeds']} (mean ± std); test metrics at the best validation epoch. "
-        "Δm% against the single-task baselines (first row); Δm% (metrics) averages over every "
-        "metric (Maninis et al. 2019), Δm% (tasks) first within each task (LibMTL). "
-        "Pareto-optimal rows (mean metrics) are marked *.",
+        f"Δm% against the single-task baselines (first row); {averages}. "
+        f"Pareto-optimal rows (mean metrics) are marked *. {noise_verdict(summary)} "
+        f"{STEP_TIME_NOTE}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    lines.append(
-        "| single-task | "
-        + " | ".join(f"{summary['baselines'][m]:.4f}" for m in metrics)
-        + " | 0 | 0 | | |"
-    )
+    baselines = " | ".join(f"{summary['baselines'][m]:.4f}" for m in metrics)
+    lines.append(f"| single-task | {baselines} | {'0 | ' * (2 if both else 1)}| |")
     seeds = len(summary["seeds"])
-    for name, row in summary["rows"].items():
+    for name, row in rows.items():
         cells = [mean_std(row["metrics"][m], ".4f", seeds) for m in metrics]
-        cells += [mean_std(row["delta_m"], "+.2f", seeds)]
-        cells += [mean_std(row["delta_m_tasks"], "+.2f", seeds), f"{row['mean_rank']:.2f}"]
+        cells.append(mean_std(row["delta_m"], "+.2f", seeds))
+        if both:
+            cells.append(mean_std(row["delta_m_tasks"], "+.2f", seeds))
+        cells.append(f"{row['mean_rank']:.2f}")
         ratio = row["step_ratio_to_ew"]
         cells.append("" if ratio is None else f"{ratio:.2f}")
         lines.append(f"| {name}{' *' if row['pareto'] else ''} | " + " | ".join(cells) + " |")
@@ -239,24 +251,13 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _delta_plot(summary: dict[str, Any], path: Path) -> None:
-    from taskbalance.report import _plt
+def _delta_plot(summary: dict[str, Any], path: Path) -> str:
+    """Delta-m% per entry, every seed shown (:func:`taskbalance.plots.delta_m_figure`)."""
+    from taskbalance.plots import delta_m_figure
 
-    plt = _plt()
-    names = list(summary["rows"])
-    means = [summary["rows"][n]["delta_m"]["mean"] for n in names]
-    stds = [summary["rows"][n]["delta_m"]["std"] for n in names]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(names) + 2), 3.8))
-    colors = ["tab:green" if m >= 0 else "tab:red" for m in means]
-    ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=50, ha="right", fontsize=8)
-    ax.set_ylabel("Δm% vs single-task (higher is better)")
-    ax.set_title(f"{summary['benchmark']}: Δm% (mean ± std over {len(summary['seeds'])} seeds)")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    rows = summary["rows"]
+    per_seed = [row.get("delta_m_per_seed") or [row["delta_m"]["mean"]] for row in rows.values()]
+    return delta_m_figure(list(rows), per_seed, path, title=f"{summary['benchmark']}: Δm%")
 
 
 def machine_info() -> dict[str, Any]:

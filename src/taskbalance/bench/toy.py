@@ -25,12 +25,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import Manager, get_context
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,13 @@ def parse_amortised(name: str) -> tuple[str, int]:
     return base, int(every) if every else 1
 
 
-def run(name: str, steps: int, record_every: int) -> dict[str, Any]:
+def run(
+    name: str, steps: int, record_every: int, report: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Run ``name`` from every start for ``steps`` Adam steps; ``report(k)`` is called after
+    every ``k`` further steps (about a hundred times per run)."""
     base, update_every = parse_amortised(name)
+    chunk, reported = max(1, steps // 100), 0
     instances = [methods.create(base, **SETTINGS.get(base, {})) for _ in STARTS]
     last_weights: list[torch.Tensor | None] = [None] * len(STARTS)
     x = torch.tensor(STARTS, dtype=torch.float64, requires_grad=True)
@@ -126,6 +132,9 @@ def run(name: str, steps: int, record_every: int) -> dict[str, Any]:
         optimizer.step()
         if (step + 1) % record_every == 0:
             trajectory.append(x.detach().clone())
+        if report is not None and ((step + 1) % chunk == 0 or step + 1 == steps):
+            report(step + 1 - reported)
+            reported = step + 1
     final = x.detach()
     distances = [distance_to_front(point) for point in final]
     return {
@@ -141,6 +150,7 @@ def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     grid = torch.linspace(-10, 10, 300, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
@@ -170,25 +180,91 @@ def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> No
                 zorder=4,
             )
         hits = sum(d <= threshold for d in result["distance"])
-        ax.set_title(f"{name}: {hits}/5 reach the front")
+        ax.set_title(f"{name}: {hits}/{len(STARTS)} reach the front", fontsize=10)
         ax.set_xlim(-10, 10)
         ax.set_ylim(-10, 10)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
     for ax in list(axes.flat)[len(results) :]:
         ax.axis("off")
-    fig.tight_layout()
+    legend = [
+        Line2D([], [], color="0.5", linewidth=0.6, label="contours of f1 + f2"),
+        Line2D([], [], color="gold", linewidth=4, label="Pareto front (x2 = -8.3552, |x1| <= 7)"),
+        Line2D([], [], color="black", marker="o", linestyle="", markersize=4, label="start"),
+        Line2D(
+            [],
+            [],
+            color="tab:green",
+            linewidth=1.5,
+            marker="*",
+            markersize=9,
+            label=f"trajectory and end: reaches the front (within {threshold})",
+        ),
+        Line2D(
+            [],
+            [],
+            color="tab:red",
+            linewidth=1.5,
+            marker="*",
+            markersize=9,
+            label="trajectory and end: does not reach it",
+        ),
+    ]
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.1, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def _run_cached(name: str, steps: int, cache: Path, fresh: bool) -> dict[str, Any]:
+def fingerprint(name: str, steps: int) -> str:
+    """What a run's result depends on: its name and settings, the step count, the torch version
+    and the source of this module, of ``aggregate`` and of every method and solver. A cached
+    run is reused only when its fingerprint matches, so a changed method is never reported
+    with an old result."""
+    package = Path(taskbalance.__file__).parent
+    files = [Path(__file__), package / "aggregate.py"]
+    files += sorted((package / "methods").rglob("*.py")) + sorted(
+        (package / "solvers").rglob("*.py")
+    )
+    digest = hashlib.sha256()
+    base = parse_amortised(name)[0]
+    digest.update(json.dumps([name, steps, SETTINGS.get(base), CLIP, torch.__version__]).encode())
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _run_cached(
+    name: str, steps: int, cache: Path, fresh: bool, queue: Any = None
+) -> dict[str, Any]:
     torch.set_num_threads(1)
     cached = cache / f"{name}_{steps}.json"
+    key = fingerprint(name, steps)
     if cached.exists() and not fresh:
         result: dict[str, Any] = json.loads(cached.read_text())
-        return result
-    result = run(name, steps, record_every=max(1, steps // 500))
+        if result.get("fingerprint") == key:
+            if queue is not None:
+                queue.put((name, steps))
+            return result
+
+    def report(count: int) -> None:
+        if queue is not None:
+            queue.put((name, count))
+
+    result = run(name, steps, record_every=max(1, steps // 500), report=report)
+    result["fingerprint"] = key
     cached.write_text(json.dumps(result))
     return result
+
+
+class _LocalQueue:
+    """The queue interface for runs in this process: forwards progress at once."""
+
+    def __init__(self, forward: Callable[[str, int], None]) -> None:
+        self.forward = forward
+
+    def put(self, item: tuple[str, int]) -> None:
+        self.forward(*item)
 
 
 def run_toy(
@@ -207,20 +283,33 @@ def run_toy(
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
+    done: dict[str, int] = dict.fromkeys(methods, 0)
     if progress:
-        progress.planned(len(methods))
+        progress.planned(len(methods) * steps)
+
+    def advance(name: str, count: int) -> None:
+        done[name] += count
+        if progress:
+            running = [n for n in methods if 0 < done[n] < steps]
+            progress.advance(count, "toy: " + (", ".join(running) or name))
+
     if jobs <= 1:
         for name in methods:
-            results[name] = _run_cached(name, steps, cache, fresh)
-            if progress:
-                progress(f"toy: {name}")
+            results[name] = _run_cached(name, steps, cache, fresh, _LocalQueue(advance))
     else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cached, n, steps, cache, fresh): n for n in methods}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                if progress:
-                    progress(f"toy: {futures[future]}")
+        with (
+            Manager() as manager,
+            ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool,
+        ):
+            queue = manager.Queue()
+            futures = {pool.submit(_run_cached, n, steps, cache, fresh, queue): n for n in methods}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                while not queue.empty():
+                    advance(*queue.get())
+                for future in finished:
+                    results[futures[future]] = future.result()
     results = {name: results[name] for name in methods}
     header = [
         "method",
@@ -264,11 +353,21 @@ def run_toy(
 
 
 class _PrintProgress:
+    def __init__(self) -> None:
+        self.total, self.done, self.shown = 0, 0, -1
+
     def planned(self, total: int) -> None:
-        print(f"{total} methods", flush=True)
+        self.total = total
 
     def __call__(self, message: str) -> None:
         print(message, flush=True)
+
+    def advance(self, count: int, message: str) -> None:
+        self.done += count
+        percent = 100 * self.done // max(self.total, 1)
+        if percent // 10 != self.shown:
+            self.shown = percent // 10
+            print(f"{percent:3d}% {message}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,9 @@ import copy
 import itertools
 import logging
 import math
+import statistics
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -229,6 +231,22 @@ class Trainer:
         self._metric_values: list[float] | None = None
         self._micro = 0
         self._generators: dict[str, torch.Generator] = {}
+        # seconds of each optimizer step's own work (forward, balancing backward, optimizer
+        # step; no data loading, validation, checkpoints or logging): see step_time_ms
+        self.step_seconds: list[float] = []
+        self._step_clock = 0.0
+
+    @property
+    def step_time_ms(self) -> float | None:
+        """Median milliseconds of one optimizer step's own work in this process: moving the
+        batch to the device, forward, losses, balancing backward (every micro-batch of a
+        gradient-accumulation step) and the optimizer step. Data loading, validation,
+        checkpoints, logging and callbacks are not included. Host time: on CUDA, kernels
+        still running when a step returns count towards a later step. ``None`` before the
+        first step."""
+        if not self.step_seconds:
+            return None
+        return 1000 * statistics.median(self.step_seconds)
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -318,6 +336,7 @@ class Trainer:
     def _train_batch(self, batch: Any) -> bool:
         """Forward, balance and (every ``grad_accumulation`` batches) step; returns whether
         the optimizer stepped."""
+        started = time.perf_counter()
         data = unpack_batch(batch)
         inputs = _to(data.inputs, self.device)
         self.model.train()
@@ -345,6 +364,7 @@ class Trainer:
             self._update_loss_scale(info.skipped)
         self._micro = (self._micro + 1) % self.grad_accumulation
         if self._micro != 0:
+            self._step_clock += time.perf_counter() - started
             return False
         has_grad = any(p.grad is not None for p in self.model.parameters())
         if has_grad:
@@ -352,6 +372,8 @@ class Trainer:
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.step_seconds.append(self._step_clock + time.perf_counter() - started)
+        self._step_clock = 0.0
         self.global_step += 1
         if info is not None and self.global_step % self.log_every == 0:
             details = info.as_dict()
