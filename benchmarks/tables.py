@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from taskbalance.plots import close_to_best
+
 RESULTS = Path(__file__).parent / "results"
 MAX_METRIC_COLUMNS = 4  # many-task benchmarks show only the summary columns
 
@@ -170,18 +172,18 @@ def evidence_table() -> str:
         results = json.loads(path.read_text())
         rows = results["rows"]
         ranked = sorted(rows.items(), key=lambda item: -item[1]["delta_m"]["mean"])
-        best = ranked[0][1]["delta_m"]
         top = ", ".join(
             f"{name} {row['delta_m']['mean']:+.2f} ± {row['delta_m']['std']:.2f}"
             for name, row in ranked[:3]
         )
         ew = next((row for name, row in rows.items() if name.split(" / ")[-1] == "ew"), None)
         ew_text = "" if ew is None else f"{ew['delta_m']['mean']:+.2f}"
-        close = [
-            name for name, row in ranked if row["delta_m"]["mean"] >= best["mean"] - best["std"]
-        ]
+        close = close_to_best(
+            [row["delta_m"]["mean"] for row in rows.values()],
+            [row["delta_m"]["std"] for row in rows.values()],
+        )
         cells = [results["benchmark"], str(len(results["seeds"])), top, ew_text]
-        lines.append("| " + " | ".join([*cells, f"{len(close)} of {len(rows)}"]) + " |")
+        lines.append("| " + " | ".join([*cells, f"{close or 1} of {len(rows)}"]) + " |")
     return "\n".join(lines)
 
 

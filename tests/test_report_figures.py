@@ -21,12 +21,12 @@ from taskbalance.models import HardSharing
 pytest.importorskip("matplotlib")
 
 from taskbalance.plots import (
+    close_to_best,
     curves_figure,
     delta_m_figure,
     heatmap_figure,
     pareto_figure,
     smooth,
-    within_noise,
 )
 
 DIRECTIONS = {"a/accuracy": True, "b/accuracy": True, "c/mae": False}
@@ -84,21 +84,21 @@ def test_comparison_table_stars_match_the_plot(tmp_path: Path) -> None:
     assert "train step ms" in page
 
 
-def test_within_noise() -> None:
-    assert within_noise([0.1, 0.2, 0.15], [0.3, 0.2, 0.25]) is True
-    assert within_noise([1.0, 5.0], [0.1, 0.2]) is False
-    assert within_noise([1.0, 5.0], [0.0, 0.0]) is None  # one seed: no spread
+def test_close_to_best_counts_entries_within_the_best_ones_spread() -> None:
+    assert close_to_best([0.1, 0.2, 0.15], [0.3, 0.2, 0.25]) == 3
+    assert close_to_best([1.0, 5.0], [0.1, 0.2]) == 1
+    assert close_to_best([1.0, 5.0], [0.0, 0.0]) is None  # one seed: no spread
 
 
 def test_delta_m_figure_says_when_differences_are_noise(tmp_path: Path) -> None:
     caption = delta_m_figure(
         ["ew", "pcgrad"], [[0.01, -0.05, 0.03], [0.02, 0.1, -0.08]], tmp_path / "d.png", "t"
     )
-    assert "within the seeds' spread" in caption
+    assert "2 of 2 entries are within one std of the best" in caption
     one_seed = delta_m_figure(["ew", "pcgrad"], [[0.01], [0.17]], tmp_path / "e.png", "t")
     assert "one seed" in one_seed
     clear = delta_m_figure(["ew", "mgda"], [[0.0, 0.1], [-25.0, -24.0]], tmp_path / "f.png", "t")
-    assert "more than the spread" in clear
+    assert "leads by more than its seed spread" in clear
 
 
 def test_curves_skip_constant_series_and_smooth(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
   line (a projection of a many-metric front is not a curve), labels placed by ``adjustText``.
 * :func:`delta_m_figure`: Delta-m% per entry with every seed as a dot, the mean as a bar, the
   zero line, an axis of at least +-1% so that noise does not fill it, and a caption saying
-  whether the differences are within the seeds' spread.
+  how many entries are within one seed-std of the best (:func:`close_to_best`).
 * :func:`curves_figure`: training curves with y labels, one panel per unit (a validation
   accuracy and an MAE never share an axis), noisy series smoothed with the raw values faint,
   and constant series (``ew``'s weights) replaced by a note.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,13 @@ from typing import Any
 from taskbalance.metrics import pareto_front
 
 __all__ = [
+    "close_to_best",
     "curves_figure",
     "delta_m_figure",
     "heatmap_figure",
+    "noise_caption",
     "pareto_figure",
     "smooth",
-    "within_noise",
 ]
 
 MAX_PANEL_METRICS = 4  # beyond: parallel coordinates
@@ -82,13 +84,12 @@ def pareto_figure(
         f"Pareto front over all {len(metrics)} metrics (red: no other entry is at least as "
         "good on every metric and better on one)"
     )
+    pairs = list(itertools.combinations(metrics, 2))
     if len(metrics) <= MAX_PANEL_METRICS:
-        pairs = list(itertools.combinations(metrics, 2))
         columns = min(3, len(pairs))
         rows = math.ceil(len(pairs) / columns)
-        fig, axes = plt.subplots(
-            rows, columns, figsize=(4.6 * columns, 4.0 * rows + 0.8), squeeze=False
-        )
+        width = max(6.5, 4.6 * columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(width, 4.0 * rows + 0.8), squeeze=False)
         for ax, (x_key, y_key) in zip(axes.flat, pairs, strict=False):
             texts = []
             for name, row in table.items():
@@ -142,21 +143,37 @@ def pareto_figure(
     ]
     if len(metrics) <= MAX_PANEL_METRICS:
         fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
+    heading = f"{title}: {caption}" if title else caption
+    characters = int(fig.get_figwidth() * 13)  # about 13 characters per inch at 9 pt
+    fig.suptitle(textwrap.fill(heading, characters), fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return front
 
 
-def within_noise(means: Sequence[float], stds: Sequence[float]) -> bool | None:
-    """Whether the spread of the means is within the typical seed spread: the range of the
-    means is at most twice the median standard deviation. ``None`` without a spread (one
-    seed)."""
-    spreads = [s for s in stds if s > 0]
-    if not spreads or len(means) < 2:
+def close_to_best(means: Sequence[float], stds: Sequence[float]) -> int | None:
+    """How many entries' mean lies within one standard deviation (over seeds) of the best
+    entry's mean, the best included: 1 means the best is ahead by more than its own seed
+    spread; more means those entries are not told apart by this many seeds. ``None`` without a
+    spread (one seed)."""
+    if not means or all(s == 0 for s in stds):
         return None
-    return max(means) - min(means) <= 2 * statistics.median(spreads)
+    best = max(range(len(means)), key=lambda i: means[i])
+    return sum(m >= means[best] - stds[best] for m in means)
+
+
+def noise_caption(means: Sequence[float], stds: Sequence[float], seeds: int) -> str:
+    """One sentence saying whether the best entry stands out from the seed noise."""
+    close = close_to_best(means, stds)
+    if close is None:
+        return "one seed: no estimate of the noise, differences may not be real"
+    if close == 1:
+        return f"mean of {seeds} seeds: the best entry leads by more than its seed spread"
+    return (
+        f"mean of {seeds} seeds: {close} of {len(means)} entries are within one std of the "
+        "best, not told apart by these seeds"
+    )
 
 
 def delta_m_figure(
@@ -171,23 +188,21 @@ def delta_m_figure(
     means = [statistics.fmean(values) for values in per_seed]
     stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in per_seed]
     seeds = min(len(values) for values in per_seed)
-    verdict = within_noise(means, stds)
-    if verdict is None:
-        caption = "one seed: no estimate of the noise, differences may not be real"
-    elif verdict:
-        caption = f"differences within the seeds' spread ({seeds} seeds): no clear winner"
-    else:
-        caption = f"mean of {seeds} seeds (dots: each seed); bars differ by more than the spread"
+    caption = noise_caption(means, stds, seeds)
+    if seeds > 1:
+        caption += " (dots: each seed)"
     fig, ax = plt.subplots(figsize=(max(5.5, 0.55 * len(names) + 2), 4.0))
     colors = ["tab:green" if m >= 0 else "tab:red" for m in means]
     ax.bar(range(len(names)), means, color=colors, alpha=0.55, zorder=2)
     for index, values in enumerate(per_seed):
         ax.scatter([index] * len(values), values, color="black", s=10, zorder=3)
     ax.axhline(0, color="black", linewidth=0.9)
-    extent = max([MIN_DELTA_AXIS, *(abs(v) for values in per_seed for v in values)])
-    ax.set_ylim(-1.15 * extent, 1.15 * extent)
+    values = [v for seed_values in per_seed for v in seed_values]
+    low, high = min([-MIN_DELTA_AXIS, *values]), max([MIN_DELTA_AXIS, *values])
+    margin = 0.12 * (high - low)
+    ax.set_ylim(low - margin, high + margin)
     ax.set_xticks(range(len(names)), names, rotation=50, ha="right", fontsize=8)
-    ax.set_ylabel("Δm% vs single-task models (higher is better)")
+    ax.set_ylabel("Δm% vs single-task (higher is better)", fontsize=9)
     ax.set_title(f"{title}\n{caption}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

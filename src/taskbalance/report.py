@@ -25,10 +25,11 @@ from typing import Any
 
 from taskbalance._validation import run_folder
 from taskbalance.plots import (
+    close_to_best,
     curves_figure,
     heatmap_figure,
+    noise_caption,
     pareto_figure,
-    within_noise,
 )
 
 __all__ = ["write_report"]
@@ -143,7 +144,7 @@ def _run_figures(run_dir: Path) -> tuple[list[Path], list[str]]:
         if drawn:
             images.append(figures / file)
         if note:
-            notes.append(f"{title}: {note} (not plotted)")
+            notes.append(f"{note} (not plotted)")
     cosine = _mean_cosines(steps)
     if cosine is not None:
         matrix, tasks = cosine
@@ -233,6 +234,21 @@ STEP_TIME_NOTE = (
 )
 
 
+OLD_STEP_TIME_NOTE = (
+    "step / ew in these results: whole fit() time per optimizer step (validation, checkpoints "
+    "and logging included; measured before the train-step timer existed), which understates "
+    "the gradient methods' cost; `taskbalance bench` now times the train step alone."
+)
+
+
+def step_time_column(results: dict[str, Any]) -> tuple[str, str]:
+    """The step-time column's header and its note: train-step time for results written by
+    this version, fit time per step for older committed results (said so)."""
+    if results.get("step_time") == "train_step":
+        return "train step / ew", STEP_TIME_NOTE
+    return "fit time per step / ew", OLD_STEP_TIME_NOTE
+
+
 def _comparison(root: Path, summary: dict[str, Any]) -> str:
     runs = summary["runs"]
     keys = [k for k in runs[0]["test"] if "/" in k and not k.endswith("/loss")]
@@ -302,7 +318,8 @@ def _benchmark_table(results: dict[str, Any]) -> str:
     arrows = {True: "↑", False: "↓"}
     columns = [f"{m} {arrows[directions[m]]}" for m in metrics]
     columns += ["Δm% (metrics) ↑", "Δm% (tasks) ↑"] if both else ["Δm% ↑"]
-    columns += ["mean rank ↓", "train step / ew"]
+    step_header, step_note = step_time_column(results)
+    columns += ["mean rank ↓", step_header]
     best = {
         m: (max if directions[m] else min)(row["metrics"][m]["mean"] for row in rows_data.values())
         for m in metrics
@@ -334,30 +351,24 @@ def _benchmark_table(results: dict[str, Any]) -> str:
     header = (
         "<tr><th>method</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
     )
+    spread = f"Mean ± std over {seeds} seeds" if seeds > 1 else "One seed"
     deltas = "Δm% against the single-task baselines (uniform over metrics, Maninis et al. 2019"
     deltas += "; tasks: per task first, as LibMTL)" if both else ")"
     return (
-        f"<p>{html.escape(results['description'])}</p><p>Mean ± std over {seeds} seed(s); test "
-        f"metrics at the best validation epoch; {deltas}; best value per column in bold; "
+        f"<p>{html.escape(results['description'])}</p><p>{spread}; test metrics at the best "
+        f"validation epoch; {deltas}; best value per column in bold; "
         "* = on the Pareto front of the mean metrics. "
-        f"{html.escape(noise_verdict(results))} {html.escape(STEP_TIME_NOTE)}</p>"
+        f"{html.escape(noise_verdict(results))} {html.escape(step_note)}</p>"
         f"<table>{header}{''.join(lines)}</table>"
     )
 
 
 def noise_verdict(results: dict[str, Any]) -> str:
-    """One sentence on whether the entries' Delta-m% differ by more than the seeds' spread."""
+    """One sentence on whether the best entry's Delta-m% stands out from the seeds' spread."""
     rows = list(results["rows"].values())
-    verdict = within_noise(
-        [row["delta_m"]["mean"] for row in rows], [row["delta_m"]["std"] for row in rows]
-    )
-    if verdict is None:
-        return "One seed: the differences come without an estimate of their noise."
-    if verdict:
-        return (
-            "The entries' Δm% differ by less than twice the typical seed spread: no clear winner."
-        )
-    return "Some entries' Δm% differ by more than twice the typical seed spread."
+    means = [row["delta_m"]["mean"] for row in rows]
+    stds = [row["delta_m"]["std"] for row in rows]
+    return "Δm%: " + noise_caption(means, stds, len(results["seeds"])) + "."
 
 
 def _benchmark_section(root: Path, base: Path, link: bool) -> str:
@@ -423,14 +434,14 @@ def suite_summary(root: Path) -> list[str]:
         others = {n: v for n, v in timed.items() if rows[n]["method"] != "ew"}
         fastest = min(others, key=lambda n: others[n]) if others else None
         text = f"{part}: best Δm% {best} ({rows[best]['delta_m']['mean']:+.2f}%)"
-        verdict = within_noise(
+        close = close_to_best(
             [r["delta_m"]["mean"] for r in rows.values()],
             [r["delta_m"]["std"] for r in rows.values()],
         )
-        if verdict is None:
+        if close is None:
             text += ", one seed (no noise estimate)"
-        elif verdict:
-            text += ", all within seed noise"
+        elif close > 1:
+            text += f", {close} of {len(rows)} entries within one seed-std of it"
         if fastest is not None:
             text += f"; fastest besides ew: {fastest} ({others[fastest]:.2f}x ew's train step)"
         lines.append(text)

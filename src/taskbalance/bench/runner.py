@@ -86,7 +86,9 @@ def _execute(job: Job) -> dict[str, Any]:
     config = RunConfig.model_validate_json(job.config)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ran = {"config": json.loads(job.config), "method": json.loads(job.method)}
+    ran = json.loads(job.config)  # the configuration this run trained with; its method is
+    ran.pop("methods", None)  # the job's own (the base config's method list did not run)
+    ran["method"] = json.loads(job.method)
     (run_dir / "run_config.json").write_text(json.dumps(ran, indent=1))
     summary = run_one(
         config, MethodConfig.model_validate_json(job.method), _data(_data_key(config)), run_dir
@@ -196,6 +198,7 @@ def summarise(
         "benchmark": spec.name,
         "description": spec.description,
         "seeds": list(range(seeds)),
+        "step_time": "train_step",  # ms_per_step: Trainer.step_time_ms (older: fit time)
         "directions": directions,
         "baselines": baselines,
         "rows": rows,
@@ -203,7 +206,7 @@ def summarise(
 
 
 def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
-    from taskbalance.report import STEP_TIME_NOTE, noise_verdict
+    from taskbalance.report import noise_verdict, step_time_column
 
     directions = summary["directions"]
     metrics = list(directions)
@@ -213,7 +216,8 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     )
     header = ["method", *[f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]]
     header += ["Δm% (metrics) ↑", "Δm% (tasks) ↑"] if both else ["Δm% ↑"]
-    header += ["mean rank ↓", "train step / ew"]
+    step_header, step_note = step_time_column(summary)
+    header += ["mean rank ↓", step_header]
     averages = (
         "Δm% (metrics) averages over every metric (Maninis et al. 2019), Δm% (tasks) first "
         "within each task (LibMTL)"
@@ -229,7 +233,7 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Seeds {summary['seeds']} (mean ± std); test metrics at the best validation epoch. "
         f"Δm% against the single-task baselines (first row); {averages}. "
         f"Pareto-optimal rows (mean metrics) are marked *. {noise_verdict(summary)} "
-        f"{STEP_TIME_NOTE}",
+        f"{step_note}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -249,6 +253,27 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += ["", "![Delta-m per method](delta_m.png)", "", "```", json.dumps(meta, indent=1)]
     lines.append("```")
     return "\n".join(lines) + "\n"
+
+
+def render_results(root: Path) -> None:
+    """Rewrite ``results.md`` and ``delta_m.png`` of a benchmark directory from its
+    ``results.json`` (for committed results after the report format changes; per-seed Delta-m
+    is recomputed from the per-seed metrics where an older file lacks it)."""
+    summary = json.loads((root / "results.json").read_text())
+    for row in summary["rows"].values():
+        if "delta_m_per_seed" not in row:
+            seeds = len(next(iter(row["per_seed"].values())))
+            row["delta_m_per_seed"] = [
+                delta_m(
+                    {m: values[s] for m, values in row["per_seed"].items()},
+                    summary["baselines"],
+                    summary["directions"],
+                )
+                for s in range(seeds)
+            ]
+    (root / "results.json").write_text(json.dumps(summary, indent=1))
+    (root / "results.md").write_text(_markdown(summary, summary.get("meta", {})))
+    _delta_plot(summary, root / "delta_m.png")
 
 
 def _delta_plot(summary: dict[str, Any], path: Path) -> str:

@@ -107,7 +107,15 @@ _CENSUS = BenchmarkSpec(
         "model": _CENSUS_MODELS["shared-bottom"],
         "training": {"epochs": 6, "optimizer": {"name": "adam", "lr": 1e-3}},
     },
-    quick=tuple(_census_entries(("ew",))),
+    # the main job: the three architectures with equal weights, and three balancing methods on
+    # the shared bottom (architecture and method effects side by side, 6 runs)
+    quick=(
+        *_census_entries(("ew",)),
+        *(
+            Entry(method, model=_CENSUS_MODELS["shared-bottom"], label=f"shared-bottom / {method}")
+            for method in ("famo", "pcgrad", "nash_mtl")
+        ),
+    ),
     full=tuple(_census_entries(("ew", "famo", "pcgrad", "nash_mtl"))),
     data_source="adult",
 )
