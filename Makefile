@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-digits data test test-slow lint typecheck check docs docs-serve bench bench-full clean
+.PHONY: demo demo-digits data test test-slow lint typecheck check docs docs-serve bench bench-gpu bench-full clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/gram_memory.py --out benchmarks/results/gram_memory.json
 	$(PY) benchmarks/solver_time.py --compare --out benchmarks/results/solver_time_compare.json
 	$(PY) benchmarks/solver_time.py --out benchmarks/results/solver_time.json
+
+# the same speed and memory comparison on CUDA (CUDA events, max_memory_allocated), TorchJD and
+# LibMTL beside ours, into benchmarks/results/gpu/; says so and exits 2 without a CUDA device
+bench-gpu: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
+	$(PIP) install --quiet --no-deps LibMTL==1.1.5
+	$(PY) benchmarks/gpu.py
 
 # every benchmark, every entry, 3 seeds: regenerates the tables in benchmarks/results/
 bench-full: data

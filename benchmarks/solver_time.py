@@ -22,13 +22,13 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import taskbalance
+from bench_device import device, set_device, timed
 from taskbalance import methods
 from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Context
@@ -38,6 +38,7 @@ def problem(num_tasks: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torc
     generator = torch.Generator().manual_seed(seed)
     J = torch.randn(num_tasks, dim, generator=generator)
     J[1::2] = -0.5 * J[0::2][: J[1::2].shape[0]] + 0.5 * J[1::2]
+    J = J.to(device())
     return J, (J.double() @ J.double().T)
 
 
@@ -48,7 +49,7 @@ def time_method(
     J, G = problem(num_tasks, dim)
     losses = (
         torch.rand(num_tasks, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.1
-    )
+    ).to(device())
     needs = methods.get(name).needs
     ctx = Context(
         num_tasks=num_tasks,
@@ -60,9 +61,8 @@ def time_method(
     times = []
     for _ in range(repeats):
         method = methods.create(name, **(hparams or {}))
-        begin = time.perf_counter()
-        combination = method(ctx)
-        times.append(time.perf_counter() - begin)
+        seconds, combination = timed(lambda method=method: method(ctx))
+        times.append(seconds)
     if combination.weights is not None:
         direction = combination.weights.double() @ J.double()
     else:
@@ -85,16 +85,14 @@ def time_torchjd(
         if equivalent.weighting is not None:
             weighting = equivalent.weighting(num_tasks)
             gram = G.float()
-            begin = time.perf_counter()
-            weights = weighting(gram)
-            times.append(time.perf_counter() - begin)
+            seconds, weights = timed(lambda weighting=weighting, gram=gram: weighting(gram))
+            times.append(seconds)
             direction = weights.double() @ J.double()
             path = "weighting(G)"
         else:
             aggregator = equivalent.aggregator(num_tasks)
-            begin = time.perf_counter()
-            out = aggregator(J)
-            times.append(time.perf_counter() - begin)
+            seconds, out = timed(lambda aggregator=aggregator: aggregator(J))
+            times.append(seconds)
             direction = out.double()
             path = "aggregator(J)"
     return statistics.median(times), direction, path
@@ -120,8 +118,10 @@ def main() -> None:
         help="also time TorchJD's same method and report the agreement of the directions",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA events)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if set_device(args.device).type == "cpu":
+        torch.set_num_threads(1)
     names = args.methods or [n for n in methods.available() if methods.get(n).needs > Need.LOSSES]
     equivalents: dict[str, Any] = {}
     if args.compare:
@@ -162,6 +162,7 @@ def main() -> None:
             "machine": platform.platform(),
             "processor": platform.processor(),
             "dim": args.dim,
+            "device": str(device()),
             "repeats": args.repeats,
             "unit": "ms",
         }

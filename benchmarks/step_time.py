@@ -30,7 +30,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench_device import cuda_peak_mib, device, set_device, timed
 from taskbalance import Balancer, methods
 from taskbalance.bench.runner import machine_info
 from taskbalance.engine.needs import Need
@@ -91,6 +91,17 @@ class Floor(Method):
 FLOORS = {"floor:gramian": Need.GRAMIAN, "floor:jacobian": Need.JACOBIAN}
 
 
+def problem(num_tasks: int) -> tuple[Net, Tensor, list[Tensor], torch.optim.Optimizer]:
+    """The benchmark model, batch, labels and optimizer on the benchmark device (seed 0)."""
+    torch.manual_seed(0)
+    model = Net(num_tasks)
+    x = torch.randn(256, 128)
+    ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
+    model = model.to(device())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    return model, x.to(device()), [y.to(device()) for y in ys], optimizer
+
+
 def make_step(
     num_tasks: int, method: str | None, level: str, update_every: int = 1
 ) -> Callable[[], None]:
@@ -100,11 +111,7 @@ def make_step(
     materialises the Jacobian, ``"parameters:gramian"`` takes the layer-wise Gram path
     (``"parameters"`` alone: the ``auto`` choice)."""
     level, _, engine = level.partition(":")
-    torch.manual_seed(0)
-    model = Net(num_tasks)
-    x = torch.randn(256, 128)
-    ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model, x, ys, optimizer = problem(num_tasks)
     balancer = None
     if method is not None:
         hparams = DEFAULT_HPARAMS.get(method, lambda t: {})(num_tasks)
@@ -142,11 +149,7 @@ def make_torchjd_step(num_tasks: int, method: str, path: str) -> Callable[[], No
     from torchjd_equivalents import available
 
     equivalent = available()[method] if method != "mean" else None
-    torch.manual_seed(0)
-    model = Net(num_tasks)
-    x = torch.randn(256, 128)
-    ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model, x, ys, optimizer = problem(num_tasks)
     shared = list(model.trunk.parameters())
     if path == "autojac":
         from torchjd.aggregation import Mean
@@ -186,11 +189,7 @@ def make_libmtl_step(num_tasks: int, method: str) -> Callable[[], None]:
     its per-task ``loss.backward(retain_graph=True)`` loop, its solver, its ``.grad`` reset."""
     from libmtl_equivalents import harness
 
-    torch.manual_seed(0)
-    model = Net(num_tasks)
-    x = torch.randn(256, 128)
-    ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model, x, ys, optimizer = problem(num_tasks)
     weighting, kwargs = harness(method, model.trunk, num_tasks)
 
     def step() -> None:
@@ -225,8 +224,14 @@ def probe_peak(num_tasks: int, method: str, level: str, library: str) -> float:
 
 
 def peak_memory_mb(num_tasks: int, method: str, level: str, library: str) -> float:
-    """:func:`probe_peak` in a fresh Python process (so configurations do not share caches)."""
+    """:func:`probe_peak` in a fresh Python process (so configurations do not share caches);
+    on CUDA, the peak allocated device memory of 3 steps in this process."""
     import subprocess
+
+    if device().type == "cuda":
+        step = build(num_tasks, method, level, library)
+        step()  # warm-up: optimizer state and cached kernels exist before the peak is taken
+        return cuda_peak_mib(step)
 
     here = str(Path(__file__).parent)
     code = (
@@ -262,9 +267,7 @@ def measure_interleaved(
     times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
     for _ in range(repeats):
         for key, step in steps.items():
-            begin = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - begin)
+            times[key].append(timed(step)[0])
     return {key: (statistics.median(v), statistics.mean(v)) for key, v in times.items()}
 
 
@@ -278,6 +281,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA events)")
     parser.add_argument(
         "--compare",
         action="store_true",
@@ -297,7 +301,8 @@ def main() -> None:
         help="also measure extra peak memory (fresh process per configuration) for these methods",
     )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if set_device(args.device).type == "cpu":
+        torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
     equivalents: dict[str, Any] = {}
     libmtl: dict[str, Any] = {}
@@ -395,6 +400,8 @@ def main() -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = machine_info() | {
+            "device": str(device()),
+            "gpu": torch.cuda.get_device_name(device()) if device().type == "cuda" else None,
             "threads": torch.get_num_threads(),
             "warmup": args.warmup,
             "repeats": args.repeats,

@@ -187,7 +187,20 @@ def evidence_table() -> str:
     return "\n".join(lines)
 
 
+def host_sync_table(rows: list[dict]) -> str:  # type: ignore[type-arg]
+    """Host syncs per Balancer.backward per method and level (host_syncs.py)."""
+    columns = _task_columns(rows)
+    header = ["method", "level", *[c.replace("=", " = ") for c in columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join([row["method"], row["level"], *[str(row[c]) for c in columns]]) + " |"
+        )
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "host-syncs": lambda: host_sync_table(_load("host_syncs.json")["rows"]),
     "method-evidence": evidence_table,
     "step-time": lambda: performance_table(_load("step_time_compare.json")["rows"]),
     "gram-memory": lambda: memory_table(_load("gram_memory.json")["rows"]),

@@ -144,8 +144,20 @@ def test_nash_mtl_orthogonal_gradients() -> None:
     J = torch.diag(norms)
     G = J @ J.T
     frobenius = torch.linalg.matrix_norm(G)
-    # alpha_i = 1 / |g_i| for the Frobenius-normalised matrix
-    torch.testing.assert_close(weights("nash_mtl", J), frobenius.sqrt() / norms)
+    # the authors' code (its normalisation cancels in its constraint): alpha_i = 1 / |g_i|
+    torch.testing.assert_close(weights("nash_mtl", J), 1 / norms)
+    # gram="frobenius": alpha_i = 1 / |g_i| for G / ||G||_F
+    frobenius_weights = weights("nash_mtl", J, gram="frobenius")
+    torch.testing.assert_close(frobenius_weights, frobenius.sqrt() / norms)
+
+
+@given(seed=st.integers(0, 10_000), num_tasks=st.integers(1, 8))
+def test_nash_mtl_update_has_length_sqrt_t_at_every_scale(seed: int, num_tasks: int) -> None:
+    # d = J^T alpha with alpha_i (G alpha)_i = 1: |d|^2 = alpha^T G alpha = T
+    J = random_jacobian(seed, num_tasks, 12)
+    for scale in (1e-8, 1.0, 1e8):
+        d = aggregate("nash_mtl", scale * J)
+        assert float(d.norm()) == pytest.approx(num_tasks**0.5, rel=1e-6)
 
 
 @given(seed=st.integers(0, 10_000))
@@ -161,10 +173,12 @@ def test_nash_mtl_two_tasks_follow_the_normalised_gradient_sum(seed: int) -> Non
 def test_nash_mtl_solves_the_bargaining_condition(seed: int, num_tasks: int) -> None:
     J = random_jacobian(seed, num_tasks, 12)
     G = J @ J.T
-    G = G / torch.linalg.matrix_norm(G)
     alpha = weights("nash_mtl", J)
     assert torch.all(alpha > 0)
     torch.testing.assert_close(G @ alpha, 1 / alpha, rtol=1e-7, atol=1e-9)
+    normalised = G / torch.linalg.matrix_norm(G)
+    beta = weights("nash_mtl", J, gram="frobenius")
+    torch.testing.assert_close(normalised @ beta, 1 / beta, rtol=1e-7, atol=1e-9)
 
 
 def test_nash_mtl_max_norm_and_update_every() -> None:
@@ -175,8 +189,37 @@ def test_nash_mtl_max_norm_and_update_every() -> None:
     first = aggregate(method, J)
     torch.testing.assert_close(aggregate(method, J * 2), first * 2)  # weights reused
     torch.testing.assert_close(aggregate(method, J * 2), first * 2)
-    # 4th call recomputes: Nash weights are scale-invariant, so the update matches the 2J solve
+    # 4th call recomputes (from the reused weights as a warm start): the 2J solve
     torch.testing.assert_close(aggregate(method, J * 2), aggregate("nash_mtl", J * 2))
+
+
+def test_nash_mtl_warm_start_gives_the_cold_solution_in_fewer_iterations() -> None:
+    from taskbalance.solvers import power_equation
+
+    method = methods.create("nash_mtl")
+    base = random_jacobian(5, 3, 20)
+    # nearly Pareto-stationary (0 almost in the convex hull): large weights, many cold steps
+    J = torch.stack([base[0], base[1], -(base[0] + base[1]) + 1e-3 * base[2]])
+    iterations: list[int] = []
+    original = power_equation._phi
+
+    def counting(G: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
+        iterations[-1] += 1
+        return original(G, w, p)
+
+    power_equation._phi = counting  # type: ignore[assignment]
+    try:
+        for step in range(5):
+            moved = J + 1e-4 * step * random_jacobian(100 + step, 3, 20)
+            iterations.append(0)
+            warm = aggregate(method, moved)
+            iterations.append(0)
+            cold = aggregate("nash_mtl", moved)
+            torch.testing.assert_close(warm, cold, rtol=1e-6, atol=1e-9)
+    finally:
+        power_equation._phi = original  # type: ignore[assignment]
+    warm_counts, cold_counts = iterations[2::2], iterations[3::2]  # after the first step
+    assert sum(warm_counts) < 0.6 * sum(cold_counts)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 8.0])

@@ -163,6 +163,7 @@ def _bench(args: argparse.Namespace) -> int:
         methods=args.methods,
         jobs=args.jobs,
         steps=args.steps,
+        paper=args.paper,
     )
     print(f"wrote {report}")
     return 0
@@ -270,7 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--jobs", type=_positive, default=2, help="runs trained in parallel processes"
     )
-    bench.add_argument("--steps", type=_positive, default=35_000, help="toy: Adam steps per start")
+    bench.add_argument(
+        "--steps", type=_positive, help="toy: Adam steps per start (default: the setting's)"
+    )
+    bench.add_argument(
+        "--paper",
+        choices=["cagrad", "nashmtl", "famo"],
+        help="toy: a paper's own setting (starts, steps, f1 scale, methods, hyperparameters); "
+        "writes toy_<paper>/",
+    )
     bench.add_argument("--out", help="output directory (default runs/<name>)")
     bench.set_defaults(run=_bench)
     data = command(

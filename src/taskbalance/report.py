@@ -392,16 +392,21 @@ def _benchmark_section(root: Path, base: Path, link: bool) -> str:
 def _toy_section(root: Path, base: Path) -> str:
     summary = json.loads((root / "toy.json").read_text())
     meta = summary["meta"]
+    starts = len(meta.get("starts", [None] * 5))
     rows = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{r['reached']}/5</td>"
+        f"<tr><td>{html.escape(name)}</td><td>{r['reached']}/{starts}</td>"
         f"<td>{', '.join(f'{d:.2f}' for d in r['distance'])}</td></tr>"
         for name, r in summary["results"].items()
     )
     prefix = root.relative_to(base).as_posix()
+    source = (
+        f" Setting of {html.escape(meta['source'])}." if meta.get("setup", "ours") != "ours" else ""
+    )
     return (
         "<section><h2>Toy two-objective problem (CAGrad / Nash-MTL / FAMO papers)</h2>"
-        f"<p>{meta['steps']} Adam steps (lr 1e-3) from 5 starts; a start reaches the Pareto "
-        f"front (x2 = -8.3552, x1 in [-7, 7]) when it ends within {meta['threshold']} of it.</p>"
+        f"<p>{meta['steps']} Adam steps (lr 1e-3) from {starts} starts; a start reaches the "
+        f"Pareto front (x2 = -8.3552, x1 in [-7, 7]) when it ends within {meta['threshold']} of "
+        f"it.{source}</p>"
         "<table><tr><th>method</th><th>starts reaching the front</th>"
         f"<th>final distance per start</th></tr>{rows}</table>"
         f'<div class="figures"><img class="wide" src="{html.escape(prefix)}/toy.png" '
@@ -415,12 +420,12 @@ def suite_summary(root: Path) -> list[str]:
     suite = json.loads((root / "suite.json").read_text())
     lines = []
     for part in suite["parts"]:
-        if part == "toy" and (root / "toy" / "toy.json").exists():
-            toy = json.loads((root / "toy" / "toy.json").read_text())["results"]
+        if part.startswith("toy") and (root / part / "toy.json").exists():
+            toy = json.loads((root / part / "toy.json").read_text())["results"]
             starts = max(len(r["distance"]) for r in toy.values())
             every = [name for name, r in toy.items() if r["reached"] == starts]
             lines.append(
-                f"toy: reach the Pareto front from all {starts} starts: "
+                f"{part}: reach the Pareto front from all {starts} starts: "
                 + (", ".join(every) if every else "none")
             )
             continue
@@ -452,8 +457,8 @@ def _suite_sections(root: Path) -> tuple[str, list[str]]:
     suite = json.loads((root / "suite.json").read_text())
     sections = []
     for part in suite["parts"]:
-        if part == "toy":
-            sections.append(_toy_section(root / "toy", root))
+        if part.startswith("toy"):
+            sections.append(_toy_section(root / part, root))
         elif (root / part / "results.json").exists():
             sections.append(_benchmark_section(root / part, root, link=True))
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in suite_summary(root))

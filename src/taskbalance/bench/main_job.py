@@ -20,7 +20,8 @@ from typing import Any
 
 from taskbalance.bench.runner import machine_info, run_benchmark
 from taskbalance.bench.suite import BENCHMARKS
-from taskbalance.bench.toy import SETTINGS, run_toy
+from taskbalance.bench.toy import run_toy
+from taskbalance.bench.toy_setups import SETTINGS
 from taskbalance.data_sources import require
 
 __all__ = ["MAIN_TOY_METHODS", "run_named"]
@@ -80,23 +81,29 @@ def run_named(
     seeds: int | None = None,
     methods: Sequence[str] | None = None,
     jobs: int = 2,
-    steps: int = 35_000,
+    steps: int | None = None,
+    paper: str | None = None,
 ) -> Path:
     """Run benchmark ``name`` (or ``main``) into ``out``; returns the report's path."""
     from taskbalance.report import write_report
 
+    if paper is not None and name != "toy":
+        raise ValueError(f"--paper applies to the toy benchmark only, not to {name!r}")
     if name == "main":
         parts = ["toy", "multimnist", "census"] + (["yeast", "text"] if full else [])
     else:
-        parts = [name]
-    _check_data([p for p in parts if p != "toy"])
+        parts = [name if paper is None else f"toy_{paper}"]
+    _check_data([p for p in parts if not p.startswith("toy")])
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for part in parts:
         progress = _Progress(part)
-        if part == "toy":
-            chosen = list(methods or (SETTINGS if full else MAIN_TOY_METHODS))
-            run_toy(out, chosen, steps=steps, jobs=jobs, progress=progress)
+        if part.startswith("toy"):
+            if paper is not None:
+                run_toy(out, methods, steps=steps, jobs=jobs, progress=progress, paper=paper)
+            else:
+                chosen = list(methods or (SETTINGS if full else MAIN_TOY_METHODS))
+                run_toy(out, chosen, steps=steps, jobs=jobs, progress=progress)
         else:
             spec = BENCHMARKS[part]
             run_benchmark(

@@ -40,30 +40,16 @@ import torch
 import taskbalance
 from taskbalance import methods
 from taskbalance.aggregate import combine_jacobian
-from taskbalance.bench.runner import Progress
+from taskbalance.bench.runner import Progress, slug
+from taskbalance.bench.toy_setups import OURS, PAPERS, SETTINGS, ToySetup, setup
 
 LOWER = 5e-6
-STARTS = [(-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)]
 FRONT_X2 = -8.3552
 FRONT_X1 = (-7.0, 7.0)
 
 # updates clipped to a norm by the reference code (Nash-MTL's is the method's own max_norm;
 # FAMO's script calls clip_grad_norm_ before backward, i.e. it clips nothing)
 CLIP: dict[str, float] = {}
-
-# method -> hyperparameters used in the papers' toy experiments
-SETTINGS: dict[str, dict[str, Any]] = {
-    "ew": {},
-    "mgda": {},
-    "pcgrad": {},
-    "cagrad": {"c": 0.5},
-    "nash_mtl": {"max_norm": 1.0},  # the reference code clips the update to norm 1
-    # FAMO's toy script: min losses (-2.1, -21) and gamma (weight decay of the logits) 0, "as
-    # the objective is not changing" (its run.sh); with gamma 0.01 two starts stall
-    "famo": {"min_losses": [-21 * 0.1, -21.0], "weight_decay": 0.0},
-    "imtl_g": {},
-    "upgrad": {},
-}
 
 
 def toy_losses(x: torch.Tensor, scale: float = 0.1) -> torch.Tensor:
@@ -95,19 +81,24 @@ def parse_amortised(name: str) -> tuple[str, int]:
 
 
 def run(
-    name: str, steps: int, record_every: int, report: Callable[[int], None] | None = None
+    name: str,
+    steps: int,
+    record_every: int,
+    report: Callable[[int], None] | None = None,
+    toy: ToySetup = OURS,
 ) -> dict[str, Any]:
-    """Run ``name`` from every start for ``steps`` Adam steps; ``report(k)`` is called after
-    every ``k`` further steps (about a hundred times per run)."""
-    base, update_every = parse_amortised(name)
+    """Run entry ``name`` of ``toy`` from every start for ``steps`` Adam steps (lr 1e-3);
+    ``report(k)`` is called after every ``k`` further steps (about a hundred times per run)."""
+    label, update_every = parse_amortised(name)
+    base, hparams = toy.method(label)
     chunk, reported = max(1, steps // 100), 0
-    instances = [methods.create(base, **SETTINGS.get(base, {})) for _ in STARTS]
-    last_weights: list[torch.Tensor | None] = [None] * len(STARTS)
-    x = torch.tensor(STARTS, dtype=torch.float64, requires_grad=True)
+    instances = [methods.create(base, **hparams) for _ in toy.starts]
+    last_weights: list[torch.Tensor | None] = [None] * len(toy.starts)
+    x = torch.tensor(toy.starts, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([x], lr=1e-3)
     trajectory = [x.detach().clone()]
     for step in range(steps):
-        losses = toy_losses(x)
+        losses = toy_losses(x, toy.scale)
         g1, g2 = (
             torch.autograd.grad(losses[:, i].sum(), x, retain_graph=i == 0)[0] for i in range(2)
         )
@@ -141,11 +132,13 @@ def run(
         "trajectory": torch.stack(trajectory).tolist(),
         "final": final.tolist(),
         "distance": distances,
-        "final_losses": toy_losses(final).tolist(),
+        "final_losses": toy_losses(final, toy.scale).tolist(),
     }
 
 
-def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> None:
+def plot(
+    results: dict[str, dict[str, Any]], threshold: float, path: Path, scale: float = 0.1
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +147,7 @@ def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> No
 
     grid = torch.linspace(-10, 10, 300, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
-    values = toy_losses(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
+    values = toy_losses(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1), scale)
     total = values.sum(dim=1).reshape(xx.shape)
     columns = min(4, len(results))
     rows = (len(results) + columns - 1) // columns
@@ -180,7 +173,8 @@ def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> No
                 zorder=4,
             )
         hits = sum(d <= threshold for d in result["distance"])
-        ax.set_title(f"{name}: {hits}/{len(STARTS)} reach the front", fontsize=10)
+        starts = len(result["distance"])
+        ax.set_title(f"{name}: {hits}/{starts} reach the front", fontsize=10)
         ax.set_xlim(-10, 10)
         ax.set_ylim(-10, 10)
         ax.set_xlabel("x1")
@@ -216,30 +210,32 @@ def plot(results: dict[str, dict[str, Any]], threshold: float, path: Path) -> No
     plt.close(fig)
 
 
-def fingerprint(name: str, steps: int) -> str:
+def fingerprint(name: str, steps: int, toy: ToySetup = OURS) -> str:
     """What a run's result depends on: its name and settings, the step count, the torch version
     and the source of this module, of ``aggregate`` and of every method and solver. A cached
     run is reused only when its fingerprint matches, so a changed method is never reported
     with an old result."""
     package = Path(taskbalance.__file__).parent
-    files = [Path(__file__), package / "aggregate.py"]
+    files = [Path(__file__), package / "bench" / "toy_setups.py", package / "aggregate.py"]
     files += sorted((package / "methods").rglob("*.py")) + sorted(
         (package / "solvers").rglob("*.py")
     )
     digest = hashlib.sha256()
-    base = parse_amortised(name)[0]
-    digest.update(json.dumps([name, steps, SETTINGS.get(base), CLIP, torch.__version__]).encode())
+    method = toy.method(parse_amortised(name)[0])
+    settings = [name, steps, toy.name, toy.starts, toy.scale, method, CLIP, torch.__version__]
+    digest.update(json.dumps(settings).encode())
     for file in files:
         digest.update(file.read_bytes())
     return digest.hexdigest()[:20]
 
 
 def _run_cached(
-    name: str, steps: int, cache: Path, fresh: bool, queue: Any = None
+    name: str, steps: int, cache: Path, fresh: bool, queue: Any = None, paper: str | None = None
 ) -> dict[str, Any]:
     torch.set_num_threads(1)
-    cached = cache / f"{name}_{steps}.json"
-    key = fingerprint(name, steps)
+    toy = setup(paper)
+    cached = cache / f"{slug(name)}_{steps}.json"
+    key = fingerprint(name, steps, toy)
     if cached.exists() and not fresh:
         result: dict[str, Any] = json.loads(cached.read_text())
         if result.get("fingerprint") == key:
@@ -251,7 +247,7 @@ def _run_cached(
         if queue is not None:
             queue.put((name, count))
 
-    result = run(name, steps, record_every=max(1, steps // 500), report=report)
+    result = run(name, steps, record_every=max(1, steps // 500), report=report, toy=toy)
     result["fingerprint"] = key
     cached.write_text(json.dumps(result))
     return result
@@ -269,16 +265,22 @@ class _LocalQueue:
 
 def run_toy(
     out: Path,
-    methods: Sequence[str] = tuple(SETTINGS),
+    methods: Sequence[str] | None = None,
     *,
-    steps: int = 35_000,
+    steps: int | None = None,
     threshold: float = 0.1,
     jobs: int = 1,
     fresh: bool = False,
     progress: Progress | None = None,
+    paper: str | None = None,
 ) -> dict[str, Any]:
-    """Run every method from the five starts into ``out/toy``; returns the summary (toy.json)."""
-    root = out / "toy"
+    """Run every entry from the setup's starts into ``out/toy`` (``out/toy_<paper>`` for a
+    paper's own setting, :mod:`taskbalance.bench.toy_setups`); returns the summary
+    (toy.json)."""
+    toy = setup(paper)
+    methods = list(methods or (toy.entries or SETTINGS))
+    steps = steps or toy.steps
+    root = out / ("toy" if paper is None else f"toy_{paper}")
     cache = root / "toy_runs"
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -295,14 +297,16 @@ def run_toy(
 
     if jobs <= 1:
         for name in methods:
-            results[name] = _run_cached(name, steps, cache, fresh, _LocalQueue(advance))
+            results[name] = _run_cached(name, steps, cache, fresh, _LocalQueue(advance), paper)
     else:
         with (
             Manager() as manager,
             ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool,
         ):
             queue = manager.Queue()
-            futures = {pool.submit(_run_cached, n, steps, cache, fresh, queue): n for n in methods}
+            futures = {
+                pool.submit(_run_cached, n, steps, cache, fresh, queue, paper): n for n in methods
+            }
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -311,27 +315,33 @@ def run_toy(
                 for future in finished:
                     results[futures[future]] = future.result()
     results = {name: results[name] for name in methods}
+    starts = len(toy.starts)
     header = [
         "method",
         f"starts reaching the front (distance <= {threshold})",
         "final distance per start",
+        "final x per start",
         "final (f1, f2) per start",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|---|"]
     for name, result in results.items():
         hits = sum(d <= threshold for d in result["distance"])
         distances = ", ".join(f"{d:.2f}" for d in result["distance"])
+        points = ", ".join(f"({a:.2f}, {b:.2f})" for a, b in result["final"])
         finals = ", ".join(f"({a:.2f}, {b:.2f})" for a, b in result["final_losses"])
-        lines.append(f"| {name} | {hits}/5 | {distances} | {finals} |")
+        lines.append(f"| {name} | {hits}/{starts} | {distances} | {points} | {finals} |")
     table = "\n".join(lines)
-    plot(results, threshold, root / "toy.png")
+    plot(results, threshold, root / "toy.png", toy.scale)
     meta = {
         "taskbalance": taskbalance.__version__,
         "torch": torch.__version__,
         "machine": platform.platform(),
+        "setup": toy.name,
+        "source": toy.source,
         "steps": steps,
-        "starts": STARTS,
-        "settings": {name: SETTINGS.get(parse_amortised(name)[0], {}) for name in methods},
+        "starts": toy.starts,
+        "f1_scale": toy.scale,
+        "settings": {name: toy.method(parse_amortised(name)[0]) for name in methods},
         "update_clipped_to": CLIP,
         "threshold": threshold,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -345,9 +355,17 @@ def run_toy(
         },
     }
     (root / "toy.json").write_text(json.dumps(summary, indent=1))
+    settings = "; ".join(
+        f"{name}: {method} {hparams or ''}".strip()
+        for name, (method, hparams) in (
+            (name, toy.method(parse_amortised(name)[0])) for name in methods
+        )
+    )
+    source = "" if paper is None else f" Setting of {toy.source}."
     (root / "toy.md").write_text(
-        f"# Toy two-objective problem\n\n{steps} Adam steps (lr 1e-3) from 5 starts.\n\n"
-        f"{table}\n\n![trajectories](toy.png)\n"
+        f"# Toy two-objective problem ({toy.name})\n\n{steps} Adam steps (lr 1e-3) from "
+        f"{starts} starts {list(toy.starts)}, f1 scaled by {toy.scale:g}.{source} "
+        f"Methods: {settings}.\n\n{table}\n\n![trajectories](toy.png)\n"
     )
     return summary
 
@@ -372,8 +390,11 @@ class _PrintProgress:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(SETTINGS))
-    parser.add_argument("--steps", type=int, default=35_000)
+    parser.add_argument("--methods", nargs="+", default=None, help="default: the setup's")
+    parser.add_argument("--steps", type=int, default=None, help="default: the setup's")
+    parser.add_argument(
+        "--paper", choices=sorted(PAPERS), default=None, help="a paper's own toy setting"
+    )
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--jobs", type=int, default=1, help="methods run in parallel processes")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -389,10 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs=args.jobs,
         fresh=args.fresh,
         progress=_PrintProgress(),
+        paper=args.paper,
     )
+    starts = len(summary["meta"]["starts"])
     for name, result in summary["results"].items():
-        print(f"{name}: {result['reached']}/5 starts reach the front")
-    print(f"wrote {args.out / 'toy'}")
+        print(f"{name}: {result['reached']}/{starts} starts reach the front")
+    print(f"wrote {args.out / ('toy' if args.paper is None else f'toy_{args.paper}')}")
     return 0
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 __all__ = ["solve_power_equation"]
 
 _RIDGE = 1e-12
+_WARM_ITERATIONS = 8
 
 
 def _phi(G: Tensor, w: Tensor, p: float) -> Tensor:
@@ -46,10 +47,51 @@ def _two_tasks_nash(G: Tensor) -> Tensor:
     return torch.sqrt(common / G.diagonal())
 
 
+def _newton(
+    G: Tensor, p: float, w: Tensor, tol: float, max_iter: int, min_step: float = 0.0
+) -> tuple[Tensor, bool]:
+    """Damped Newton steps on ``phi`` from ``w``; returns the last iterate and whether the
+    residual met the tolerance (``False`` at once when a step must shrink below
+    ``min_step``)."""
+    value = _phi(G, w, p)
+    for _ in range(max_iter):
+        residual = G @ w - w ** (-p)
+        if float(residual.abs().max()) <= tol * float(w.abs().max() ** (-p) + 1.0):
+            return w, True
+        hessian = G + torch.diag(p * w ** (-p - 1.0))
+        direction = -torch.linalg.solve(hessian, residual)
+        shrinking = direction < 0
+        step = 1.0
+        if bool(shrinking.any()):
+            step = min(1.0, 0.99 * float((-w[shrinking] / direction[shrinking]).min()))
+        slope = float(residual @ direction)
+        while True:
+            candidate = w + step * direction
+            candidate_value = _phi(G, candidate, p)
+            if bool(candidate_value <= value + 1e-4 * step * slope) or step <= 1e-12:
+                break
+            step *= 0.5
+            if step < min_step:
+                return w, False
+        w, value = candidate, candidate_value
+    residual = G @ w - w ** (-p)
+    return w, float(residual.abs().max()) <= tol * float(w.abs().max() ** (-p) + 1.0)
+
+
 def solve_power_equation(
-    gramian: Tensor, p: float = 1.0, *, tol: float = 1e-10, max_iter: int = 100
+    gramian: Tensor,
+    p: float = 1.0,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    initial: Tensor | None = None,
 ) -> Tensor:
-    """The positive ``w`` with ``G w = w^(-p)`` (elementwise), as float64 ``(T,)``."""
+    """The positive ``w`` with ``G w = w^(-p)`` (elementwise), as float64 ``(T,)``.
+
+    ``initial`` (e.g. the previous training step's solution) starts the Newton iterations
+    there when it is positive and finite; the solution is the same unique one, found in fewer
+    iterations when the Gram matrix changed little (near Pareto-stationary points, where the
+    weights are large and a cold start needs many damped steps)."""
     if p <= 0:
         raise ValueError(f"p must be > 0, got {p}")
     G = gramian.detach().to(torch.float64)
@@ -64,24 +106,14 @@ def solve_power_equation(
         # (exactly opposite gradients rounded to G12^2 > G11 G22: the Newton path below)
         if bool(torch.isfinite(closed).all() & (closed > 0).all()):
             return closed * scale ** (-0.5)
-    w = G.diagonal().clamp_min(_RIDGE) ** (-1.0 / (1.0 + p))  # exact for orthogonal gradients
-    value = _phi(G, w, p)
-    for _ in range(max_iter):
-        residual = G @ w - w ** (-p)
-        if float(residual.abs().max()) <= tol * float(w.abs().max() ** (-p) + 1.0):
-            break
-        hessian = G + torch.diag(p * w ** (-p - 1.0))
-        direction = -torch.linalg.solve(hessian, residual)
-        shrinking = direction < 0
-        step = 1.0
-        if bool(shrinking.any()):
-            step = min(1.0, 0.99 * float((-w[shrinking] / direction[shrinking]).min()))
-        slope = float(residual @ direction)
-        while step > 1e-12:
-            candidate = w + step * direction
-            candidate_value = _phi(G, candidate, p)
-            if bool(candidate_value <= value + 1e-4 * step * slope):
-                break
-            step *= 0.5
-        w, value = candidate, candidate_value
+    cold = G.diagonal().clamp_min(_RIDGE) ** (-1.0 / (1.0 + p))  # exact for orthogonal gradients
+    if initial is not None and initial.shape == cold.shape:
+        start = initial.detach().to(cold) * scale ** (1.0 / (1.0 + p))
+        if bool(torch.isfinite(start).all() & (start > 0).all()):
+            # a few Newton steps from the previous solution; a start that does not converge
+            # quickly (a Gram matrix that moved far) falls back to the cold start
+            w, converged = _newton(G, p, start, tol, _WARM_ITERATIONS, min_step=0.1)
+            if converged:
+                return w * scale ** (-1.0 / (1.0 + p))
+    w, _ = _newton(G, p, cold, tol, max_iter)
     return w * scale ** (-1.0 / (1.0 + p))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taskbalance._validation import check_choice
 from taskbalance.engine.needs import Need
 from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
@@ -18,15 +19,25 @@ from taskbalance.solvers.power_equation import solve_power_equation
 class NashMTL(Method):
     """Nash-MTL: multi-task learning as a bargaining game (Navon et al., ICML 2022).
 
-    The weights are the Nash bargaining solution ``alpha > 0`` of ``G alpha = 1 / alpha``
-    (elementwise), i.e. every task's utility ``g_i . d`` times its weight is 1 for
-    ``d = sum_i alpha_i g_i``. As in the paper's code, ``G`` is first divided by its Frobenius
-    norm, so the weights do not depend on the gradients' scale. Solved exactly by damped Newton
-    steps on a strictly convex potential (:func:`solve_power_equation`), pure torch: no cvxpy,
-    no silent fall-back to equal weights, finite for ``T = 1`` and all-zero gradients.
+    The weights are the Nash bargaining solution ``alpha > 0`` of ``(G alpha)_i = 1 / alpha_i``,
+    i.e. every task's utility ``g_i . d`` times its weight is 1 for ``d = sum_i alpha_i g_i``.
 
-    For orthogonal gradients ``alpha_i = 1 / |g_i|`` (of the normalised matrix); for two tasks
-    the direction is along ``g_1 / |g_1| + g_2 / |g_2|``.
+    Which ``G`` (``gram``):
+
+    * ``"raw"`` (default, the authors' code): the Gram matrix of the task gradients itself.
+      The reference implementation divides ``G`` by its Frobenius norm ``N`` before its solver
+      but multiplies ``alpha`` by ``N`` inside the constraint ``alpha_i N (G/N alpha)_i >= 1``,
+      so the normalisation cancels. The weights scale like ``1 / |g|`` and the update's length
+      does not depend on the gradients' scale (``sqrt(T)`` for orthogonal gradients, where
+      ``alpha_i = 1 / |g_i|``).
+    * ``"frobenius"``: the weights of ``G / N`` (this library before 0.2): the same direction,
+      ``sqrt(N)`` times longer, scaling with the gradients.
+
+    Both are solved on ``G / N`` (well scaled at every gradient size) by damped Newton steps on
+    a strictly convex potential (:func:`solve_power_equation`) and mapped exactly
+    (``alpha_raw = alpha_N / sqrt(N)``); each solve starts from the previous step's weights.
+    Pure torch: no cvxpy, no silent fall-back to equal weights, finite for ``T = 1`` and
+    all-zero gradients. For two tasks the direction is along ``g_1 / |g_1| + g_2 / |g_2|``.
 
     Args:
         max_norm: if > 0, weights are scaled so that the shared update ``|J^T alpha|`` is at
@@ -34,19 +45,27 @@ class NashMTL(Method):
             heads get the same factor, so the update stays a weighted sum of task gradients).
         update_weights_every: recompute the weights every k calls, reusing them in between
             (prefer ``Balancer(update_every=k)``, which also skips the per-task gradients).
+        gram: ``"raw"`` (authors' code, default) or ``"frobenius"`` (see above).
 
-    Scale: weights of the Frobenius-normalised Gram matrix (paper).
+    Scale: ``gram="raw"``: update length independent of the gradients' scale (degree 0), as
+    in the paper's code; ``"frobenius"``: degree 1.
     """
 
     name = "nash_mtl"
-    scale = "weights of the Frobenius-normalised Gram matrix (`max_norm` option)"
+    scale = (
+        "raw Gram matrix as in the paper's code: the update's length does not depend on the "
+        "gradients' scale (`gram`, `max_norm` options)"
+    )
     family = "gradient manipulation"
     needs = Need.GRAMIAN
     reference = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022."
     state_attributes = ("calls", "last_weights")
 
-    def __init__(self, max_norm: float = 0.0, update_weights_every: int = 1) -> None:
+    def __init__(
+        self, max_norm: float = 0.0, update_weights_every: int = 1, gram: str = "raw"
+    ) -> None:
         self.max_norm = check_positive(self.name, "max_norm", max_norm, allow_zero=True)
+        self.gram = check_choice(gram, ("raw", "frobenius"), "nash_mtl gram")
         if not isinstance(update_weights_every, int) or update_weights_every < 1:
             raise ValueError(
                 "nash_mtl: update_weights_every must be a positive int, "
@@ -57,14 +76,20 @@ class NashMTL(Method):
         self.last_weights: Tensor | None = None
 
     def hparams(self) -> dict[str, Any]:
-        return {"max_norm": self.max_norm, "update_weights_every": self.update_weights_every}
+        return {
+            "max_norm": self.max_norm,
+            "update_weights_every": self.update_weights_every,
+            "gram": self.gram,
+        }
 
     def supports_task_subsets(self) -> bool:
         return self.update_weights_every == 1
 
     def scale_degree(self) -> float | None:
-        # weights of the normalised Gram matrix: the update scales with the gradients,
-        # unless max_norm clips it at an absolute size
+        # raw: alpha ~ 1/|g|, the update keeps its length (clipping to max_norm keeps that);
+        # frobenius: the update scales with the gradients unless max_norm clips it
+        if self.gram == "raw":
+            return 0.0
         return 1.0 if self.max_norm == 0 else None
 
     def combine(self, ctx: Context) -> Combination:
@@ -80,8 +105,13 @@ class NashMTL(Method):
             weights = self.last_weights
         else:
             norm = torch.linalg.matrix_norm(G)
-            normalised = G / norm if bool(norm > 0) else G
-            weights = solve_power_equation(normalised, 1.0)
+            if not bool(norm > 0):
+                norm = torch.ones((), dtype=G.dtype, device=G.device)
+            to_normalised = norm.sqrt() if self.gram == "raw" else torch.ones_like(norm)
+            previous = self.last_weights
+            if previous is not None and previous.shape == (ctx.num_tasks,):
+                previous = previous.to(G) * to_normalised
+            weights = solve_power_equation(G / norm, 1.0, initial=previous) / to_normalised
             self.last_weights = weights
         if self.max_norm > 0:
             update_norm = (weights @ G @ weights).clamp_min(0).sqrt()
