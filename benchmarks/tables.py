@@ -199,7 +199,25 @@ def host_sync_table(rows: list[dict]) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+def reproduction_table() -> str:
+    """Per paper setting and method: starts reaching the front and where each run ends."""
+    lines = [
+        "| setting | method | starts reaching the front | final x1 per start (front: -7 to 7) |",
+        "|---|---|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("toy_*/toy.json")):
+        summary = json.loads(path.read_text())
+        starts = len(summary["meta"]["starts"])
+        for name, result in summary["results"].items():
+            ends = ", ".join(f"{x1:.2f}" for x1, _ in result["final"])
+            lines.append(
+                f"| {summary['meta']['setup']} | {name} | {result['reached']}/{starts} | {ends} |"
+            )
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "reproductions-summary": reproduction_table,
     "host-syncs": lambda: host_sync_table(_load("host_syncs.json")["rows"]),
     "method-evidence": evidence_table,
     "step-time": lambda: performance_table(_load("step_time_compare.json")["rows"]),

@@ -159,6 +159,7 @@ def main() -> None:
     nav += [f"    * [{card.name}](methods/{card.name}.md)" for card in cards]
     nav += [
         "* [Benchmarks](benchmarks.md)",
+        "* [Reproductions](reproductions.md)",
         "* [Performance](performance.md)",
         "* [Design: how a step flows](design.md)",
         "* [FAQ](faq.md)",

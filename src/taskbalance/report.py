@@ -503,8 +503,15 @@ def write_report(run_dir: str | Path) -> Path:
                 sections.append(_run_section(sub, run["method"], root))
         sections.append(_affinity_section(root / "affinity", root))
         meta = summary.get("meta", {})
+        note = (
+            "<p>Machine and versions. <code>config</code> is the benchmark's base "
+            "configuration; the configuration each run trained with (its method, model and "
+            "seed) is under its own section above.</p>"
+            if "config" in meta
+            else ""
+        )
         sections.append(
-            "<section><h2>Environment</h2>"
+            f"<section><h2>Environment</h2>{note}"
             f"<pre>{html.escape(json.dumps(meta, indent=1))}</pre></section>"
         )
     elif (root / "steps.csv").exists():

@@ -41,7 +41,7 @@ class _Progress:
         try:
             from tqdm import tqdm
 
-            unit = "step" if self.label == "toy" else "run"
+            unit = "step" if self.label.startswith("toy") else "run"
             self.bar = tqdm(
                 total=total, desc=self.label, unit=unit, unit_scale=unit == "step", file=sys.stderr
             )
