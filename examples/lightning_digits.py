@@ -28,11 +28,18 @@ TASKS = [
 
 
 class DigitsModule(BalancedModule, lightning.LightningModule):
-    def __init__(self, method: str = "pcgrad", lr: float = 1e-3) -> None:
+    def __init__(
+        self, method: str = "pcgrad", lr: float = 1e-3, hidden: tuple[int, int] = (128, 64)
+    ) -> None:
         super().__init__()
         torch.manual_seed(0)
-        trunk = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
-        heads = {"digit": nn.Linear(64, 10), "parity": nn.Linear(64, 2), "value": nn.Linear(64, 1)}
+        first, second = hidden
+        trunk = nn.Sequential(nn.Linear(64, first), nn.ReLU(), nn.Linear(first, second), nn.ReLU())
+        heads = {
+            "digit": nn.Linear(second, 10),
+            "parity": nn.Linear(second, 2),
+            "value": nn.Linear(second, 1),
+        }
         self.model = HardSharing(trunk, heads)
         self.balancer = Balancer.for_model(method, self.model)
         self.tasks = {task.name: task for task in TASKS}
