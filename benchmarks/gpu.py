@@ -1,13 +1,15 @@
 """``make bench-gpu``: step time, memory and solver time on CUDA, beside TorchJD and LibMTL.
 
 Runs unattended in well under 10 minutes on one GPU and writes
-``benchmarks/results/gpu/{step_time,solver_time}.json`` (and prints the tables):
+``benchmarks/results/gpu/{step_time,solver_time,host_syncs}.json`` (and prints the tables):
 
 * ``step_time.py --device cuda --compare``: steps of the benchmark MLP at T = 2, 3, 10, 40,
   timed with CUDA events, ours beside TorchJD (autojac, autogram) and LibMTL, plain PyTorch and
   our engine floors included; peak ``torch.cuda.max_memory_allocated`` above the set-up for
   ``ew``, ``mgda``, ``upgrad``, ``graddrop`` and the floors;
-* ``solver_time.py --device cuda --compare``: each method's own computation at T = 2 .. 128.
+* ``solver_time.py --device cuda --compare``: each method's own computation at T = 2 .. 128;
+* ``host_syncs.py --device cuda``: synchronising calls per step as CUDA reports them
+  (``torch.cuda.set_sync_debug_mode``), to compare with the CPU audit's counts.
 
 Without a CUDA device it prints what it needs and exits with status 2 (nothing is written):
 use ``make bench`` for the CPU numbers.
@@ -41,6 +43,10 @@ def commands(out: Path) -> list[list[str]]:
         [
             python, str(HERE / "solver_time.py"), "--device", "cuda", "--compare",
             "--repeats", "10", "--out", str(out / "solver_time.json"),
+        ],
+        [
+            python, str(HERE / "host_syncs.py"), "--device", "cuda",
+            "--out", str(out / "host_syncs.json"),
         ],
     ]  # fmt: skip
 

@@ -48,6 +48,7 @@ from taskbalance.distributed import (
 )
 from taskbalance.engine.gramian import in_float64_range, in_safe_range
 from taskbalance.engine.graph import depends_on, reachable_leaves
+from taskbalance.engine.host import defer, deferred, fetch, step_reads, to_device
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.needs import Need
@@ -65,6 +66,7 @@ from taskbalance.transforms.base import (
     CombinedTransform,
     PerTaskTransform,
     Transform,
+    fast_global_norm,
     global_norm,
 )
 
@@ -131,6 +133,9 @@ def make_context(
                 f"beyond float64, and {method.name!r} depends on their absolute size, so it "
                 "cannot be solved on rescaled gradients: scale the losses down"
             )
+    if jacobian is not None and gramian is not None:
+        # a method that reads the Jacobian works on the device: its Gram matrix goes there too
+        gramian = to_device(gramian, jacobian.device)
     return Context(
         num_tasks=num_tasks,
         losses=losses,
@@ -345,6 +350,7 @@ class Balancer:
         self.process_group = process_group
         self._comm: Communicator | None = None
         self._scaler_step = False
+        self._losses_checked = False
         if not self._declared_params:
             raise ValueError("shared_params is empty: pass the trunk's parameters")
         # frozen parameters are skipped, as torch.optim does (re-checked at every step)
@@ -492,6 +498,8 @@ class Balancer:
                 "from step to step"
             )
         dtype = values[0].dtype
+        if all(v.dtype == dtype and v.dim() == 0 for v in values):  # the usual case: as given
+            return names, values, torch.stack(values)
         for v in values[1:]:
             dtype = torch.promote_types(dtype, v.dtype)
         scalars = [v.reshape(()).to(dtype) for v in values]
@@ -559,38 +567,33 @@ class Balancer:
         reps = _as_representations(representation)
         names, values, stacked = self._stack_losses(losses)
         self._refresh_trainable()
-        write_scale = 1.0
-        self._scaler_step = scaler is not None and bool(scaler.is_enabled())
-        if self._scaler_step:
-            if loss_scale != 1.0:
-                raise ValueError("pass scaler= or loss_scale=, not both")
-            scaler.scale(stacked.detach())  # what scaler.scale(loss) does: creates its scale
-            loss_scale = write_scale = float(scaler.get_scale())
+        with step_reads():
+            return self._step(names, values, stacked, reps, metrics, loss_scale, scaler)
+
+    def _step(
+        self,
+        names: tuple[str, ...],
+        values: list[Tensor],
+        stacked: Tensor,
+        reps: tuple[Tensor, ...] | None,
+        metrics: MetricsLike | None,
+        loss_scale: float,
+        scaler: Any,
+    ) -> StepInfo:
+        """One step, stage by stage: losses -> task gradients (what the method needs) ->
+        method -> transforms -> ``.grad``. Host reads: see :mod:`taskbalance.engine.host`."""
+        loss_scale, write_scale = self._loss_scale(loss_scale, scaler, stacked)
         metrics_tensor = self._metrics_tensor(metrics, names)
         comm = self._communicator()
         detached = stacked.detach()
         if comm is not None and comm.is_global:
             detached = comm.mean(detached)  # the global losses (non-finite on every rank alike)
-        finite = bool(torch.isfinite(detached).all())
-        if comm is not None and not comm.is_global:
-            finite = not comm.any(not finite)
-        if not finite:
-            flags = torch.isfinite(detached).tolist()
-            bad = [n for n, ok in zip(names, flags, strict=True) if not ok]
-            where = f"task(s) {bad}" if bad else "a task on another rank"
-            return self._skip(names, detached, f"non-finite loss for {where}")
-        if not stacked.requires_grad:
-            raise ValueError(
-                "none of the losses requires grad: were they computed under torch.no_grad() "
-                "or from detached tensors?"
-            )
-        if self.level == "representation" and reps is None:
-            raise ValueError(
-                "level='representation' needs the shared features: call "
-                "backward(losses, representation=z) with the trunk output z the heads read"
-            )
-        if not (math.isfinite(loss_scale) and loss_scale > 0):
-            raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
+        self._validate_step(stacked, reps, loss_scale)
+        # the losses' finiteness is read with the step's first host read (the Gram matrix,
+        # or the update's norm), or before a method with state sees them
+        defer("losses", detached)
+        self._losses_checked = False
+        local_comm = comm is not None and not comm.is_global
         if loss_scale != 1.0:
             values = [v * loss_scale for v in values]
             stacked = stacked * loss_scale
@@ -610,79 +613,52 @@ class Balancer:
             grads = grads.divided_by(loss_scale)
         if grads is not None and comm is not None and comm.is_global:
             grads = self._global_task_gradients(comm, grads)
+        if grads is not None:
+            grads.raw_gramian  # noqa: B018 (the step's first host read: the losses travel with it)
+        check_now = not reuse and (
+            grads is not None or bool(self.method.state_attributes) or local_comm
+        )
+        if check_now and (skipped := self._check_losses(names, detached, comm)) is not None:
+            return skipped  # (the method never sees a non-finite loss)
         broken = (
             grads is not None
-            and not bool(torch.isfinite(grads.raw_gramian).all())
+            and not bool(torch.isfinite(grads.raw_gramian).all())  # (on the host)
             and not grads.all_finite()  # else the Gram matrix only overflowed: rescaled below
         )
-        if comm is not None and not comm.is_global and grads is not None:
+        if local_comm and grads is not None:
+            assert comm is not None
             broken = comm.any(broken)  # every rank skips, or none
         if broken:
             return self._skip(names, detached, "non-finite task gradient")
         if grads is not None:
             self._check_connected(values, reps, grads, names)
-        scales: Tensor | None = None
-        if grads is not None:
-            for transform in self.transforms:
-                if isinstance(transform, PerTaskTransform):
-                    current = grads.norms() if scales is None else grads.norms() * scales
-                    factor = transform.row_scale(current).to(torch.float64)
-                    scales = factor if scales is None else scales * factor
-            if scales is not None:
-                grads = grads.scale_rows(scales)
-
-        ctx = make_context(
-            self.method,
-            grads,
-            num_tasks=len(names),
-            losses=detached,
-            metrics=metrics_tensor,
-            step=self.step,
-            task_names=names,
-            level=self.level,
-        )
-        if reuse:
-            assert self._cached_weights is not None
-            combination = Combination(weights=self._cached_weights)
-        else:
-            combination = unnormalise(self.method, self.method(ctx), ctx)
-            if comm is not None and comm.is_global and combination.weights is not None:
-                # every rank computed the same weights from the same inputs; rank 0's are
-                # applied everywhere so that the ranks' parameters stay bit-identical
-                combination = Combination(weights=comm.same_everywhere(combination.weights))
-            if self.update_every > 1 and combination.weights is not None:
-                applied = combination.weights if scales is None else combination.weights * scales
-                self._cached_weights = applied.detach().clone()
+        grads, scales = self._per_task_transforms(grads)
+        combination = self._combination(grads, reuse, names, detached, metrics_tensor, comm, scales)
         with _explained_compile_errors():
             params, param_grads = self._parameter_gradients(
                 combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale
             )
         if comm is not None:
             params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
-
         for transform in self.transforms:
             if isinstance(transform, CombinedTransform):
                 param_grads = transform.apply(param_grads, params)
-        total_norm = global_norm(param_grads)
+        # the step's last host read: the update's norm (with the losses, if nothing read yet)
+        total_norm = fast_global_norm(param_grads)
+        (norm_on_host,) = fetch(total_norm)
+        if (skipped := self._check_losses(names, detached, comm)) is not None:
+            return skipped
         weights = combination.weights
-        if not bool(torch.isfinite(total_norm)) and not all(
-            bool(torch.isfinite(g).all()) for g in param_grads
-        ):
-            # (a finite gradient whose norm exceeds float64 is written: only entries that are
-            # really inf or NaN make a step unusable)
-            return self._skip(
-                names, detached, _non_finite_reason(params, param_grads, self), weights=weights
-            )
-
-        for p, g in zip(params, param_grads, strict=True):
-            if write_scale != 1.0:
-                g = g * write_scale  # the scaler's step divides it back (a power of two)
-            if g.dtype != p.dtype:
-                g = g.to(p.dtype)
-            if p.grad is None:
-                p.grad = g
-            else:
-                p.grad.add_(g)
+        if not math.isfinite(float(norm_on_host)):
+            total_norm = global_norm(param_grads)  # exact where the fast norm overflowed
+            if not bool(torch.isfinite(total_norm)) and not all(
+                bool(torch.isfinite(g).all()) for g in param_grads
+            ):
+                # (a finite gradient whose norm exceeds float64 is written: only entries that
+                # are really inf or NaN make a step unusable)
+                reason = _non_finite_reason(params, param_grads, self)
+                return self._skip(names, detached, reason, weights=weights)
+        self._write(params, param_grads, write_scale)
         info = StepInfo(
             task_names=names,
             losses=detached,
@@ -700,6 +676,118 @@ class Balancer:
             self.monitor.observe(info)
         self.step += 1
         return info
+
+    # ----------------------------------------------------------------- step stages
+    def _loss_scale(self, loss_scale: float, scaler: Any, stacked: Tensor) -> tuple[float, float]:
+        """``(loss_scale, write_scale)``: what the losses are multiplied by before the
+        backward, and what the written gradients are (a GradScaler's current scale)."""
+        self._scaler_step = scaler is not None and bool(scaler.is_enabled())
+        if not self._scaler_step:
+            return loss_scale, 1.0
+        if loss_scale != 1.0:
+            raise ValueError("pass scaler= or loss_scale=, not both")
+        scaler.scale(stacked.detach())  # what scaler.scale(loss) does: creates its scale
+        scale = float(scaler.get_scale())
+        return scale, scale
+
+    def _validate_step(
+        self, stacked: Tensor, reps: tuple[Tensor, ...] | None, loss_scale: float
+    ) -> None:
+        if not stacked.requires_grad:
+            raise ValueError(
+                "none of the losses requires grad: were they computed under torch.no_grad() "
+                "or from detached tensors?"
+            )
+        if self.level == "representation" and reps is None:
+            raise ValueError(
+                "level='representation' needs the shared features: call "
+                "backward(losses, representation=z) with the trunk output z the heads read"
+            )
+        if not (math.isfinite(loss_scale) and loss_scale > 0):
+            raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
+
+    def _check_losses(
+        self, names: tuple[str, ...], detached: Tensor, comm: Communicator | None
+    ) -> StepInfo | None:
+        """The skip of a step whose losses are not all finite (read once per step)."""
+        if self._losses_checked:
+            return None
+        self._losses_checked = True
+        flags = [math.isfinite(value) for value in deferred("losses").tolist()]  # host copy
+        finite = all(flags)
+        if comm is not None and not comm.is_global:
+            finite = not comm.any(not finite)
+        if finite:
+            return None
+        bad = [n for n, ok in zip(names, flags, strict=True) if not ok]
+        where = f"task(s) {bad}" if bad else "a task on another rank"
+        return self._skip(names, detached, f"non-finite loss for {where}")
+
+    def _per_task_transforms(
+        self, grads: RowScaledGradients | None
+    ) -> tuple[RowScaledGradients | None, Tensor | None]:
+        """Per-task factors (clipping before combining) as a lazy row scaling."""
+        scales: Tensor | None = None
+        if grads is None:
+            return grads, scales
+        for transform in self.transforms:
+            if isinstance(transform, PerTaskTransform):
+                current = grads.norms() if scales is None else grads.norms() * scales
+                factor = transform.row_scale(current).to(torch.float64)
+                scales = factor if scales is None else scales * factor
+        return (grads if scales is None else grads.scale_rows(scales)), scales
+
+    def _combination(
+        self,
+        grads: RowScaledGradients | None,
+        reuse: bool,
+        names: tuple[str, ...],
+        detached: Tensor,
+        metrics: Tensor | None,
+        comm: Communicator | None,
+        scales: Tensor | None,
+    ) -> Combination:
+        """The method's weights or direction (or the cached weights of a reuse step). A
+        method that does not read the Jacobian runs on the host once the step's losses were
+        read there (with the Gram matrix, or before a stateful method); the others on the
+        device."""
+        if reuse:
+            assert self._cached_weights is not None
+            return Combination(weights=self._cached_weights)
+        on_host = self._losses_checked and self.method.needs < Need.JACOBIAN
+        ctx = make_context(
+            self.method,
+            grads,
+            num_tasks=len(names),
+            losses=deferred("losses").to(detached.dtype) if on_host else detached,
+            metrics=metrics,
+            step=self.step,
+            task_names=names,
+            level=self.level,
+        )
+        combination = unnormalise(self.method, self.method(ctx), ctx)
+        if comm is not None and comm.is_global and combination.weights is not None:
+            # every rank computed the same weights from the same inputs; rank 0's are
+            # applied everywhere so that the ranks' parameters stay bit-identical
+            combination = Combination(weights=comm.same_everywhere(combination.weights))
+        if self.update_every > 1 and combination.weights is not None:
+            weights = combination.weights
+            if scales is not None:
+                weights = weights * to_device(scales, weights.device, weights.dtype)
+            self._cached_weights = weights.detach().clone()
+        return combination
+
+    def _write(self, params: list[Tensor], grads: list[Tensor], write_scale: float) -> None:
+        """Add the update to ``.grad`` (scaled for a GradScaler, in each parameter's dtype)."""
+        for p, g in zip(params, grads, strict=True):
+            if write_scale != 1.0:
+                g = g * write_scale  # the scaler's step divides it back (a power of two)
+            if g.dtype != p.dtype:
+                g = g.to(p.dtype)
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
 
     def _layer_statistics(self, params: list[Tensor], grads: list[Tensor]) -> dict[str, Any]:
         """Per shared parameter: the norm of the update written and of the weights."""
@@ -881,7 +969,8 @@ class Balancer:
             outputs = stacked
             grad_outputs = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
         if need == Need.GRAMIAN and self._gramian_only(len(losses)):
-            gramian = layerwise_gramian(outputs, self.shared_params, grad_outputs)
+            on_device = layerwise_gramian(outputs, self.shared_params, grad_outputs)
+            gramian = None if on_device is None else fetch(on_device)[0]
             if gramian is None:  # the backward cannot be vectorised: do not try again
                 self._layerwise_ok = False
             elif in_safe_range(gramian):
@@ -916,7 +1005,8 @@ class Balancer:
         shared = self.shared_params
 
         def combine(weights: Tensor) -> list[Tensor]:
-            combined = torch.tensordot(weights.to(grad_outputs.dtype), grad_outputs, dims=1)
+            on_device = to_device(weights, grad_outputs.device, grad_outputs.dtype)
+            combined = torch.tensordot(on_device, grad_outputs, dims=1)
             result = torch.autograd.grad(
                 outputs, shared, grad_outputs=combined, retain_graph=True, allow_unused=True
             )
@@ -939,16 +1029,18 @@ class Balancer:
         """Gradients of all parameters involved, from the method's combination (gradients
         that autograd computes from the scaled losses are multiplied by ``unscale``)."""
         ones = torch.ones_like(stacked)
-        row_factor = ones if scales is None else scales.to(stacked)
+        device = stacked.device
+        row_factor = ones if scales is None else to_device(scales, device, stacked.dtype)
         if combination.weights is not None:
-            applied = combination.weights.to(stacked) * row_factor
+            weights = to_device(combination.weights, device)  # (host weights: sent once)
+            applied = weights.to(stacked.dtype) * row_factor
             objective = (applied * stacked).sum()
             if grads is None or self.level == "representation":
                 return _grad(
                     objective, self.shared_params + task_params, retain_graph=False, unscale=unscale
                 )
             reached = self._reached_shared(stacked)
-            shared = grads.combine(combination.weights.to(stacked.device))
+            shared = grads.combine(weights)
             head_params, head_grads = _grad(
                 objective, task_params, retain_graph=False, unscale=unscale
             )

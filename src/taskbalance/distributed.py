@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from taskbalance.engine.gramian import power_of_two
+from taskbalance.engine.host import fetch, to_device
 from taskbalance.engine.task_gradients import RowScaledGradients
 
 __all__ = [
@@ -125,6 +126,14 @@ class Communicator:
         ``benchmarks/distributed_step.py``). Both give the same update (tested on gloo)."""
         return str(dist.get_backend(self.group)) == "nccl"
 
+    @property
+    def device(self) -> torch.device:
+        """Where this group's collectives run: the current GPU for NCCL, else the CPU (host
+        results such as task weights and the Gram matrix travel there and back)."""
+        if str(dist.get_backend(self.group)) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def mean(self, tensor: Tensor) -> Tensor:
         """The mean of ``tensor`` over the ranks (a new tensor; every rank gets the same)."""
         result = tensor.detach().clone()
@@ -133,10 +142,10 @@ class Communicator:
 
     def same_everywhere(self, tensor: Tensor) -> Tensor:
         """Rank 0's ``tensor`` on every rank (bit-identical weights on all ranks)."""
-        result = tensor.detach().clone().contiguous()
+        result = tensor.detach().to(self.device, copy=True).contiguous()
         source = dist.get_global_rank(self.group, 0) if self.group is not None else 0
         dist.broadcast(result, src=source, group=self.group)
-        return result
+        return result if result.device == tensor.device else fetch(result)[0].to(tensor.dtype)
 
     def global_blocks(self, blocks: Sequence[Tensor]) -> list[Tensor]:
         """The global Jacobian's blocks: the mean over ranks of the local ``(T, ...)``
@@ -149,9 +158,10 @@ class Communicator:
     def global_representation_gramian(self, local: Tensor) -> Tensor:
         """``(1/R^2) sum_r G_r``: the Gram matrix of the global loss's representation
         gradients (each rank's samples are separate coordinates, scaled by ``1/R``)."""
-        total = local.detach().clone()
+        total = local.detach().to(self.device, copy=True)
         dist.all_reduce(total, group=self.group)
-        return total / self.world_size**2
+        total = total / self.world_size**2
+        return total if total.device == local.device else fetch(total)[0]
 
     def average_gradients(
         self, params: Sequence[Tensor], grads: Sequence[Tensor | None]
@@ -294,7 +304,7 @@ class ShardedGradients(RowScaledGradients):
         )
 
     def _combine_unscaled(self, weights: Tensor) -> list[Tensor]:
-        local = weights.to(torch.float64) @ self._mine.to(torch.float64)
+        local = to_device(weights, self._mine.device, torch.float64) @ self._mine.to(torch.float64)
         gathered = torch.empty(
             local.numel() * self._comm.world_size, dtype=local.dtype, device=local.device
         )
@@ -328,4 +338,5 @@ def shard_jacobian(comm: Communicator, blocks: Sequence[Tensor]) -> ShardedGradi
     wide = mine.to(torch.float64) / scale
     gramian = wide @ wide.T
     dist.all_reduce(gramian, group=comm.group)
-    return ShardedGradients(comm, mine, scale, gramian, [b.shape[1:] for b in blocks], size)
+    (on_host,) = fetch(gramian)
+    return ShardedGradients(comm, mine, scale, on_host, [b.shape[1:] for b in blocks], size)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from taskbalance.engine.host import fetch
+
 __all__ = [
     "gramian_of_blocks",
     "in_float64_range",
@@ -63,12 +65,19 @@ def in_safe_range(gramian: Tensor) -> bool:
 
 
 def gramian_of_blocks(blocks: Sequence[Tensor]) -> Tensor:
-    """``(T, T)`` float64 Gram matrix of the rows of the (block-split) Jacobian."""
+    """``(T, T)`` float64 Gram matrix of the rows of the (block-split) Jacobian, on the host
+    (one transfer, see :mod:`taskbalance.engine.host`)."""
     if not blocks:
         raise ValueError("no gradient blocks to build a Gram matrix from")
-    fast = _accumulate(blocks, None)
+    (fast,) = fetch(_accumulate(blocks, None))
     if in_safe_range(fast):
         return fast
+    return fetch(_rescaled_gramian(blocks, fast))[0]
+
+
+def _rescaled_gramian(blocks: Sequence[Tensor], fast: Tensor) -> Tensor:
+    """The Gram matrix formed in float64 on blocks divided by their largest entry (the slow,
+    exact path where the float32 product over- or underflowed)."""
     scale = _largest_entry(blocks)
     if not bool(torch.isfinite(scale)):
         return torch.full_like(fast, float("nan"))
@@ -103,4 +112,5 @@ def normalised_gramian_of_blocks(blocks: Sequence[Tensor]) -> tuple[Tensor, floa
         raise ValueError("the task gradients have non-finite entries")
     scale = power_of_two(largest) if largest > 0 else 1.0
     divisor = torch.tensor(scale, dtype=torch.float64)
-    return _accumulate([b.to(torch.float64) for b in blocks], divisor), scale
+    (normalised,) = fetch(_accumulate([b.to(torch.float64) for b in blocks], divisor))
+    return normalised, scale

@@ -23,6 +23,7 @@ from taskbalance.engine.gramian import (
     normalised_gramian_of_blocks,
     power_of_two,
 )
+from taskbalance.engine.host import to_device
 
 __all__ = ["GramianGradients", "RowScaledGradients", "TaskGradients"]
 
@@ -111,7 +112,7 @@ class RowScaledGradients(ABC):
     def combine(self, weights: Tensor) -> list[Tensor]:
         """``J^T w`` split per input: ``sum_i w_i g_i`` with the inputs' shapes."""
         if self.row_scale is not None:
-            weights = weights * self.row_scale.to(weights.dtype)
+            weights = weights * to_device(self.row_scale, weights.device, weights.dtype)
         return self._combine_unscaled(weights)
 
 
@@ -177,7 +178,7 @@ class TaskGradients(RowScaledGradients):
         flats = [b.reshape(self.num_tasks, -1) for b in self.blocks]
         matrix = flats[0] if len(flats) == 1 else torch.cat(flats, dim=1)
         if self.row_scale is not None:
-            matrix = matrix * self.row_scale.to(matrix.dtype).unsqueeze(1)
+            matrix = matrix * to_device(self.row_scale, matrix.device, matrix.dtype).unsqueeze(1)
         return matrix
 
     def with_row_scale(self, scale: Tensor | None) -> TaskGradients:
@@ -191,7 +192,9 @@ class TaskGradients(RowScaledGradients):
         return TaskGradients([b / factor for b in self.blocks], self.row_scale)
 
     def _combine_unscaled(self, weights: Tensor) -> list[Tensor]:
-        return [torch.tensordot(weights.to(b.dtype), b, dims=1) for b in self.blocks]
+        return [
+            torch.tensordot(to_device(weights, b.device, b.dtype), b, dims=1) for b in self.blocks
+        ]
 
     def split(self, direction: Tensor) -> list[Tensor]:
         """A flat ``(P,)`` direction cut back into the inputs' shapes."""

@@ -4,8 +4,11 @@ A method is a small object that maps a :class:`Context` (the task losses, and th
 or Jacobian of the task gradients when it declared that it needs them) to a
 :class:`Combination`: either task weights ``w`` (``T``), applied as ``sum_i w_i g_i``, or a
 direction ``d`` (``P``) in the space of the gradients it was given. A method never calls
-``backward`` itself and never moves data to the host; the engine computes what it declared in
-:attr:`Method.needs`, and the balancer applies the result.
+``backward`` itself and never reads device values on the host; the engine computes what it
+declared in :attr:`Method.needs`, and the balancer applies the result. A method that does not
+read the Jacobian gets host copies (the Gram matrix in float64, the losses) once the balancer
+has read them, and runs on the host (see :mod:`taskbalance.engine.host`); one that reads the
+Jacobian gets everything on the device.
 
 Scale convention: loss-weighting methods return weights that sum to ``T`` (``ew`` is the plain
 sum of the losses, as in LibMTL); gradient methods follow their paper and document their scale.

@@ -24,7 +24,14 @@ from torch import Tensor
 
 from taskbalance.engine.needs import Need
 
-__all__ = ["CombinedTransform", "PerTaskTransform", "Transform", "global_norm", "positive"]
+__all__ = [
+    "CombinedTransform",
+    "PerTaskTransform",
+    "Transform",
+    "fast_global_norm",
+    "global_norm",
+    "positive",
+]
 
 
 def positive(name: str, value: float) -> float:
@@ -36,20 +43,29 @@ def positive(name: str, value: float) -> float:
     return float(value)
 
 
-def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """Euclidean norm of all entries of ``tensors`` together (as one flat vector)."""
+def fast_global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of all entries of ``tensors`` together, without reading anything on the
+    host: exact unless it is not finite (an entry is inf/NaN, or finite float32 gradients
+    whose norm exceeds ~1.8e19 overflow the squares), where :func:`global_norm` decides."""
     if not tensors:
-        return torch.zeros(())
+        return torch.zeros((), dtype=torch.float64)
     low_precision = [t for t in tensors if t.dtype in (torch.float16, torch.bfloat16)]
     regular = [t for t in tensors if t.dtype not in (torch.float16, torch.bfloat16)]
-    norms: list[Tensor] = (
-        [n.to(torch.float64) for n in torch._foreach_norm(regular)] if regular else []
-    )
+    norms: list[Tensor] = list(torch._foreach_norm(regular)) if regular else []
     # half-precision norms overflow at 65504: take them in float32
-    norms += [
-        torch.linalg.vector_norm(t, dtype=torch.float32).to(torch.float64) for t in low_precision
-    ]
-    total: Tensor = torch.linalg.vector_norm(torch.stack(norms))
+    norms += [torch.linalg.vector_norm(t, dtype=torch.float32) for t in low_precision]
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    stacked = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms])
+    total: Tensor = torch.linalg.vector_norm(stacked, dtype=torch.float64)
+    return total
+
+
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of all entries of ``tensors`` together (as one flat vector), exact at
+    any scale: inf only where it exceeds float64, NaN where an entry is NaN."""
+    if not tensors:
+        return torch.zeros(())
+    total = fast_global_norm(tensors)
     if bool(torch.isfinite(total)):
         return total
     # a norm overflowed (float32 squares beyond 3e38, float64 beyond 1e308) or an entry is

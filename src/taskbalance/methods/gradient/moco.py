@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.gramian import gramian_of_blocks
+from taskbalance.engine.host import to_device
 from taskbalance.engine.needs import Need
 from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
@@ -78,9 +79,8 @@ class MoCo(Method):
         num_tasks = J.shape[0]
         if self.tracked is None or self.task_weights is None:
             self.tracked = torch.zeros_like(J)
-            self.task_weights = torch.full(
-                (num_tasks,), 1.0 / num_tasks, dtype=torch.float64, device=J.device
-            )
+            # (the task weights live on the host, with the Gram matrix they are updated from)
+            self.task_weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
         elif self.tracked.shape != J.shape:
             raise ValueError(
                 f"moco tracks gradients of shape {tuple(self.tracked.shape)}, "
@@ -96,10 +96,8 @@ class MoCo(Method):
         safe = torch.where(norms > 0, norms, 1.0)
         row_factor = torch.where(norms > 0, beta * losses.to(torch.float64) / safe, 0.0)
         self.tracked.mul_(1 - beta).addcmul_(J, row_factor.to(J.dtype).unsqueeze(1))
-        gram = gramian_of_blocks([self.tracked]) + self.rho * torch.eye(
-            num_tasks, dtype=torch.float64, device=J.device
-        )
-        self.task_weights = torch.softmax(
-            self.task_weights - gamma * gram @ self.task_weights, dim=0
-        )
-        return Combination(direction=self.task_weights.to(J.dtype) @ self.tracked)
+        gram = gramian_of_blocks([self.tracked])  # on the host
+        gram = gram + self.rho * torch.eye(num_tasks, dtype=gram.dtype, device=gram.device)
+        weights = self.task_weights.to(gram.device)  # (state loaded from a GPU checkpoint)
+        self.task_weights = torch.softmax(weights - gamma * gram @ weights, dim=0)
+        return Combination(direction=to_device(self.task_weights, J.device, J.dtype) @ self.tracked)

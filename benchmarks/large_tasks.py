@@ -1,0 +1,173 @@
+"""Hundreds of tasks: training steps at T = 128, 512 and 1000 on a small trunk.
+
+Each task is one output of a small shared MLP (32 -> 64 -> 64, ReLU, batch 128) read by its
+own linear head; losses are mean squared errors against random targets. One training step is
+forward, ``Balancer.backward(losses, representation=z)`` at parameter level (the Gram-only
+engine path, which ``auto`` takes at these T) and an Adam step.
+
+For each Gram-based method it reports, one CPU thread, medians over ``--steps`` steps after
+two warm-up steps:
+
+* ``step ms``: the whole training step;
+* ``solver warm``: the method's own computation inside those steps (the balancer's instance,
+  warm-started from the previous step where the method does so), and its share of the step;
+* ``solver cold``: a freshly created method on the same Gram matrices (no previous step), and
+  its share of the step;
+* ``TorchJD``: TorchJD's ``Weighting`` for the same method on the same Gram matrices (its
+  fastest, Gramian-only path), when ``pip install 'taskbalance[bench]'`` is present.
+
+Each (method, T) runs in its own process with a time limit, so one slow case cannot stall the
+table::
+
+    python benchmarks/large_tasks.py --out benchmarks/results/large_tasks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+METHODS = ["mgda", "upgrad", "dualproj", "cagrad", "nash_mtl", "fairgrad", "imtl_g", "aligned_mtl"]
+
+
+def run_one(method: str, tasks: int, steps: int) -> dict[str, Any]:
+    """Measure one (method, T) in this process."""
+    import torch
+    from torch import nn
+
+    from taskbalance import Balancer, methods
+    from taskbalance.methods.base import Context
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+    heads = nn.Linear(64, tasks)  # head i is row i
+    x = torch.randn(128, 32)
+    targets = torch.randn(128, tasks)
+    optimizer = torch.optim.Adam([*trunk.parameters(), *heads.parameters()], lr=1e-3)
+    balancer = Balancer(method, trunk.parameters())
+    contexts: list[Context] = []
+    solver_seconds: list[float] = []
+    combine = balancer.method.combine
+
+    def timed_combine(ctx: Context) -> Any:
+        begin = time.perf_counter()
+        result = combine(ctx)
+        solver_seconds.append(time.perf_counter() - begin)
+        contexts.append(ctx)
+        return result
+
+    balancer.method.combine = timed_combine  # type: ignore[method-assign]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        z = trunk(x)
+        errors = (heads(z) - targets).pow(2).mean(dim=0)
+        balancer.backward(list(errors.unbind()), representation=z)
+        optimizer.step()
+
+    step_seconds = []
+    for index in range(steps + 2):
+        begin = time.perf_counter()
+        step()
+        if index >= 2:
+            step_seconds.append(time.perf_counter() - begin)
+    warm = solver_seconds[2:]
+    cold = []
+    for ctx in contexts[2:]:
+        fresh = methods.create(method)
+        begin = time.perf_counter()
+        fresh(ctx)
+        cold.append(time.perf_counter() - begin)
+    step_ms = 1e3 * statistics.median(step_seconds)
+    row: dict[str, Any] = {
+        "method": method,
+        "tasks": tasks,
+        "step_ms": step_ms,
+        "solver_warm_ms": 1e3 * statistics.median(warm),
+        "solver_cold_ms": 1e3 * statistics.median(cold),
+    }
+    row["warm_share"] = row["solver_warm_ms"] / step_ms
+    row["cold_share"] = row["solver_cold_ms"] / step_ms
+    row["torchjd_ms"] = _torchjd_ms(method, tasks, [c.gramian for c in contexts[2:]])
+    return row
+
+
+def _torchjd_ms(method: str, tasks: int, gramians: list[Any]) -> float | None:
+    """TorchJD's Gramian weighting for ``method`` on the same matrices (None: unavailable)."""
+    sys.path.insert(0, str(HERE))
+    from torchjd_equivalents import available
+
+    equivalent = available().get(method)
+    if equivalent is None or equivalent.weighting is None:
+        return None
+    weighting = equivalent.weighting(tasks)
+    seconds = []
+    for gramian in gramians:
+        matrix = gramian.to(dtype=__import__("torch").float32)
+        begin = time.perf_counter()
+        weighting(matrix)
+        seconds.append(time.perf_counter() - begin)
+    return 1e3 * statistics.median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[128, 512, 1000])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--limit", type=float, default=300.0, help="seconds per (method, T)")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.steps)))
+        return
+    rows: list[dict[str, Any]] = []
+    print(
+        f"{'method':<12}{'T':>6}{'step ms':>10}{'warm ms':>10}{'share':>8}"
+        f"{'cold ms':>10}{'share':>8}{'TorchJD ms':>12}"
+    )
+    for tasks in args.tasks:
+        for method in args.methods:
+            command = [sys.executable, __file__, "--one", method, str(tasks)]
+            command += ["--steps", str(args.steps)]
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, timeout=args.limit, check=False
+                )
+                lines = done.stdout.strip().splitlines()
+                if done.returncode != 0 or not lines:
+                    error = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                    row: dict[str, Any] = {"method": method, "tasks": tasks, "error": error}
+                else:
+                    row = json.loads(lines[-1])
+            except subprocess.TimeoutExpired:
+                row = {"method": method, "tasks": tasks, "error": f"over {args.limit:.0f} s"}
+            rows.append(row)
+            if "error" in row:
+                print(f"{method:<12}{tasks:>6}  {row['error'][:80]}", flush=True)
+                continue
+            torchjd = row["torchjd_ms"]
+            print(
+                f"{method:<12}{tasks:>6}{row['step_ms']:>10.1f}{row['solver_warm_ms']:>10.2f}"
+                f"{row['warm_share']:>8.1%}{row['solver_cold_ms']:>10.2f}{row['cold_share']:>8.1%}"
+                f"{'-' if torchjd is None else f'{torchjd:.2f}':>12}",
+                flush=True,
+            )
+    if args.out:
+        import torch
+
+        meta = {"torch": torch.__version__, "steps": args.steps, "threads": 1}
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
