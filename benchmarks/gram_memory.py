@@ -134,7 +134,7 @@ def run_probe(model: str, num_tasks: int, path: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40, 80])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40, 80, 128])
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     try:

@@ -25,27 +25,34 @@ so the Jacobian exists once, never as blocks plus a concatenated copy.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 from taskbalance.engine.jacobian import warn_once
+from taskbalance.engine.layer_rules import LayerRule, RulePlan, plan_rules
 
 __all__ = ["layerwise_gramian", "stacked_jacobian"]
+
+logger = logging.getLogger(__name__)
 
 RowSink = Callable[[int, Tensor], None]
 """Receives ``(input index, (T, *input.shape) rows)`` once per input tensor."""
 
 
 class _HandRows(torch.autograd.Function):
-    """Identity on a gradient; under vmap, hands the ``T`` physical rows to a sink and returns a
-    zero-stride tensor in their place (so autograd keeps nothing of size ``T x |p|``)."""
+    """Identity on a gradient; under vmap, hands the ``T`` physical rows to a sink. With
+    ``drop``, returns a zero-stride tensor in their place (so autograd keeps nothing of size
+    ``T x |p|`` of a parameter's rows); without, the result is meant to be ignored (a node's
+    output gradient that the node then uses unchanged)."""
 
     @staticmethod
-    def forward(grad: Tensor, index: int, sink: RowSink) -> Tensor:  # outside a vmap
-        raise RuntimeError("the per-tensor row hook ran outside of a vectorised backward")
+    def forward(grad: Tensor, sink: Callable[[Tensor], None], drop: bool) -> Tensor:
+        raise RuntimeError("a row hook ran outside of a vectorised backward")
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -53,57 +60,110 @@ class _HandRows(torch.autograd.Function):
 
     @staticmethod
     def vmap(
-        info: Any, in_dims: tuple[int | None, None, None], grad: Tensor, index: int, sink: RowSink
+        info: Any,
+        in_dims: tuple[int | None, None, None],
+        grad: Tensor,
+        sink: Callable[[Tensor], None],
+        drop: bool,
     ) -> tuple[Tensor, None]:
         dim = in_dims[0]
         if dim is None:  # the same gradient for every row
             rows = grad.unsqueeze(0).expand(info.batch_size, *grad.shape)
         else:
             rows = grad.movedim(dim, 0)
-        sink(index, rows)
+        sink(rows)
         zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        return zero.expand(rows.shape[1:]), None
+        return (zero.expand(rows.shape[1:]) if drop else zero), None
+
+
+def _hand_rows(grad: Tensor, sink: Callable[[Tensor], None], drop: bool) -> Tensor:
+    result: Tensor = _HandRows.apply(grad, sink, drop)  # type: ignore[no-untyped-call]
+    return result
 
 
 def _hook_for(index: int, sink: RowSink) -> Callable[[Tensor], Tensor]:
     """A gradient hook that hands the ``T`` rows it sees to ``sink`` and drops them."""
 
     def hook(grad: Tensor) -> Tensor:
-        result: Tensor = _HandRows.apply(grad, index, sink)  # type: ignore[no-untyped-call]
-        return result
+        return _hand_rows(grad, lambda rows: sink(index, rows), drop=True)
 
     return hook
 
 
+class _RuleReadings:
+    """The rules' contributions as their nodes' gradients arrive; ``ok`` turns false when a
+    rule's assumptions do not hold in this backward (then the caller falls back)."""
+
+    def __init__(self, plan: RulePlan, total: Tensor) -> None:
+        self.plan, self.total = plan, total
+        self.read: set[int] = set()
+        self.ok = True
+
+    def pre_hook(self, rule: LayerRule) -> Callable[[tuple[Tensor | None, ...]], None]:
+        def hook(grad_outputs: tuple[Tensor | None, ...]) -> None:
+            first, *others = grad_outputs
+            if any(other is not None for other in others):
+                self.ok = False  # a second output (a norm's statistics) carries a gradient
+            if first is not None:
+                _hand_rows(first, lambda rows: self.add(rule, rows), drop=False)
+
+        return hook
+
+    def add(self, rule: LayerRule, rows: Tensor) -> None:
+        self.total.add_(rule.gramian(rows))
+        self.read.add(id(rule))
+
+    def complete(self) -> bool:
+        return self.ok and all(id(rule) in self.read for rule in self.plan.rules)
+
+
 def _vectorised_rows(
-    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, sink: RowSink, what: str
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    grad_outputs: Tensor,
+    sink: RowSink,
+    what: str,
+    plan: RulePlan | None = None,
+    readings: _RuleReadings | None = None,
 ) -> bool:
     """Run the ``T`` vector-Jacobian products as one vectorised backward, handing each input's
-    rows to ``sink``; ``False`` (logged once) when the backward cannot be vectorised."""
+    rows to ``sink``; ``False`` (logged once) when the backward cannot be vectorised. With a
+    ``plan`` (see :mod:`taskbalance.engine.layer_rules`), the inputs it covers are not
+    differentiated: its rules read their nodes' output gradients instead."""
+    generic = list(range(len(inputs))) if plan is None else plan.generic
     handles = [
-        x.register_hook(_hook_for(index, sink))  # type: ignore[no-untyped-call]
-        for index, x in enumerate(inputs)
+        inputs[i].register_hook(_hook_for(i, sink))  # type: ignore[no-untyped-call]
+        for i in generic
     ]
+    captured: list[LayerRule] = []
+    if plan is not None and readings is not None:
+        handles += [rule.node.register_prehook(readings.pre_hook(rule)) for rule in plan.hooked]
+        captured = plan.captured
+    targets: list[Any] = [inputs[i] for i in generic]
+    targets += [GradientEdge(rule.node, 0) for rule in captured]
 
     def rows(grad_output: Tensor) -> tuple[Tensor, ...]:
         grads = torch.autograd.grad(
-            outputs, list(inputs), grad_outputs=grad_output, retain_graph=True, allow_unused=True
+            outputs, targets, grad_outputs=grad_output, retain_graph=True, allow_unused=True
         )
-        return tuple(g for g in grads if g is not None)
+        return tuple(g for g in grads[len(generic) :] if g is not None)
 
     try:
-        torch.vmap(rows)(grad_outputs)
+        captured_rows = torch.vmap(rows)(grad_outputs)
     except RuntimeError as error:
         warn_once(error, f"the {what} needs a vectorisable backward (%s); using blocks instead")
         return False
     finally:
         for handle in handles:
             handle.remove()
+    if readings is not None:
+        for rule, rows_of_rule in zip(captured, captured_rows, strict=True):
+            readings.add(rule, rows_of_rule)
     return True
 
 
 def layerwise_gramian(
-    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor
+    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, *, rules: bool = True
 ) -> Tensor | None:
     """``(T, T)`` float64 Gram matrix of the rows ``grad_outputs[i]^T d outputs / d inputs``.
 
@@ -111,6 +171,9 @@ def layerwise_gramian(
         outputs: tensor attached to the graph (the losses, or the shared representation).
         inputs: tensors to differentiate with respect to (the shared parameters).
         grad_outputs: ``(T, *outputs.shape)`` output gradients, one per row.
+        rules: use the per-layer rules of :mod:`taskbalance.engine.layer_rules` where they
+            apply (``Linear``, ``Conv1d/2d``, ``Embedding``, norm affine parameters), so that
+            those layers' ``T x |p|`` rows are never formed.
 
     Returns:
         The Gram matrix, or ``None`` when the model's backward cannot be vectorised (an
@@ -128,6 +191,17 @@ def layerwise_gramian(
             flat = flat.float()
         total.add_((flat @ flat.T).to(torch.float64))
 
+    plan = plan_rules(outputs, inputs) if rules else None
+    if plan is not None and plan.rules:
+        readings = _RuleReadings(plan, total)
+        if not _vectorised_rows(
+            outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix", plan, readings
+        ):
+            return None
+        if readings.complete():
+            return total
+        logger.debug("a layer rule did not apply in this backward; generic Gram path instead")
+        total.zero_()
     if not _vectorised_rows(outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix"):
         return None
     return total
