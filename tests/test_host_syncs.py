@@ -140,3 +140,33 @@ def test_no_device_mixups_with_a_grad_scaler() -> None:
             optimizer.zero_grad()
     assert not info.skipped
     assert audit.mixups == [], audit.mixups[:3]
+
+
+def test_the_layer_rules_read_nothing_on_the_device() -> None:
+    """The Gram-only path with every per-layer rule (embedding, layer norm, linear on 3-D
+    input, convolution, batch norm): still one Gram transfer and one norm transfer."""
+
+    class Trunk(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(12, 6, padding_idx=0)
+            self.norm = nn.LayerNorm(6)
+            self.conv = nn.Conv1d(6, 4, 3, padding=1)
+            self.batch_norm = nn.BatchNorm1d(4)
+            self.linear = nn.Linear(4, 8)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            h = self.norm(self.embedding(tokens)).transpose(1, 2)  # (B, 6, L)
+            h = torch.relu(self.batch_norm(self.conv(h))).transpose(1, 2)  # (B, L, 4)
+            return self.linear(h).mean(1)
+
+    trunk = Trunk()
+    heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(3))
+    balancer = Balancer("upgrad", trunk.parameters(), engine="gramian")
+    tokens = torch.randint(0, 12, (5, 7))
+    with DeviceReadAudit() as audit:  # two steps: the second one warm-started
+        for _ in range(2):
+            z = trunk(tokens)
+            balancer.backward([h(z).pow(2).mean() for h in heads], representation=z)
+    assert audit.mixups == [], audit.mixups[:3]
+    assert (audit.reads, audit.transfers) == (0, 4), dict(audit.sites)
