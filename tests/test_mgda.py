@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskbalance import aggregate
@@ -167,3 +167,27 @@ def test_loss_normalisations_use_the_losses_and_stay_finite() -> None:
         assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="Did you mean 'loss\\+'"):
         methods.create("mgda", normalization="loss++")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_tasks=st.integers(20, 120),
+    dim=st.integers(5, 300),
+    seed=st.integers(0, 10_000),
+    duplicates=st.integers(0, 5),
+)
+def test_large_supports_and_duplicated_points_stay_exact(
+    num_tasks: int, dim: int, seed: int, duplicates: int
+) -> None:
+    """Many tasks with a large optimal support (the updated Cholesky factor of the corral
+    carries most iterations), singular Gram matrices (dim < T) and exact duplicates (whose
+    corral would be affinely dependent: the factor must give way to the KKT solve)."""
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(num_tasks, dim, generator=generator, dtype=torch.float64) + 0.2
+    if duplicates:
+        J[-duplicates:] = J[:duplicates]
+    G = J @ J.T
+    w = min_norm_simplex(G)
+    assert torch.all(w >= 0)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert kkt_violation(G, w) < 1e-9

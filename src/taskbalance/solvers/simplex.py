@@ -65,6 +65,60 @@ def _warm_corral(G: Tensor, start: Tensor, tol: float) -> tuple[Tensor, list[int
     return weights, support.tolist()
 
 
+class _CorralFactor:
+    """Affine minimisers of the corral ``S`` from a Cholesky factor of ``M = G_S + 1 1^T``.
+
+    ``M`` is positive definite exactly when the corral's points are affinely independent
+    (Wolfe's invariant), and the KKT conditions ``G_S w = lambda 1, 1^T w = 1`` give
+    ``M w = (lambda + 1) 1``, so ``w = M^{-1} 1 / (1^T M^{-1} 1)`` (Wolfe 1976, section 4).
+    Adding a vertex extends the factor by one row (``O(k^2)``), instead of solving the
+    ``(k + 1)``-square KKT system anew (``O(k^3)``) at every major iteration; dropping vertices
+    (rarer) refactors. Where the factor breaks down (a corral affinely dependent to rounding)
+    the KKT system is solved instead.
+    """
+
+    def __init__(self, G: Tensor, corral: list[int]) -> None:
+        self.G = G
+        self.buffer = G.new_zeros(G.shape)
+        self.reset(corral)
+
+    def reset(self, corral: list[int]) -> None:
+        self.corral = list(corral)
+        index = torch.tensor(self.corral, device=self.G.device)
+        factor, info = torch.linalg.cholesky_ex(self.G[index][:, index] + 1.0)
+        self.ok = int(info) == 0
+        if self.ok:
+            k = len(self.corral)
+            self.buffer[:k, :k] = factor
+
+    def append(self, vertex: int) -> None:
+        k = len(self.corral)
+        if self.ok:
+            index = torch.tensor(self.corral, device=self.G.device)
+            column = self.G[index, vertex] + 1.0
+            row = torch.linalg.solve_triangular(
+                self.buffer[:k, :k], column.unsqueeze(1), upper=False
+            ).squeeze(1)
+            diagonal = float(self.G[vertex, vertex]) + 1.0
+            pivot = diagonal - float(row @ row)
+            if pivot > 1e-13 * diagonal:
+                self.buffer[k, :k] = row
+                self.buffer[k, k] = pivot**0.5
+            else:
+                self.ok = False
+        self.corral.append(vertex)
+
+    def minimiser(self) -> Tensor:
+        k = len(self.corral)
+        if self.ok:
+            u = torch.cholesky_solve(self.buffer.new_ones((k, 1)), self.buffer[:k, :k]).squeeze(1)
+            total = u.sum()
+            if bool(total > 0) and bool(torch.isfinite(u).all()):
+                return u / total
+        index = torch.tensor(self.corral, device=self.G.device)
+        return _affine_minimiser(self.G[index][:, index])
+
+
 def min_norm_simplex(
     gramian: Tensor,
     *,
@@ -110,6 +164,7 @@ def min_norm_simplex(
         weights[first] = 1.0
         corral = [first]
     limit = max_iter if max_iter is not None else 50 + 10 * num_points
+    factor = _CorralFactor(G, corral)
     for _ in range(limit):
         gradient = G @ weights
         value = weights @ gradient
@@ -117,9 +172,10 @@ def min_norm_simplex(
         if bool(gradient[candidate] >= value - tol) or candidate in corral:
             break
         corral.append(candidate)
+        factor.append(candidate)
         while True:  # minor cycle: move towards the affine minimiser, dropping vertices
             index = torch.tensor(corral, device=G.device)
-            target = _affine_minimiser(G[index][:, index])
+            target = factor.minimiser()
             current = weights[index]
             if bool((target > tol).all()):
                 weights.zero_()
@@ -137,6 +193,8 @@ def min_norm_simplex(
             if not corral:  # numerical corner case: restart from the best vertex
                 corral = [candidate]
                 weights[candidate] = 1.0
+                factor.reset(corral)
                 break
+            factor.reset(corral)
     weights = weights.clamp_min(0.0)
     return weights / weights.sum()
