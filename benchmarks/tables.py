@@ -216,7 +216,37 @@ def reproduction_table() -> str:
     return "\n".join(lines)
 
 
+def large_tasks_table(rows: list[dict]) -> str:  # type: ignore[type-arg]
+    """Solver time and share of the step at hundreds of tasks, beside TorchJD (large_tasks.py)."""
+    sizes = sorted({r["tasks"] for r in rows})
+    header = ["method", *[f"T = {t}: solver warm / cold (share of step)" for t in sizes]]
+    header.append("TorchJD's weighting, same matrices")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    index = {(r["method"], r["tasks"]): r for r in rows}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [f"`{method}`"]
+        theirs = []
+        for tasks in sizes:
+            row = index.get((method, tasks))
+            if row is None:
+                cells.append("not run")
+            elif "error" in row:
+                cells.append(row["error"])
+            else:
+                cells.append(
+                    f"{row['solver_warm_ms']:.1f} / {row['solver_cold_ms']:.1f} ms "
+                    f"({row['warm_share']:.0%} / {row['cold_share']:.0%} of "
+                    f"{row['step_ms']:.0f} ms)"
+                )
+                if row.get("torchjd_ms") is not None:
+                    theirs.append(f"T = {tasks}: {row['torchjd_ms']:.1f} ms")
+        cells.append(", ".join(theirs) or "none")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "large-tasks": lambda: large_tasks_table(_load("large_tasks.json")["rows"]),
     "reproductions-summary": reproduction_table,
     "host-syncs": lambda: host_sync_table(_load("host_syncs.json")["rows"]),
     "method-evidence": evidence_table,

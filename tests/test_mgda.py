@@ -191,3 +191,20 @@ def test_large_supports_and_duplicated_points_stay_exact(
     assert torch.all(w >= 0)
     assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
     assert kkt_violation(G, w) < 1e-9
+
+
+def test_the_updated_factor_gives_the_direct_solves_minimiser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A support of ~100 points (above the size where the factor takes over) solved both
+    ways: the same minimiser."""
+    import taskbalance.solvers.simplex as simplex
+
+    generator = torch.Generator().manual_seed(7)
+    J = torch.randn(160, 400, generator=generator, dtype=torch.float64) + 0.3
+    G = J @ J.T
+    with_factor = min_norm_simplex(G)
+    assert int((with_factor > 0).sum()) > simplex._FACTOR_FROM
+    monkeypatch.setattr(simplex, "_FACTOR_FROM", 10**9)
+    direct = min_norm_simplex(G)
+    torch.testing.assert_close(with_factor, direct, rtol=0, atol=1e-10)
