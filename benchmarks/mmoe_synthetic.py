@@ -21,7 +21,8 @@ distribution of the final losses (its Figure 5): ``--runs`` sets how many here.
 Reported per (correlation, model): the training-loss curve (sum of the two MSEs, mean over
 runs), the final loss on 10,000 held-out samples per run (mean ± std and the distribution),
 and the Pearson correlation actually achieved between the two labels (the sinusoids make it
-lower than ``p``).
+lower than ``p``). Written to ``--out``: ``settings.json``, ``runs.json`` (every run),
+``table.md``, ``curves.png`` and ``distribution.png``.
 
 Usage::
 
@@ -55,7 +56,15 @@ class Generator:
     """One draw of the paper's two-task regression problem."""
 
     def __init__(
-        self, correlation: float, seed: int, waves: str, noise_std: float, d: int, c: float, m: int
+        self,
+        correlation: float,
+        seed: int,
+        waves: str,
+        noise_std: float,
+        d: int,
+        c: float,
+        m: int,
+        wave_seed: int = 0,
     ) -> None:
         self.random = torch.Generator().manual_seed(seed)
         basis, _ = torch.linalg.qr(torch.randn(d, 2, generator=self.random, dtype=torch.float64))
@@ -65,9 +74,10 @@ class Generator:
         if waves == "google":
             self.alpha = torch.arange(1, m + 1, dtype=torch.float32)
             self.beta = torch.arange(m, dtype=torch.float32) ** 2
-        else:
-            self.alpha = torch.randn(m, generator=self.random)
-            self.beta = torch.randn(m, generator=self.random)
+        else:  # drawn per run index, the same at every correlation (a paired comparison)
+            draw = torch.Generator().manual_seed(10_000 + wave_seed)
+            self.alpha = torch.randn(m, generator=draw)
+            self.beta = torch.randn(m, generator=draw)
         self.noise_std, self.d = noise_std, d
 
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
@@ -111,6 +121,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         PAPER["d"],
         PAPER["c"],
         PAPER["m"],
+        wave_seed=job.get("run", 0),
     )
     torch.manual_seed(job["seed"])
     model = build(job["model"], PAPER["d"])
@@ -312,6 +323,7 @@ def main() -> None:
             "correlation": p,
             "model": kind,
             "seed": 1000 * run_index + round(100 * p),
+            "run": run_index,
             "steps": args.steps,
             "batch": args.batch,
             "lr": args.lr,
@@ -338,7 +350,7 @@ def main() -> None:
     plot(results, rows, args.out, every)
     meta = machine_info() | {"wall_seconds": round(time.perf_counter() - started, 1)}
     (args.out / "settings.json").write_text(json.dumps(settings, indent=1))
-    (args.out / "results.json").write_text(
+    (args.out / "runs.json").write_text(
         json.dumps({"meta": meta, "settings": settings, "rows": rows, "runs": results}, indent=1)
     )
     (args.out / "table.md").write_text(

@@ -74,11 +74,13 @@ __all__ = ["Balancer", "EnginePath", "Level", "LossesLike", "resolve_method"]
 
 logger = logging.getLogger(__name__)
 
-# "auto" engine: the layer-wise Gram path costs one more backward through the trunk (+37% of
-# the step at T = 2, +11% at T = 10 on the benchmark MLP; as fast or faster from T = 40:
-# benchmarks/step_time.py --engines, gram_memory.py), so it is taken from this many tasks, or
-# below that when the Jacobian it avoids would be at least this large
-_LAYERWISE_MIN_TASKS = 32
+# "auto" engine: the layer-wise Gram path costs one more backward through the trunk but, with
+# the per-layer Gram rules, never forms the layers' rows: on the benchmark MLP its floor is
+# 1.26x the Jacobian path's at T = 2, 1.15x at T = 3, equal at T = 6, 0.94x at T = 8, 0.88x
+# at T = 10, 0.74x at T = 16 (benchmarks/step_time.py --engines gramian jacobian), with far
+# less memory (gram_memory.py); so it is taken from this many tasks, or below that when the
+# Jacobian it avoids would be at least this large
+_LAYERWISE_MIN_TASKS = 8
 _LAYERWISE_MIN_JACOBIAN_BYTES = 256 * 2**20
 
 Level = Literal["parameters", "representation"]
@@ -299,11 +301,12 @@ class Balancer:
         engine: how per-task gradients are computed at parameter level when the method, the
             transforms and the monitor need only their Gram matrix. ``"gramian"``: the Gram
             matrix is accumulated layer by layer during the batched backward and the ``T x P``
-            Jacobian is never held (peak memory grows with ``T`` times the largest layer and
-            the activations, not ``T`` times all parameters), at the price of one more backward
-            through the trunk
+            Jacobian is never held (with the per-layer rules of
+            :mod:`taskbalance.engine.layer_rules` peak memory grows with ``T`` times the
+            activation gradients, not ``T`` times the parameters), at the price of one more
+            backward through the trunk
             for ``J^T w``; ``"jacobian"``: the Jacobian is materialised (faster for few tasks);
-            ``"auto"``: the Gram path from 32 tasks, or when the Jacobian would take more than
+            ``"auto"``: the Gram path from 8 tasks, or when the Jacobian would take more than
             256 MiB.
         update_every: for gradient methods that return weights, compute per-task gradients
             and new weights only every ``k`` steps; in between, reuse the last applied weights
