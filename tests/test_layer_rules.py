@@ -241,3 +241,39 @@ def test_balancer_on_the_rules_writes_the_jacobian_paths_gradients(method: str) 
         grads[engine] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     for a, b in zip(grads["gramian"], grads["jacobian"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(4, 6, 3, padding="same"),
+        lambda: nn.Conv2d(4, 6, 3, groups=2, dilation=2, stride=2),
+        lambda: nn.Conv1d(4, 6, 3, padding=2, stride=2),
+        lambda: nn.Conv2d(4, 6, 1, bias=False),
+    ],
+    ids=["same-padding", "groups-dilation-stride", "conv1d-stride", "1x1-no-bias"],
+)
+def test_convolution_options_keep_the_rule_exact(conv: Callable[[], nn.Module]) -> None:
+    torch.manual_seed(0)
+    layer = conv()
+    x = torch.randn(2, 4, 7, 7) if isinstance(layer, nn.Conv2d) else torch.randn(2, 4, 9)
+    model = nn.Sequential(layer, nn.Flatten())
+    losses = _losses(model, x)
+    params = list(model.parameters())
+    assert [type(r).__name__ for r in plan_rules(losses, params).rules] == ["ConvolutionRule"]
+    gramian = layerwise_gramian(losses, params, torch.eye(NUM_TASKS))
+    assert gramian is not None
+    torch.testing.assert_close(gramian, _reference(losses, params), rtol=1e-5, atol=1e-7)
+
+
+def test_a_broadcast_bias_of_addmm_falls_back_and_stays_exact() -> None:
+    """``torch.addmm(b, x, W.t())`` with a one-element ``b``: its gradient sums over every
+    unit, which the linear rule does not model, so the step takes the generic path."""
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(5, 4))
+    bias = nn.Parameter(torch.randn(1))
+    z = torch.addmm(bias, torch.randn(6, 4), weight.t())
+    losses = torch.stack([z[:, i].pow(2).mean() for i in range(NUM_TASKS)])
+    gramian = layerwise_gramian(losses, [weight, bias], torch.eye(NUM_TASKS))
+    assert gramian is not None
+    torch.testing.assert_close(gramian, _reference(losses, [weight, bias]), rtol=1e-5, atol=1e-7)

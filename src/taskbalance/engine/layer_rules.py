@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LayerRule", "RulePlan", "plan_rules"]
+__all__ = ["LayerRule", "RuleMismatchError", "RulePlan", "plan_rules"]
 
 Node = Any
 """An autograd graph node (``tensor.grad_fn``)."""
@@ -67,6 +67,11 @@ def _products(flat: Tensor, other: Tensor | None = None) -> Tensor:
 
 def _widen(t: Tensor) -> Tensor:
     return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+
+class RuleMismatchError(Exception):
+    """Raised by a rule whose node turned out not to have the expected shapes (the step then
+    takes the generic path)."""
 
 
 class LayerRule(ABC):
@@ -96,18 +101,25 @@ class LinearRule(LayerRule):
         node: Node,
         handled: Sequence[int],
         x: Tensor,
-        weight: bool,
-        bias: bool,
+        weight: Tensor | None,
+        bias: Tensor | None,
         alpha: float = 1.0,
         beta: float = 1.0,
     ) -> None:
         super().__init__(node, handled)
-        self.x, self.weight, self.bias = x, weight, bias
+        self.x, self.weight, self.bias = x, weight is not None, bias is not None
         self.alpha, self.beta = alpha, beta
+        out = weight.shape[0] if weight is not None else None
+        self.expected = (x.shape[0], out, None if bias is None else bias.shape[0])
 
     def gramian(self, grad: Tensor) -> Tensor:
         num_tasks = grad.shape[0]
-        g = _widen(grad.reshape(num_tasks, -1, grad.shape[-1]))  # (T, N, out)
+        rows, out, bias_size = self.expected
+        if grad.dim() != 3 or grad.shape[1] != rows or out not in (None, grad.shape[2]):
+            raise RuleMismatchError("the output gradient does not have the layer's shape")
+        if bias_size is not None and bias_size != grad.shape[2]:
+            raise RuleMismatchError("a broadcast bias")  # its gradient sums over the units too
+        g = _widen(grad)  # (T, N, out)
         total = torch.zeros(num_tasks, num_tasks, dtype=torch.float64, device=grad.device)
         if self.bias:
             total += self.beta**2 * _products(g.sum(1))
@@ -309,7 +321,9 @@ def _edge(node: Node, index: int) -> Node:
     return node.next_functions[index][0] if index < len(node.next_functions) else None
 
 
-def _match(graph: _Graph, node: Node, shared: dict[int, int]) -> LayerRule | None:
+def _match(
+    graph: _Graph, node: Node, shared: dict[int, int], inputs: Sequence[Tensor]
+) -> LayerRule | None:
     """The rule for ``node``, if it is one of the known layers and owns shared parameters."""
     name = type(node).__name__
 
@@ -329,7 +343,9 @@ def _match(graph: _Graph, node: Node, shared: dict[int, int]) -> LayerRule | Non
         alpha = float(node._saved_alpha) if with_bias else 1.0
         beta = float(node._saved_beta) if with_bias else 1.0
         handled = [i for i in (w, b) if i is not None]
-        return LinearRule(node, handled, x, w is not None, b is not None, alpha, beta)
+        weight = None if w is None else inputs[w]
+        bias = None if b is None else inputs[b]
+        return LinearRule(node, handled, x, weight, bias, alpha, beta)
     if name == "ConvolutionBackward0":
         if node._saved_transposed:
             return None
@@ -395,7 +411,7 @@ def plan_rules(outputs: Tensor, inputs: Sequence[Tensor]) -> RulePlan:
     shared = {id(p): i for i, p in enumerate(inputs)}
     handled: set[int] = set()
     for node in graph.nodes.values():
-        rule = _match(graph, node, shared)
+        rule = _match(graph, node, shared, inputs)
         if rule is not None and not handled.intersection(rule.handled):
             plan.rules.append(rule)
             handled.update(rule.handled)

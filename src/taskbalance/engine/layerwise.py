@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.autograd.graph import GradientEdge
 
 from taskbalance.engine.jacobian import warn_once
-from taskbalance.engine.layer_rules import LayerRule, RulePlan, plan_rules
+from taskbalance.engine.layer_rules import LayerRule, RuleMismatchError, RulePlan, plan_rules
 
 __all__ = ["layerwise_gramian", "stacked_jacobian"]
 
@@ -110,7 +110,11 @@ class _RuleReadings:
         return hook
 
     def add(self, rule: LayerRule, rows: Tensor) -> None:
-        self.total.add_(rule.gramian(rows))
+        try:
+            self.total.add_(rule.gramian(rows))
+        except RuleMismatchError:
+            self.ok = False
+            return
         self.read.add(id(rule))
 
     def complete(self) -> bool:
