@@ -415,3 +415,23 @@ def test_cagrad_support_steps_reach_the_searched_optimum(
     assert objective(fast) <= objective(plain) + 1e-9
     assert float(fast.min()) >= 0
     assert float(fast.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dual_cone_rows_grouped_by_free_set_size_give_the_same_projection(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UPGrad's batched active-set solve groups rows by the size of their free sets (fewer
+    wide factorisations): grouped and ungrouped solves give the same weights."""
+    from taskbalance.solvers import nonneg_qp
+
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(48, 30, generator=generator, dtype=torch.float64) + 0.1
+    G = J @ J.T + 1e-3 * torch.eye(48, dtype=torch.float64)
+    targets = torch.eye(48, dtype=torch.float64)
+    monkeypatch.setattr(nonneg_qp, "_GROUP_FROM", 1)
+    grouped = nonneg_qp.dual_cone_weights(G, targets)
+    monkeypatch.setattr(nonneg_qp, "_GROUP_FROM", 10**9)
+    single = nonneg_qp.dual_cone_weights(G, targets)
+    torch.testing.assert_close(grouped, single, rtol=0, atol=1e-9)
+    assert float((grouped @ G).min()) >= -1e-8  # every projection lies in the dual cone
