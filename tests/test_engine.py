@@ -156,11 +156,8 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
         return spy.calls
 
     z_numel = 32 * 8
-    # representation level: one backward per head (which also gives that head's own gradient),
-    # then one backward through the trunk from z with sum_i w_i dL_i/dz
-    assert calls("representation", True) == [head_only] * num_tasks + [
-        {"batched": False, "numel": z_numel}
-    ]
+    # representation level: one backward per head, then one ordinary backward of sum_i w_i L_i
+    assert calls("representation", True) == [head_only] * num_tasks + [head_only]
     # parameter level with the representation: per-head backwards, the T rows carried through
     # the trunk in one batched backward, then the heads' weighted backward; the Gram path
     # needs one more ordinary backward through the trunk for J^T w (the Jacobian is not kept)

@@ -47,14 +47,9 @@ from taskbalance.distributed import (
     shard_jacobian,
 )
 from taskbalance.engine.gramian import in_float64_range, in_safe_range
-from taskbalance.engine.graph import depends_on, leaves_by_root, reachable_leaves
+from taskbalance.engine.graph import depends_on, reachable_leaves
 from taskbalance.engine.host import defer, deferred, fetch, step_reads, to_device
-from taskbalance.engine.jacobian import (
-    HeadGradients,
-    batched_vjp,
-    representation_jacobian,
-    representation_rows_and_heads,
-)
+from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import (
@@ -605,9 +600,7 @@ class Balancer:
         if loss_scale != 1.0:
             values = [v * loss_scale for v in values]
             stacked = stacked * loss_scale
-        task_params, separable, own_heads = self._task_params(values, reps)
-        if comm is not None and comm.is_global:
-            own_heads = None  # the update comes from the global Gram matrix's weights
+        task_params, separable = self._task_params(values, reps)
         reuse = (
             self._cached_weights is not None
             and self._cached_weights.shape == (len(names),)
@@ -617,14 +610,8 @@ class Balancer:
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:
             need = max(need, Need.GRAMIAN)
-        heads: HeadGradients | None = None
         with _explained_compile_errors():
-            if not reuse:
-                grads, heads = self._task_gradients(
-                    values, stacked, reps, separable, need, own_heads
-                )
-            else:
-                grads = None
+            grads = None if reuse else self._task_gradients(values, stacked, reps, separable, need)
         if grads is not None and loss_scale != 1.0:
             grads = grads.divided_by(loss_scale)
         if grads is not None and comm is not None and comm.is_global:
@@ -652,7 +639,7 @@ class Balancer:
         combination = self._combination(grads, reuse, names, detached, metrics_tensor, comm, scales)
         with _explained_compile_errors():
             params, param_grads = self._parameter_gradients(
-                combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale, heads
+                combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale
             )
         if comm is not None:
             params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
@@ -925,20 +912,12 @@ class Balancer:
 
     def _task_params(
         self, losses: list[Tensor], representation: tuple[Tensor, ...] | None
-    ) -> tuple[list[Tensor], bool, list[list[Tensor]] | None]:
-        """Task-specific parameters, whether the shared parameters reach the losses only
-        through ``representation`` (then per-task gradients can be chained through it), and,
-        at representation level, each task's own head parameters when no parameter is read
-        by two tasks (else ``None``)."""
+    ) -> tuple[list[Tensor], bool]:
+        """Task-specific parameters, and whether the shared parameters reach the losses only
+        through ``representation`` (then per-task gradients can be chained through it)."""
         if representation is None and self.task_params is not None:
-            return [p for p in self.task_params if p.requires_grad], False, None
-        per_task: list[list[Tensor]] | None = None
-        if self.level == "representation" and _single(representation):
-            assert representation is not None
-            per_task = leaves_by_root(losses, representation)
-            leaves = list({id(p): p for mine in per_task for p in mine}.values())
-        else:
-            leaves = reachable_leaves(losses, stop_at=representation)
+            return [p for p in self.task_params if p.requires_grad], False
+        leaves = reachable_leaves(losses, stop_at=representation)
         shared_ids = {id(p) for p in self.shared_params}
         bypass = any(id(p) in shared_ids for p in leaves)
         if bypass and representation is not None:
@@ -951,11 +930,11 @@ class Balancer:
                 "flows through it for direction-returning methods"
             )
         if self.task_params is not None:
-            task_params = [p for p in self.task_params if p.requires_grad]
-        else:
-            task_params = [p for p in leaves if id(p) not in shared_ids]
-        separable = _single(representation) and not bypass
-        return task_params, separable, _own_heads(per_task, task_params) if separable else None
+            trainable = [p for p in self.task_params if p.requires_grad]
+            return trainable, _single(representation) and not bypass
+        task_params = [p for p in leaves if id(p) not in shared_ids]
+        # several representation tensors: per-task gradients come from the stacked losses
+        return task_params, _single(representation) and not bypass
 
     def _task_gradients(
         self,
@@ -964,8 +943,7 @@ class Balancer:
         representation: tuple[Tensor, ...] | None,
         separable: bool,
         need: Need,
-        own_heads: list[list[Tensor]] | None = None,
-    ) -> tuple[RowScaledGradients | None, HeadGradients | None]:
+    ) -> RowScaledGradients | None:
         """The engine: per-task gradients at the chosen level, only if something needs them.
 
         * representation level: ``dL_i/dz``, one backward through each head;
@@ -978,20 +956,12 @@ class Balancer:
         says so), the batched backward folds each parameter's rows into the Gram matrix as
         they appear instead of returning the Jacobian; when the Jacobian itself is needed, it
         writes them into their columns of one ``(T, P)`` matrix (no concatenation).
-
-        At representation level with ``own_heads`` (every head read by one task), the same
-        per-task backwards also give each head's gradient (:class:`HeadGradients`), so the
-        update needs no second backward through the heads.
         """
         if need < Need.GRAMIAN:
-            return None, None
+            return None
         if self.level == "representation":
             assert representation is not None
-            if own_heads is not None and len(representation) == 1:
-                rows, heads = representation_rows_and_heads(losses, representation[0], own_heads)
-                return TaskGradients([rows]), heads
-            blocks = [representation_jacobian(losses, z) for z in representation]
-            return TaskGradients(blocks), None
+            return TaskGradients([representation_jacobian(losses, z) for z in representation])
         if separable:
             assert representation is not None
             outputs, grad_outputs = (
@@ -1011,17 +981,16 @@ class Balancer:
                     gramian,
                     [p.shape for p in self.shared_params],
                     self._combiner(outputs, grad_outputs),
-                ), None
+                )
             # else the float32 products over/underflowed (this step only): blocks, rescaled
         if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
             matrix = stacked_jacobian(outputs, self.shared_params, grad_outputs)
             if matrix is not None:
-                shapes = [p.shape for p in self.shared_params]
-                return TaskGradients.from_columns(matrix, shapes), None
+                return TaskGradients.from_columns(matrix, [p.shape for p in self.shared_params])
             self._layerwise_ok = False
         blocks, ok = batched_vjp(outputs, self.shared_params, grad_outputs, batched=self.batched)
         self.batched = self.batched and ok
-        return TaskGradients(blocks), None
+        return TaskGradients(blocks)
 
     def _gramian_only(self, num_tasks: int) -> bool:
         """Whether to take the layer-wise Gram path (see ``engine`` in the class docstring)."""
@@ -1059,17 +1028,12 @@ class Balancer:
         representation: tuple[Tensor, ...] | None,
         task_params: list[Tensor],
         unscale: float = 1.0,
-        heads: HeadGradients | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Gradients of all parameters involved, from the method's combination (gradients
         that autograd computes from the scaled losses are multiplied by ``unscale``)."""
         ones = torch.ones_like(stacked)
         device = stacked.device
         row_factor = ones if scales is None else to_device(scales, device, stacked.dtype)
-        if heads is not None and grads is not None and representation is not None:
-            return self._from_representation_rows(
-                combination, grads, heads, row_factor, unscale, representation
-            )
         if combination.weights is not None:
             weights = to_device(combination.weights, device)  # (host weights: sent once)
             applied = weights.to(stacked.dtype) * row_factor
@@ -1100,46 +1064,14 @@ class Balancer:
             kept = [(p, g) for p, g in zip(self.shared_params, pieces, strict=True) if reached(p)]
             return [p for p, _ in kept] + head_params, [g for _, g in kept] + head_grads
         assert representation is not None
-        trunk_params, trunk_grads = self._trunk_gradients(representation, pieces, unscale)
-        return trunk_params + head_params, trunk_grads + head_grads
-
-    def _from_representation_rows(
-        self,
-        combination: Combination,
-        grads: RowScaledGradients,
-        heads: HeadGradients,
-        row_factor: Tensor,
-        unscale: float,
-        representation: tuple[Tensor, ...],
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Representation level with heads that one task each reads: the heads' gradients
-        are the per-task ones already computed, scaled by each task's factor; the trunk's
-        come from one backward from ``z`` with ``J_z^T w`` (or the method's direction)."""
-        if combination.weights is not None:
-            weights = to_device(combination.weights, row_factor.device, row_factor.dtype)
-            factors = weights * row_factor
-            z_grads = grads.combine(combination.weights)
-        else:
-            if not isinstance(grads, TaskGradients) or combination.direction is None:
-                raise RuntimeError(
-                    f"{self.method.name} returned a direction without per-task gradients"
-                )
-            factors = row_factor
-            z_grads = grads.split(combination.direction)
-        trunk_params, trunk_grads = self._trunk_gradients(representation, z_grads, unscale)
-        return trunk_params + heads.params, trunk_grads + heads.combine(factors, unscale)
-
-    def _trunk_gradients(
-        self, representation: tuple[Tensor, ...], z_grads: Sequence[Tensor], unscale: float
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """The shared parameters' gradients from one backward from the representation."""
-        return _grad(
-            representation[0] if len(representation) == 1 else list(representation),
+        trunk_params, trunk_grads = _grad(
+            representation,
             self.shared_params,
-            grad_output=[z_grad / unscale for z_grad in z_grads],
+            grad_output=[piece / unscale for piece in pieces],
             retain_graph=False,
             unscale=unscale,
         )
+        return trunk_params + head_params, trunk_grads + head_grads
 
     def _skip(
         self, names: tuple[str, ...], losses: Tensor, reason: str, *, weights: Tensor | None = None
@@ -1205,23 +1137,6 @@ class Balancer:
             f"Balancer({self.method!r}, level={self.level!r}, transforms={self.transforms!r}, "
             f"shared_params={len(self.shared_params)} tensors)"
         )
-
-
-def _own_heads(
-    per_task: list[list[Tensor]] | None, task_params: list[Tensor]
-) -> list[list[Tensor]] | None:
-    """Each task's task-specific parameters, if no parameter is reached by two tasks."""
-    if per_task is None:
-        return None
-    wanted = {id(p) for p in task_params}
-    owned = [[p for p in mine if id(p) in wanted] for mine in per_task]
-    seen: set[int] = set()
-    for mine in owned:
-        ids = {id(p) for p in mine}
-        if ids & seen:
-            return None
-        seen |= ids
-    return owned
 
 
 def _grad(

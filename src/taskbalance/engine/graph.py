@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["depends_on", "leaves_by_root", "reachable_leaves"]
+__all__ = ["depends_on", "reachable_leaves"]
 
 Edge = tuple[int, int]
 
@@ -74,18 +74,6 @@ def reachable_leaves(
     excluded = {id(t) for t in stops}
     leaves, _ = _walk(roots, _edges(stops))
     return [leaf for leaf in leaves if id(leaf) not in excluded]
-
-
-def leaves_by_root(
-    roots: Sequence[torch.Tensor], stop_at: Sequence[torch.Tensor]
-) -> list[list[torch.Tensor]]:
-    """For each root separately, the leaf tensors requiring grad it reaches without passing
-    through ``stop_at`` (e.g. each task's head parameters, stopping at the representation)."""
-    stops = _edges(stop_at)
-    excluded = {id(t) for t in stop_at}
-    return [
-        [leaf for leaf in _walk([root], stops)[0] if id(leaf) not in excluded] for root in roots
-    ]
 
 
 def depends_on(root: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:

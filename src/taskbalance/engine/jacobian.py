@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "HeadGradients",
     "JacobianBlocks",
     "batched_vjp",
     "representation_jacobian",
-    "representation_rows_and_heads",
     "task_jacobian",
     "warn_once",
 ]
@@ -132,53 +129,3 @@ def representation_jacobian(losses: Sequence[Tensor], representation: Tensor) ->
             )
         rows.append(torch.zeros_like(representation) if grad is None else grad)
     return torch.stack(rows)
-
-
-@dataclass
-class HeadGradients:
-    """Each task-specific parameter's gradient from its own task's loss, for heads that only
-    one task reads: with per-task factors ``a`` (the weights), head ``p`` of task ``i`` gets
-    ``a_i dL_i/dp``, with no second backward through the heads.
-
-    Attributes:
-        params: the task-specific parameters reached.
-        owners: the task (row) each one belongs to.
-        grads: ``dL_owner / dp``, from the (possibly scaled) losses.
-    """
-
-    params: list[Tensor]
-    owners: list[int]
-    grads: list[Tensor]
-
-    def combine(self, factors: Tensor, unscale: float = 1.0) -> list[Tensor]:
-        """``factors[owner] * unscale * dL_owner / dp`` per parameter (``factors`` stays on its
-        device: no host read)."""
-        return [
-            g * (factors[owner].to(g.dtype) * unscale)
-            for owner, g in zip(self.owners, self.grads, strict=True)
-        ]
-
-
-def representation_rows_and_heads(
-    losses: Sequence[Tensor], representation: Tensor, heads: Sequence[Sequence[Tensor]]
-) -> tuple[Tensor, HeadGradients]:
-    """:func:`representation_jacobian`, and in the same per-task backwards the gradient of
-    each task's loss with respect to its own head parameters ``heads[i]`` (which no other task
-    reads): the final update then needs a backward through the trunk only."""
-    rows = []
-    params: list[Tensor] = []
-    owners: list[int] = []
-    grads: list[Tensor] = []
-    for task, (loss, mine) in enumerate(zip(losses, heads, strict=True)):
-        grad = None
-        if loss.requires_grad:
-            grad, *own = torch.autograd.grad(
-                loss, [representation, *mine], retain_graph=True, allow_unused=True
-            )
-            for p, g in zip(mine, own, strict=True):
-                if g is not None:
-                    params.append(p)
-                    owners.append(task)
-                    grads.append(g)
-        rows.append(torch.zeros_like(representation) if grad is None else grad)
-    return torch.stack(rows), HeadGradients(params, owners, grads)
