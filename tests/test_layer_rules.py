@@ -277,3 +277,23 @@ def test_a_broadcast_bias_of_addmm_falls_back_and_stays_exact() -> None:
     gramian = layerwise_gramian(losses, [weight, bias], torch.eye(NUM_TASKS))
     assert gramian is not None
     torch.testing.assert_close(gramian, _reference(losses, [weight, bias]), rtol=1e-5, atol=1e-7)
+
+
+def test_activation_checkpointing_keeps_the_rules_exact() -> None:
+    """Non-reentrant checkpointing recomputes the saved tensors the rules read."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    class Checkpointed(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            result: Tensor = checkpoint(trunk, x, use_reentrant=False)
+            return result
+
+    losses = _losses(Checkpointed(), torch.randn(10, 6))
+    params = list(trunk.parameters())
+    assert len(plan_rules(losses, params).rules) == 2
+    gramian = layerwise_gramian(losses, params, torch.eye(NUM_TASKS))
+    assert gramian is not None
+    torch.testing.assert_close(gramian, _reference(losses, params), rtol=1e-5, atol=1e-7)
