@@ -297,3 +297,15 @@ def test_activation_checkpointing_keeps_the_rules_exact() -> None:
     gramian = layerwise_gramian(losses, params, torch.eye(NUM_TASKS))
     assert gramian is not None
     torch.testing.assert_close(gramian, _reference(losses, params), rtol=1e-5, atol=1e-7)
+
+
+def test_a_convolution_with_more_weights_than_outputs_is_formed_in_channel_slices() -> None:
+    """Here one output channel's weights outnumber a task's whole output gradient, so the
+    rows are formed one output channel at a time: still the Jacobian's Gram matrix."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 6, 3), nn.Flatten())
+    losses = _losses(model, torch.randn(1, 16, 3, 3))  # output (1, 6, 1, 1)
+    params = list(model.parameters())
+    gramian = layerwise_gramian(losses, params, torch.eye(NUM_TASKS))
+    assert gramian is not None
+    torch.testing.assert_close(gramian, _reference(losses, params), rtol=1e-5, atol=1e-7)

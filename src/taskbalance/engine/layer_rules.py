@@ -182,7 +182,8 @@ class ConvolutionRule(LayerRule):
         num_tasks, channels = g.shape[0], g.shape[2]
         per_channel = w[0].numel()
         groups = p["groups"]
-        step = channels if groups != 1 else max(1, g[0].numel() // max(num_tasks * per_channel, 1))
+        # a slice's T rows hold at most as many numbers as the T output gradients themselves
+        step = channels if groups != 1 else max(1, g[0].numel() // max(per_channel, 1))
         total = torch.zeros(num_tasks, num_tasks, dtype=torch.float64, device=g.device)
         for start in range(0, channels, step):
             stop = min(channels, start + step)
