@@ -127,13 +127,13 @@ def _vectorised_rows(
     grad_outputs: Tensor,
     sink: RowSink,
     what: str,
-    plan: RulePlan | None = None,
     readings: _RuleReadings | None = None,
 ) -> bool:
     """Run the ``T`` vector-Jacobian products as one vectorised backward, handing each input's
-    rows to ``sink``; ``False`` (logged once) when the backward cannot be vectorised. With a
-    ``plan`` (see :mod:`taskbalance.engine.layer_rules`), the inputs it covers are not
-    differentiated: its rules read their nodes' output gradients instead."""
+    rows to ``sink``; ``False`` (logged once) when the backward cannot be vectorised. With
+    ``readings`` (a plan of :mod:`taskbalance.engine.layer_rules`), the inputs its rules cover
+    are not differentiated: the rules read their nodes' output gradients instead."""
+    plan = None if readings is None else readings.plan
     generic = list(range(len(inputs))) if plan is None else plan.generic
     handles = [
         inputs[i].register_hook(_hook_for(i, sink))  # type: ignore[no-untyped-call]
@@ -143,6 +143,7 @@ def _vectorised_rows(
     if plan is not None and readings is not None:
         handles += [rule.node.register_prehook(readings.pre_hook(rule)) for rule in plan.hooked]
         captured = plan.captured
+    unreached: list[int] = []
     targets: list[Any] = [inputs[i] for i in generic]
     targets += [GradientEdge(rule.node, 0) for rule in captured]
 
@@ -150,7 +151,9 @@ def _vectorised_rows(
         grads = torch.autograd.grad(
             outputs, targets, grad_outputs=grad_output, retain_graph=True, allow_unused=True
         )
-        return tuple(g for g in grads[len(generic) :] if g is not None)
+        at_rules = grads[len(generic) :]
+        unreached.extend(i for i, g in enumerate(at_rules) if g is None)
+        return tuple(torch.zeros(()) if g is None else g for g in at_rules)
 
     try:
         captured_rows = torch.vmap(rows)(grad_outputs)
@@ -161,8 +164,11 @@ def _vectorised_rows(
         for handle in handles:
             handle.remove()
     if readings is not None:
-        for rule, rows_of_rule in zip(captured, captured_rows, strict=True):
-            readings.add(rule, rows_of_rule)
+        if unreached:
+            readings.ok = False  # a captured node got no gradient: nothing to read there
+        for index, (rule, rows_of_rule) in enumerate(zip(captured, captured_rows, strict=True)):
+            if index not in unreached:
+                readings.add(rule, rows_of_rule)
     return True
 
 
@@ -199,7 +205,7 @@ def layerwise_gramian(
     if plan is not None and plan.rules:
         readings = _RuleReadings(plan, total)
         if not _vectorised_rows(
-            outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix", plan, readings
+            outputs, inputs, grad_outputs, fold, "layer-wise Gram matrix", readings
         ):
             return None
         if readings.complete():
