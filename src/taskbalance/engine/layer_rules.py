@@ -336,10 +336,12 @@ def _match(
 
     if name in ("AddmmBackward0", "MmBackward0"):
         with_bias = name == "AddmmBackward0"
-        x = node._saved_mat1 if with_bias else node._saved_self
         w = owned(2 if with_bias else 1, transposed=True, dims=2)
         b = owned(0, dims=1) if with_bias else None
-        if x is None or x.dim() != 2 or (w is None and b is None):
+        if w is None and b is None:  # (saved tensors are read only for the trunk's own nodes)
+            return None
+        x = node._saved_mat1 if with_bias else node._saved_self
+        if x is None or x.dim() != 2:
             return None
         alpha = float(node._saved_alpha) if with_bias else 1.0
         beta = float(node._saved_beta) if with_bias else 1.0
