@@ -1,0 +1,119 @@
+"""The dual-cone solver's row-by-row path (large T): bordered solves from an earlier factor,
+per-row stopping, and agreement with the batched path and the exact active-set method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taskbalance.solvers import nonneg_qp
+
+
+def _conflicting_gramian(tasks: int, dims: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(tasks, dims, generator=generator, dtype=torch.float64)
+    return J @ J.T
+
+
+def _assert_kkt(weights: torch.Tensor, targets: torch.Tensor, G: torch.Tensor) -> None:
+    """``v >= u``, ``G v >= 0`` and complementarity, relative to G's scale."""
+    scale = float(G.diagonal().max())
+    excess = weights - targets
+    gradient = weights @ G / scale
+    assert float(excess.min()) >= -1e-12
+    assert float(gradient.min()) >= -1e-9
+    assert float((excess.clamp_min(0) * gradient).abs().max()) <= 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(4, 40),
+    removed=st.integers(0, 6),
+    added=st.integers(0, 6),
+)
+def test_bordered_solve_equals_a_fresh_factorisation(
+    seed: int, size: int, removed: int, added: int
+) -> None:
+    """The Schur-complement solve on a changed free set, from the factor of the old set,
+    is the direct solve of the new set's system."""
+    n = size + 8
+    generator = torch.Generator().manual_seed(seed)
+    A = _conflicting_gramian(n, 3 * n, seed)
+    b = torch.randn(n, generator=generator, dtype=torch.float64)
+    order = torch.randperm(n, generator=generator)
+    base = torch.zeros(n, dtype=torch.bool)
+    base[order[:size]] = True
+    free = base.clone()
+    free[order[: min(removed, size - 1)]] = False
+    free[order[size : size + added]] = True
+    factor = nonneg_qp._factor(A, base.nonzero().flatten())
+    assert factor is not None
+    x = nonneg_qp._bordered_solve(A, b, base, factor, free)
+    assert x is not None
+    index = free.nonzero().flatten()
+    expected = torch.zeros(n, dtype=torch.float64)
+    expected[index] = torch.linalg.solve(A[index][:, index], -b[index])
+    torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-9)
+    assert bool((x[~free] == 0).all())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rowwise_path_matches_the_batched_path_and_the_exact_method(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks = 36
+    G = _conflicting_gramian(tasks, 60, seed)
+    targets = torch.eye(tasks, dtype=torch.float64)
+    monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 1)
+    rowwise = nonneg_qp.dual_cone_weights(G, targets)
+    monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 10**9)
+    batched = nonneg_qp.dual_cone_weights(G, targets)
+    torch.testing.assert_close(rowwise, batched, rtol=0, atol=1e-10)
+    scaled = G / G.diagonal().max()
+    for row in range(0, tasks, 7):
+        exact = targets[row] + nonneg_qp.nonneg_qp(scaled, targets[row] @ scaled)
+        torch.testing.assert_close(rowwise[row], exact, rtol=0, atol=1e-10)
+    _assert_kkt(rowwise, targets, G)
+
+
+def test_rowwise_path_on_singular_and_duplicated_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More tasks than gradient dimensions, duplicated and opposite tasks: rows whose free
+    systems are singular are finished by the exact method; the answer is still a projection."""
+    generator = torch.Generator().manual_seed(3)
+    J = torch.randn(30, 12, generator=generator, dtype=torch.float64)
+    J[10:15] = J[:5]
+    J[15:18] = -J[:3]
+    G = J @ J.T
+    targets = torch.eye(30, dtype=torch.float64)
+    monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 1)
+    weights = nonneg_qp.dual_cone_weights(G, targets)
+    assert bool(torch.isfinite(weights).all())
+    _assert_kkt(weights, targets, G)
+
+
+def test_rowwise_warm_start_gives_the_cold_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 1)
+    generator = torch.Generator().manual_seed(4)
+    J = torch.randn(40, 70, generator=generator, dtype=torch.float64)
+    targets = torch.eye(40, dtype=torch.float64)
+    previous = nonneg_qp.dual_cone_weights(J @ J.T, targets)
+    J = J + 0.05 * torch.randn(J.shape, generator=generator, dtype=torch.float64)
+    start = (previous - targets) <= 0
+    warm = nonneg_qp.dual_cone_weights(J @ J.T, targets, start=start)
+    cold = nonneg_qp.dual_cone_weights(J @ J.T, targets)
+    torch.testing.assert_close(warm, cold, rtol=0, atol=1e-10)
+
+
+def test_default_path_at_many_tasks_is_a_projection() -> None:
+    """Above the row-wise threshold with the real settings (T = 160, conflicting tasks)."""
+    tasks = nonneg_qp._ROWWISE_FROM + 32
+    G = _conflicting_gramian(tasks, 400, 5)
+    targets = torch.eye(tasks, dtype=torch.float64)
+    weights = nonneg_qp.dual_cone_weights(G, targets)
+    _assert_kkt(weights, targets, G)
+    assert float((weights - targets).max()) > 0  # conflicts were resolved, not ignored
