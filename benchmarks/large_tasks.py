@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 METHODS = ["mgda", "upgrad", "dualproj", "cagrad", "nash_mtl", "fairgrad", "imtl_g", "aligned_mtl"]
 
 
-def run_one(method: str, tasks: int, steps: int) -> dict[str, Any]:
+def run_one(method: str, tasks: int, steps: int, gramians_to: Path | None = None) -> dict[str, Any]:
     """Measure one (method, T) in this process."""
     import torch
     from torch import nn
@@ -96,19 +96,25 @@ def run_one(method: str, tasks: int, steps: int) -> dict[str, Any]:
     }
     row["warm_share"] = row["solver_warm_ms"] / step_ms
     row["cold_share"] = row["solver_cold_ms"] / step_ms
-    row["torchjd_ms"] = _torchjd_ms(method, tasks, [c.gramian for c in contexts[2:]])
+    if gramians_to is not None:
+        torch.save([c.gramian for c in contexts[2:]], gramians_to)
     return row
 
 
-def _torchjd_ms(method: str, tasks: int, gramians: list[Any]) -> float | None:
-    """TorchJD's Gramian weighting for ``method`` on the same matrices (None: unavailable)."""
+def _torchjd_ms(method: str, gramians_from: Path) -> float | None:
+    """TorchJD's Gramian weighting for ``method`` on the saved matrices (None: unavailable).
+    Run in its own process (``--torchjd``) with what is left of the case's time limit: at
+    T = 1000 one call of its UPGrad would take far longer than ours."""
+    import torch
+
     sys.path.insert(0, str(HERE))
     from torchjd_equivalents import available
 
     equivalent = available().get(method)
     if equivalent is None or equivalent.weighting is None:
         return None
-    weighting = equivalent.weighting(tasks)
+    gramians = torch.load(gramians_from)
+    weighting = equivalent.weighting(gramians[0].shape[0])
     seconds = []
     for gramian in gramians:
         matrix = gramian.to(dtype=__import__("torch").float32)
@@ -118,6 +124,44 @@ def _torchjd_ms(method: str, tasks: int, gramians: list[Any]) -> float | None:
         if seconds[-1] > 10:  # one call says enough (and keeps the case within its limit)
             break
     return 1e3 * statistics.median(seconds)
+
+
+def _run_limited(command: list[str], limit: float) -> tuple[Any, str | None]:
+    """The JSON a child prints last, or an error line."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return None, f"over {limit:.0f} s"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return None, (done.stderr.strip().splitlines() or ["failed"])[-1]
+    return json.loads(lines[-1]), None
+
+
+def _measure(method: str, tasks: int, steps: int, limit: float) -> dict[str, Any]:
+    """Ours in one child process, then TorchJD on the same matrices in another, both within
+    ``limit`` seconds together."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        gramians = Path(scratch) / "gramians.pt"
+        command = [sys.executable, __file__, "--one", method, str(tasks), "--steps", str(steps)]
+        begin = time.perf_counter()
+        row, error = _run_limited([*command, "--gramians", str(gramians)], limit)
+        if error is not None:
+            return {"method": method, "tasks": tasks, "error": error}
+        left = max(limit - (time.perf_counter() - begin), 1.0)
+        command = [sys.executable, __file__, "--torchjd", method, str(gramians)]
+        row["torchjd_ms"], torchjd_error = _run_limited(command, left)
+        if torchjd_error is not None:
+            row["torchjd_error"] = torchjd_error
+    return dict(row)
+
+
+def _cell(value: float | str | None) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else f"{value:.2f}"
 
 
 def main() -> None:
@@ -133,9 +177,15 @@ def main() -> None:
         help="replace only the measured (method, T) rows of an existing --out file",
     )
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
+    parser.add_argument("--gramians", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--torchjd", nargs=2, metavar=("METHOD", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.steps)))
+        row = run_one(args.one[0], int(args.one[1]), args.steps, args.gramians)
+        print(json.dumps(row))
+        return
+    if args.torchjd:
+        print(json.dumps(_torchjd_ms(args.torchjd[0], Path(args.torchjd[1]))))
         return
     rows: list[dict[str, Any]] = []
     print(
@@ -144,29 +194,18 @@ def main() -> None:
     )
     for tasks in args.tasks:
         for method in args.methods:
-            command = [sys.executable, __file__, "--one", method, str(tasks)]
-            command += ["--steps", str(args.steps)]
-            try:
-                done = subprocess.run(
-                    command, capture_output=True, text=True, timeout=args.limit, check=False
-                )
-                lines = done.stdout.strip().splitlines()
-                if done.returncode != 0 or not lines:
-                    error = (done.stderr.strip().splitlines() or ["failed"])[-1]
-                    row: dict[str, Any] = {"method": method, "tasks": tasks, "error": error}
-                else:
-                    row = json.loads(lines[-1])
-            except subprocess.TimeoutExpired:
-                row = {"method": method, "tasks": tasks, "error": f"over {args.limit:.0f} s"}
+            row = _measure(method, tasks, args.steps, args.limit)
             rows.append(row)
             if "error" in row:
                 print(f"{method:<12}{tasks:>6}  {row['error'][:80]}", flush=True)
                 continue
             torchjd = row["torchjd_ms"]
+            if torchjd is None and "torchjd_error" in row:
+                torchjd = row["torchjd_error"]
             print(
                 f"{method:<12}{tasks:>6}{row['step_ms']:>10.1f}{row['solver_warm_ms']:>10.2f}"
                 f"{row['warm_share']:>8.1%}{row['solver_cold_ms']:>10.2f}{row['cold_share']:>8.1%}"
-                f"{'-' if torchjd is None else f'{torchjd:.2f}':>12}",
+                f"{_cell(torchjd):>12}",
                 flush=True,
             )
     if args.out:

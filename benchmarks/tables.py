@@ -240,6 +240,8 @@ def large_tasks_table(rows: list[dict]) -> str:  # type: ignore[type-arg]
                 )
                 if row.get("torchjd_ms") is not None:
                     theirs.append(f"T = {tasks}: {row['torchjd_ms']:.1f} ms")
+                elif "torchjd_error" in row:
+                    theirs.append(f"T = {tasks}: {row['torchjd_error']}")
         cells.append(", ".join(theirs) or "none")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -150,7 +150,11 @@ def batched_nonneg_qp(
     of one small solve per added variable per row.
 
     ``start`` (``(k, n)`` bool, e.g. the previous step's active sets) replaces the initial
-    guess ``b > 0``: a warm start only changes how many iterations are needed.
+    guess ``b > 0``: a warm start only changes how many iterations are needed. From
+    ``_ROWWISE_FROM`` variables on (and n / 4 rows or more), the rows are solved one at a time
+    from a projected-gradient
+    guess of their sets instead (:func:`_guess_active_sets`; ``start`` is not used there:
+    the fresh guess measured closer to the answer than the previous step's sets).
 
     Returns ``(x, solved)``: ``solved[r]`` is true where row ``r`` satisfies the KKT conditions
     to ``tol`` (relative). Rows that do not (PDAS can cycle on singular ``A``, and a free set
@@ -166,7 +170,10 @@ def batched_nonneg_qp(
     else:
         active = B > 0  # x = 0 is optimal for a coordinate whose linear term is positive
     x = torch.zeros_like(B)
-    if n >= _ROWWISE_FROM:
+    if n >= _ROWWISE_FROM and 4 * B.shape[0] >= n:  # (the guess costs an n x n eigvalsh)
+        # a fresh guess beats the previous step's sets here (measured at T = 512 on the
+        # large-task benchmark: 1 factorisation per row against 1.9)
+        active = _guess_active_sets(A, B)
         for row in range(B.shape[0]):
             x[row] = _nonneg_qp_rowwise(A, B[row], active[row], max_iter=max_iter, tol=tol)[0]
     else:
@@ -281,16 +288,52 @@ def _nonneg_qp_rowwise(
     return x, active, False
 
 
+def _guess_active_sets(A: Tensor, B: Tensor, *, max_iter: int = 150) -> Tensor:
+    """A first guess of every row's active set ``{j : x_j = 0}`` from accelerated projected
+    gradient (FISTA: Beck & Teboulle, SIAM J. Imaging Sci. 2, 2009) on all rows at once,
+    ``X <- max(0, Y - (Y A + B) / L)`` with ``L`` the largest eigenvalue of ``A``, in float32
+    (one ``k x n x n`` product per iteration, far cheaper than the ``k`` factorisations an
+    iteration of the active-set method costs), until fewer than 1% of the entries changed
+    over the last ten iterations (the active-set iteration corrects a few wrong indices per
+    row cheaply, from the guessed set's factor). Only a starting point: the active-set
+    iteration then makes the answer exact. On the large-task benchmark's T = 512 Gram matrix
+    40 iterations leave ~1.5 of ~270 free indices wrong per row, against ~116 for the guess
+    ``b > 0``; at T = 1000 50 iterations leave ~8 of ~480."""
+    A32, B32 = A.to(torch.float32), B.to(torch.float32)
+    lipschitz = float(torch.linalg.eigvalsh(A32)[-1]) * 1.01
+    x = torch.zeros_like(B32)
+    if not lipschitz > 0:
+        return B > 0
+    momentum_point, t = x, 1.0
+    pattern = B > 0
+    for iteration in range(1, max_iter + 1):
+        step = (momentum_point - (momentum_point @ A32 + B32) / lipschitz).clamp_min(0.0)
+        t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
+        momentum_point = step + ((t - 1.0) / t_next) * (step - x)
+        x, t = step, t_next
+        if iteration % 10 == 0:
+            new_pattern = x <= 0
+            if int((new_pattern != pattern).sum()) <= _GUESS_SETTLED * pattern.numel():
+                break
+            pattern = new_pattern
+    return x <= 0
+
+
+_GUESS_SETTLED = 0.01
+"""Share of changed entries over ten iterations below which the guess stops."""
+
 _REFACTOR_SHARE = 6
 """A row's free-set system is refactorised once its set differs from the factored one in
 more than 1/6 of the factored size: a solve with ``d`` right-hand sides costs ``2 m^2 d``,
 a factorisation ``m^3 / 3``."""
 
-_ROWWISE_FROM = 128
-"""Number of variables from which :func:`batched_nonneg_qp` solves row by row (each row
-stops when its own set settles, later iterations reuse a factor, systems at their own size)
-instead of all rows in one batched factorisation per iteration (faster for small problems,
-where per-call overhead dominates)."""
+_ROWWISE_FROM = 80
+"""Number of variables from which :func:`batched_nonneg_qp` starts from the projected-gradient
+guess and solves row by row (each row stops when its own set settles, later iterations reuse
+a factor, systems at their own size) instead of all rows in one batched factorisation per
+iteration (faster for small problems, where per-call overhead dominates). Measured on
+conflicting random gradients: batched 9.8 / 34 / 69 ms, row by row 11 / 21 / 33 ms at
+T = 64 / 96 / 128."""
 
 
 # exact per-row fallbacks allowed in one call: rows x T^2 (about 15 s on one CPU core at the
