@@ -208,3 +208,69 @@ def test_the_updated_factor_gives_the_direct_solves_minimiser(
     monkeypatch.setattr(simplex, "_FACTOR_FROM", 10**9)
     direct = min_norm_simplex(G)
     torch.testing.assert_close(with_factor, direct, rtol=0, atol=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_tasks=st.integers(32, 140),
+    dim=st.integers(5, 400),
+    seed=st.integers(0, 10_000),
+    shift=st.floats(-0.2, 1.0),
+    duplicates=st.integers(0, 4),
+)
+def test_guessed_first_corral_gives_the_classic_minimiser(
+    num_tasks: int, dim: int, seed: int, shift: float, duplicates: int
+) -> None:
+    """From 32 points Wolfe starts from the support of a projected-gradient guess: the same
+    minimum as the classic start from one vertex, on full-rank, singular (dim < T) and
+    duplicated problems (whose guessed corral is affinely dependent and falls back)."""
+    import taskbalance.solvers.simplex as simplex
+
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(num_tasks, dim, generator=generator, dtype=torch.float64) + shift
+    if duplicates:
+        J[-duplicates:] = J[:duplicates]
+    G = J @ J.T
+    guessed = min_norm_simplex(G)
+    original = simplex._GUESS_FROM
+    simplex._GUESS_FROM = 10**9
+    try:
+        classic = min_norm_simplex(G)
+    finally:
+        simplex._GUESS_FROM = original
+    assert kkt_violation(G, guessed) < 1e-9
+    scale = float(G.diagonal().max())
+    assert float(guessed @ G @ guessed) / scale == pytest.approx(
+        float(classic @ G @ classic) / scale, abs=1e-12
+    )
+    if dim > num_tasks and not duplicates:  # unique minimiser: the same weights
+        torch.testing.assert_close(guessed, classic, rtol=0, atol=1e-8)
+
+
+def test_guessed_corral_is_refused_when_affinely_dependent() -> None:
+    import taskbalance.solvers.simplex as simplex
+
+    generator = torch.Generator().manual_seed(1)
+    J = torch.randn(40, 200, generator=generator, dtype=torch.float64)
+    J[20:] = J[:20]  # every point twice: the guessed support holds both copies
+    G = J @ J.T
+    G = G / G.diagonal().max()
+    assert simplex._guessed_corral(G, None) is None
+    assert kkt_violation(G, min_norm_simplex(G)) < 1e-9
+
+
+@given(st.integers(0, 10_000), st.integers(1, 60), st.floats(1e-3, 1e3))
+def test_projection_onto_the_simplex(seed: int, size: int, spread: float) -> None:
+    """The projection lies on the simplex and satisfies its optimality conditions: ``p =
+    max(v - theta, 0)`` for one threshold theta."""
+    from taskbalance.solvers.simplex import _project_to_simplex
+
+    generator = torch.Generator().manual_seed(seed)
+    v = spread * torch.randn(size, generator=generator, dtype=torch.float64)
+    p = _project_to_simplex(v)
+    assert bool((p >= 0).all())
+    assert float(p.sum()) == pytest.approx(1.0, abs=1e-12)
+    theta = v[p > 0] - p[p > 0]
+    assert float(theta.max() - theta.min()) <= 1e-9 * max(spread, 1.0)
+    assert bool((v[p == 0] <= theta.mean() + 1e-9 * max(spread, 1.0)).all())
+    torch.testing.assert_close(_project_to_simplex(p), p, rtol=0, atol=1e-12)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.solvers.spectrum import largest_eigenvalue_bound
+
 __all__ = ["min_norm_simplex"]
 
 
@@ -172,16 +174,24 @@ def min_norm_simplex(
     if num_points == 2:
         return _two_point(G)
 
+    # first corral: the previous support where its minimiser is still inside the simplex,
+    # else (many points) a projected-gradient guess, else one vertex
     warm = _warm_corral(G, start.to(G), tol) if start is not None else None
+    guessed = _guessed_corral(G, start) if warm is None and num_points >= _GUESS_FROM else None
     if warm is not None:
         weights, corral = warm
+        factor = _CorralFactor(G, corral)
+    elif guessed is not None:
+        weights, corral = guessed
+        factor = _CorralFactor(G, corral)
+        weights, corral = _minor_cycle(G, weights, corral, factor, tol, corral[0])
     else:
         weights = G.new_zeros(num_points)
         first = int(torch.argmin(G.diagonal()))
         weights[first] = 1.0
         corral = [first]
+        factor = _CorralFactor(G, corral)
     limit = max_iter if max_iter is not None else 50 + 10 * num_points
-    factor = _CorralFactor(G, corral)
     for _ in range(limit):
         gradient = G @ weights
         value = weights @ gradient
@@ -190,28 +200,96 @@ def min_norm_simplex(
             break
         corral.append(candidate)
         factor.append(candidate)
-        while True:  # minor cycle: move towards the affine minimiser, dropping vertices
-            index = torch.tensor(corral, device=G.device)
-            target = factor.minimiser(index)
-            current = weights[index]
-            if bool((target > tol).all()):
-                weights.zero_()
-                weights[index] = target
-                break
-            shrinking = target <= tol
-            steps = current[shrinking] / (current[shrinking] - target[shrinking])
-            steps = torch.nan_to_num(steps, nan=0.0)
-            theta = float(steps.min().clamp(0.0, 1.0))
-            moved = current + theta * (target - current)
-            keep = moved > tol
-            weights.zero_()
-            weights[index[keep]] = moved[keep]
-            corral = [c for c, k in zip(corral, keep.tolist(), strict=True) if k]
-            if not corral:  # numerical corner case: restart from the best vertex
-                corral = [candidate]
-                weights[candidate] = 1.0
-                factor.reset(corral)
-                break
-            factor.reset(corral)
+        weights, corral = _minor_cycle(G, weights, corral, factor, tol, candidate)
     weights = weights.clamp_min(0.0)
     return weights / weights.sum()
+
+
+def _minor_cycle(
+    G: Tensor, weights: Tensor, corral: list[int], factor: _CorralFactor, tol: float, restart: int
+) -> tuple[Tensor, list[int]]:
+    """Wolfe's minor cycle: move from ``weights`` (positive on the corral) towards the affine
+    minimiser of the corral, dropping the vertices whose weight reaches zero on the way, until
+    the minimiser lies inside the corral's simplex."""
+    while True:
+        index = torch.tensor(corral, device=G.device)
+        target = factor.minimiser(index)
+        current = weights[index]
+        if bool((target > tol).all()):
+            weights.zero_()
+            weights[index] = target
+            return weights, corral
+        shrinking = target <= tol
+        steps = current[shrinking] / (current[shrinking] - target[shrinking])
+        steps = torch.nan_to_num(steps, nan=0.0)
+        theta = float(steps.min().clamp(0.0, 1.0))
+        moved = current + theta * (target - current)
+        keep = moved > tol
+        weights.zero_()
+        weights[index[keep]] = moved[keep]
+        corral = [c for c, k in zip(corral, keep.tolist(), strict=True) if k]
+        if not corral:  # numerical corner case: restart from the best vertex
+            corral = [restart]
+            weights[restart] = 1.0
+            factor.reset(corral)
+            return weights, corral
+        factor.reset(corral)
+
+
+def _project_to_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection onto the probability simplex (sort and threshold: Held, Wolfe &
+    Crowder 1974; Duchi et al., ICML 2008)."""
+    ordered = torch.sort(v, descending=True).values
+    cumulative = ordered.cumsum(0) - 1.0
+    ranks = torch.arange(1, v.numel() + 1, dtype=v.dtype, device=v.device)
+    last = int((ordered - cumulative / ranks > 0).nonzero().max())
+    return (v - cumulative[last] / (last + 1)).clamp_min(0.0)
+
+
+def _guessed_corral(G: Tensor, start: Tensor | None) -> tuple[Tensor, list[int]] | None:
+    """A first corral for many points: the support of accelerated projected gradient (FISTA:
+    Beck & Teboulle 2009) on ``min w^T G w`` over the simplex, from ``start`` (a previous
+    solution) or the uniform weights, stopped when the support has not changed for
+    ``_GUESS_CHECK`` iterations. Each iteration is one ``T x T`` matrix-vector product, so the
+    guess costs far less than the hundreds of Wolfe major iterations it replaces (on the
+    large-task benchmark's T = 1000 Gram matrix 100 iterations find the exact support of 780
+    points). Returns the guess's weights and support, or None where the support is affinely
+    dependent to rounding (duplicated or collinear gradients: Wolfe's corral must be
+    affinely independent, so those start the classic way)."""
+    num_points = G.shape[0]
+    lipschitz = 2.0 * largest_eigenvalue_bound(G)
+    if not lipschitz > 0:
+        return None
+    if start is not None and start.shape == (num_points,) and bool(torch.isfinite(start).all()):
+        x = _project_to_simplex(start.to(G))
+    else:
+        x = G.new_full((num_points,), 1.0 / num_points)
+    momentum_point, t = x, 1.0
+    support = x > 0
+    for iteration in range(1, _GUESS_MAX_ITER + 1):
+        step = _project_to_simplex(momentum_point - (2.0 / lipschitz) * (G @ momentum_point))
+        t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
+        momentum_point = step + ((t - 1.0) / t_next) * (step - x)
+        x, t = step, t_next
+        if iteration % _GUESS_CHECK == 0:
+            new_support = x > 0
+            if bool((new_support == support).all()):
+                break
+            support = new_support
+    index = support.nonzero().flatten()
+    factor, info = torch.linalg.cholesky_ex(G[index][:, index] + 1.0)
+    pivots = factor.diagonal().abs()
+    if int(info) != 0 or not bool(pivots.min() > 1e-7 * pivots.max()):
+        return None
+    weights = torch.where(support, x, torch.zeros_like(x))
+    return weights / weights.sum(), index.tolist()
+
+
+_GUESS_FROM = 32
+"""Number of points from which the first corral is guessed by projected gradient (measured on
+one thread, cold: 2.5 -> 1.9 ms at T = 32, 9.8 -> 4.2 ms at T = 128 with a small support,
+14.7 -> 2.4 ms with a full one; the large-task benchmark's T = 1000 matrix 1.38 s -> 0.13 s;
+the classic start stays faster below ~16 points)."""
+
+_GUESS_CHECK = 25
+_GUESS_MAX_ITER = 1000
