@@ -274,6 +274,26 @@ def test_cagrad_matches_the_slsqp_reference(seed: int, c: float) -> None:
     )
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_cagrad_at_many_tasks_matches_the_slsqp_reference(seed: int) -> None:
+    """40 tasks: the inner min-norm solves start from projected-gradient guesses on shifted
+    Gram matrices (step size from the curvature along the simplex); same answer as SLSQP and
+    as the plain safeguarded search."""
+    from taskbalance.solvers.conflict_averse import conflict_averse_weights
+
+    J = random_jacobian(seed, 40, 60) + 0.1
+    torch.testing.assert_close(
+        aggregate(methods.create("cagrad", c=0.4), J),
+        cagrad_reference(J, 0.4),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    G = J @ J.T
+    fast = conflict_averse_weights(G, 0.4)
+    search = conflict_averse_weights(G, 0.4, support_steps=0)
+    torch.testing.assert_close(fast, search, rtol=0, atol=1e-7)
+
+
 def test_cagrad_with_c_zero_is_the_mean() -> None:
     J = random_jacobian(1, 5, 8)
     torch.testing.assert_close(aggregate(methods.create("cagrad", c=0.0), J), J.mean(dim=0))

@@ -178,6 +178,7 @@ def conflict_averse_weights(
         _, f_low = inner(low)
         if f_low >= 0:
             return w_low
+    previous.clear()  # the two ends of the bracket share little support: start it afresh
     w_high, f_high = inner(high)
     if f_high <= 0:
         return w_high

@@ -257,7 +257,7 @@ def _guessed_corral(G: Tensor, start: Tensor | None) -> tuple[Tensor, list[int]]
     dependent to rounding (duplicated or collinear gradients: Wolfe's corral must be
     affinely independent, so those start the classic way)."""
     num_points = G.shape[0]
-    lipschitz = 2.0 * largest_eigenvalue_bound(G)
+    lipschitz = 2.0 * largest_eigenvalue_bound(G, on_simplex=True)
     if not lipschitz > 0:
         return None
     if start is not None and start.shape == (num_points,) and bool(torch.isfinite(start).all()):

@@ -18,17 +18,33 @@ from torch import Tensor
 __all__ = ["largest_eigenvalue_bound"]
 
 
-def largest_eigenvalue_bound(G: Tensor, *, iterations: int = 30, margin: float = 1.2) -> float:
+def largest_eigenvalue_bound(
+    G: Tensor, *, iterations: int = 30, margin: float = 1.2, on_simplex: bool = False
+) -> float:
     """``margin`` times the power method's Rayleigh quotient of symmetric PSD ``G``, from a
     start vector that is not orthogonal to the usual top eigenvectors (an all-ones start is,
-    for two opposite tasks). 0.0 for ``G = 0``."""
+    for two opposite tasks). 0.0 for ``G = 0``.
+
+    ``on_simplex``: the largest eigenvalue of ``P G P`` with ``P = I - 1 1^T / T`` instead,
+    the curvature of ``w^T G w`` along the probability simplex (whose directions sum to 0).
+    It is what a projected-gradient step on the simplex needs (projection onto the simplex
+    ignores a gradient's component along ``1``), and can be far smaller than ``G``'s: task
+    gradients that share a common part, or a Gram matrix shifted by ``b 1^T + 1 b^T + c 1 1^T``
+    (CAGrad's inner problems), have their large eigenvalues off the simplex."""
     size = G.shape[0]
     steps = torch.arange(size, dtype=G.dtype, device=G.device)
     vector = 1.0 + 0.5 * torch.sin(1.7 * steps + 0.3)
+
+    def apply(v: Tensor) -> Tensor:
+        if not on_simplex:
+            return G @ v
+        image = G @ (v - v.mean())
+        return image - image.mean()
+
     for _ in range(iterations):
-        image = G @ vector
+        image = apply(vector)
         norm = float(image.norm())
         if not norm > 0:
             return 0.0
         vector = image / norm
-    return margin * float(vector @ (G @ vector))
+    return margin * float(vector @ apply(vector))
