@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize, nnls
 
@@ -128,6 +128,35 @@ def test_imtl_g_gives_equal_projections(seed: int, num_tasks: int) -> None:
     torch.testing.assert_close(
         projections, projections.mean().expand_as(projections), rtol=1e-7, atol=1e-9
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    num_tasks=st.integers(2, 60),
+    dims=st.integers(1, 80),
+    duplicates=st.integers(0, 3),
+)
+def test_imtl_g_square_solve_equals_the_pseudo_inverse(
+    seed: int, num_tasks: int, dims: int, duplicates: int
+) -> None:
+    """The LU solve of the square system (used where it is well conditioned) gives the
+    pseudo-inverse's weights, on general, rank-deficient (dims < T) and duplicated tasks."""
+    from taskbalance.methods.gradient import imtl_g
+
+    J = random_jacobian(seed, num_tasks, dims)
+    if duplicates and num_tasks >= 2 * duplicates:
+        J[-duplicates:] = J[:duplicates].clone()
+    G = J @ J.T
+    fast = imtl_g.equal_projection_weights(G)
+    original = imtl_g._square_solve
+    imtl_g._square_solve = lambda system, target: None  # type: ignore[assignment]
+    try:
+        reference = imtl_g.equal_projection_weights(G)
+    finally:
+        imtl_g._square_solve = original
+    scale = float(reference.abs().max()) + 1.0
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-8 * scale)
 
 
 def test_imtl_g_two_tasks_hand_computed() -> None:

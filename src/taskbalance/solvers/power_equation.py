@@ -47,6 +47,18 @@ def _two_tasks_nash(G: Tensor) -> Tensor:
     return torch.sqrt(common / G.diagonal())
 
 
+def _newton_direction(hessian: Tensor, residual: Tensor) -> Tensor:
+    """``-H^{-1} r`` for the positive definite Hessian: by Cholesky (half the work of LU,
+    which matters from hundreds of tasks), LU where rounding made the factorisation fail."""
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    if int(info) == 0:
+        direction = -torch.cholesky_solve(residual.unsqueeze(1), factor).squeeze(1)
+        if bool(torch.isfinite(direction).all()):
+            return direction
+    fallback: Tensor = -torch.linalg.solve(hessian, residual)
+    return fallback
+
+
 def _newton(
     G: Tensor, p: float, w: Tensor, tol: float, max_iter: int, min_step: float = 0.0
 ) -> tuple[Tensor, bool]:
@@ -58,8 +70,7 @@ def _newton(
         residual = G @ w - w ** (-p)
         if float(residual.abs().max()) <= tol * float(w.abs().max() ** (-p) + 1.0):
             return w, True
-        hessian = G + torch.diag(p * w ** (-p - 1.0))
-        direction = -torch.linalg.solve(hessian, residual)
+        direction = _newton_direction(G + torch.diag(p * w ** (-p - 1.0)), residual)
         shrinking = direction < 0
         step = 1.0
         if bool(shrinking.any()):
