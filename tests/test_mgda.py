@@ -212,7 +212,7 @@ def test_the_updated_factor_gives_the_direct_solves_minimiser(
 
 @settings(max_examples=25, deadline=None)
 @given(
-    num_tasks=st.integers(32, 140),
+    num_tasks=st.integers(40, 140),
     dim=st.integers(5, 400),
     seed=st.integers(0, 10_000),
     shift=st.floats(-0.2, 1.0),
@@ -221,7 +221,7 @@ def test_the_updated_factor_gives_the_direct_solves_minimiser(
 def test_guessed_first_corral_gives_the_classic_minimiser(
     num_tasks: int, dim: int, seed: int, shift: float, duplicates: int
 ) -> None:
-    """From 32 points Wolfe starts from the support of a projected-gradient guess: the same
+    """From 40 points Wolfe starts from the support of a projected-gradient guess: the same
     minimum as the classic start from one vertex, on full-rank, singular (dim < T) and
     duplicated problems (whose guessed corral is affinely dependent and falls back)."""
     import taskbalance.solvers.simplex as simplex

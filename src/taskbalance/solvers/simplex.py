@@ -285,11 +285,12 @@ def _guessed_corral(G: Tensor, start: Tensor | None) -> tuple[Tensor, list[int]]
     return weights / weights.sum(), index.tolist()
 
 
-_GUESS_FROM = 32
+_GUESS_FROM = 40
 """Number of points from which the first corral is guessed by projected gradient (measured on
-one thread, cold: 2.5 -> 1.9 ms at T = 32, 9.8 -> 4.2 ms at T = 128 with a small support,
-14.7 -> 2.4 ms with a full one; the large-task benchmark's T = 1000 matrix 1.38 s -> 0.13 s;
-the classic start stays faster below ~16 points)."""
+one thread, cold: MGDA 9.8 -> 4.2 ms at T = 128 with a small support, 14.7 -> 2.4 ms with a
+full one, the large-task benchmark's T = 1000 matrix 1.38 s -> 0.13 s; CAGrad 16.9 -> 11.8 ms
+at T = 64, equal at T = 40, 8% slower at T = 32, where its warm-started inner solves gain
+nothing from the guess)."""
 
 _GUESS_CHECK = 25
 _GUESS_MAX_ITER = 1000
