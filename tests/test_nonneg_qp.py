@@ -68,6 +68,7 @@ def test_rowwise_path_matches_the_batched_path_and_the_exact_method(
     G = _conflicting_gramian(tasks, 60, seed)
     targets = torch.eye(tasks, dtype=torch.float64)
     monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 1)
+    monkeypatch.setattr(nonneg_qp, "_WIDE_FREE_SETS", 0)
     rowwise = nonneg_qp.dual_cone_weights(G, targets)
     monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 10**9)
     batched = nonneg_qp.dual_cone_weights(G, targets)
@@ -91,6 +92,7 @@ def test_rowwise_path_on_singular_and_duplicated_gradients(
     G = J @ J.T
     targets = torch.eye(30, dtype=torch.float64)
     monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 1)
+    monkeypatch.setattr(nonneg_qp, "_WIDE_FREE_SETS", 0)
     weights = nonneg_qp.dual_cone_weights(G, targets)
     assert bool(torch.isfinite(weights).all())
     _assert_kkt(weights, targets, G)
@@ -103,6 +105,7 @@ def test_rowwise_answer_does_not_depend_on_the_guess(
     """The projected-gradient guess is only a starting point: a useless one gives the same
     weights (more iterations, more refactorisations)."""
     monkeypatch.setattr(nonneg_qp, "_ROWWISE_FROM", 1)
+    monkeypatch.setattr(nonneg_qp, "_WIDE_FREE_SETS", 0)
     G = _conflicting_gramian(40, 70, 4)
     targets = torch.eye(40, dtype=torch.float64)
     reference = nonneg_qp.dual_cone_weights(G, targets)
@@ -131,6 +134,21 @@ def test_guess_is_close_to_the_answer() -> None:
     wrong = (guessed != exact_active).sum(dim=1).double()
     free = (~exact_active).sum(dim=1).double()
     assert float(wrong.mean()) <= 0.1 * float(free.mean())
+
+
+def test_barely_conflicting_tasks_keep_the_batched_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many tasks with a common gradient component (few conflicts per row): the row-by-row
+    path and its guess are not used."""
+    generator = torch.Generator().manual_seed(8)
+    J = torch.randn(120, 300, generator=generator, dtype=torch.float64)
+    J = J + 0.5 * torch.randn(1, 300, generator=generator, dtype=torch.float64)
+
+    def fail(*args: object) -> None:
+        raise AssertionError("the guess was computed")
+
+    monkeypatch.setattr(nonneg_qp, "_guess_active_sets", fail)
+    targets = torch.eye(120, dtype=torch.float64)
+    _assert_kkt(nonneg_qp.dual_cone_weights(J @ J.T, targets), targets, J @ J.T)
 
 
 def test_default_path_at_many_tasks_is_a_projection() -> None:

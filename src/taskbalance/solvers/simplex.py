@@ -293,4 +293,4 @@ at T = 64, equal at T = 40, 8% slower at T = 32, where its warm-started inner so
 nothing from the guess)."""
 
 _GUESS_CHECK = 25
-_GUESS_MAX_ITER = 1000
+_GUESS_MAX_ITER = 100
