@@ -148,7 +148,12 @@ def test_imtl_g_square_solve_equals_the_pseudo_inverse(
     if duplicates and num_tasks >= 2 * duplicates:
         J[-duplicates:] = J[:duplicates].clone()
     G = J @ J.T
-    fast = imtl_g.equal_projection_weights(G)
+    threshold = imtl_g._SQUARE_FROM
+    imtl_g._SQUARE_FROM = 1  # the LU path at every T
+    try:
+        fast = imtl_g.equal_projection_weights(G)
+    finally:
+        imtl_g._SQUARE_FROM = threshold
     original = imtl_g._square_solve
     imtl_g._square_solve = lambda system, target: None  # type: ignore[assignment]
     try:
@@ -484,3 +489,18 @@ def test_dual_cone_rows_grouped_by_free_set_size_give_the_same_projection(
     single = nonneg_qp.dual_cone_weights(G, targets)
     torch.testing.assert_close(grouped, single, rtol=0, atol=1e-9)
     assert float((grouped @ G).min()) >= -1e-8  # every projection lies in the dual cone
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5, 2.0])
+def test_newton_steps_by_cholesky_equal_lu(p: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nash-MTL / FairGrad's Newton systems are solved by Cholesky from 128 tasks, by LU
+    below: the same solution either way."""
+    from taskbalance.solvers import power_equation
+
+    J = random_jacobian(9, 30, 60)
+    G = J @ J.T + 0.1 * torch.eye(30, dtype=torch.float64)
+    by_lu = power_equation.solve_power_equation(G, p)
+    monkeypatch.setattr(power_equation, "_CHOLESKY_FROM", 1)
+    by_cholesky = power_equation.solve_power_equation(G, p)
+    torch.testing.assert_close(by_cholesky, by_lu, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(G @ by_cholesky, by_cholesky ** (-p), rtol=1e-7, atol=1e-9)
