@@ -159,3 +159,20 @@ def test_default_path_at_many_tasks_is_a_projection() -> None:
     weights = nonneg_qp.dual_cone_weights(G, targets)
     _assert_kkt(weights, targets, G)
     assert float((weights - targets).max()) > 0  # conflicts were resolved, not ignored
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-30, 1e30, 1e200])
+def test_many_task_paths_ignore_the_gradients_scale(scale: float) -> None:
+    """The row-by-row dual-cone path and MGDA's guessed corral (100 tasks) at the ends of the
+    float64 range: the weights of ``s G`` are those of ``G``."""
+    from taskbalance.solvers.simplex import min_norm_simplex
+
+    G = _conflicting_gramian(100, 300, 10)
+    targets = torch.eye(100, dtype=torch.float64)
+    torch.testing.assert_close(
+        nonneg_qp.dual_cone_weights(scale * G, targets),
+        nonneg_qp.dual_cone_weights(G, targets),
+        rtol=0,
+        atol=1e-10,
+    )
+    torch.testing.assert_close(min_norm_simplex(scale * G), min_norm_simplex(G), rtol=0, atol=1e-12)
