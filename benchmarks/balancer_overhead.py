@@ -1,0 +1,113 @@
+"""What the Balancer adds to a plain ``sum(losses).backward()`` step, stage by stage.
+
+The step is the one ``step_time.py`` times (benchmark MLP, batch 256, Adam, one thread). Rows,
+interleaved round by round in one process, each divided by the plain step's median:
+
+* ``plain``: ``torch.stack(losses).sum().backward()``;
+* ``<method>``: ``Balancer(<method>).backward(losses, representation=z)``;
+* ``<method> - guard``: the same with the non-finite guard's norm of the update replaced by
+  a constant (what the guard costs: every entry of every gradient is read once);
+* ``<method> - walk``: the same with the heads' parameters found once and reused instead of
+  walking the autograd graph every step (what the walk costs);
+* ``<method> - both``: both removed; what remains is the rest of the pipeline (validation,
+  packing the losses, the method, writing ``.grad``, ``StepInfo``).
+
+The ablated rows are diagnostics, not options: without the guard a non-finite update could
+be written, and a cached walk would miss a head that appears later. Usage::
+
+    python benchmarks/balancer_overhead.py --tasks 10 --methods ew uw --rounds 60 \\
+        --out benchmarks/results/balancer_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import taskbalance.balancer as balancer_module
+from step_time import make_step
+
+ABLATIONS = ("", " - guard", " - walk", " - both")
+
+
+@contextmanager
+def _ablated(kind: str, cache: dict[int, Any]) -> Iterator[None]:
+    """Patch the Balancer module for one ablated row (restored on exit)."""
+    original_norm = balancer_module.fast_global_norm
+    original_params = balancer_module.Balancer._task_params
+    zero = torch.zeros((), dtype=torch.float64)
+
+    def cached_params(self: Any, losses: Any, representation: Any) -> Any:
+        if id(self) not in cache:
+            cache[id(self)] = original_params(self, losses, representation)
+        return cache[id(self)]
+
+    if kind in (" - guard", " - both"):
+        balancer_module.fast_global_norm = lambda tensors: zero  # type: ignore[assignment]
+    if kind in (" - walk", " - both"):
+        balancer_module.Balancer._task_params = cached_params  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        balancer_module.fast_global_norm = original_norm
+        balancer_module.Balancer._task_params = original_params  # type: ignore[method-assign]
+
+
+def measure(num_tasks: int, methods: list[str], rounds: int, warmup: int) -> list[dict[str, Any]]:
+    rows: dict[str, Callable[[], None]] = {"plain": make_step(num_tasks, None, "parameters")}
+    for method in methods:
+        for kind in ABLATIONS:
+            rows[method + kind] = make_step(num_tasks, method, "parameters")
+    cache: dict[int, Any] = {}
+    kinds = {name: next((k for k in ABLATIONS[1:] if name.endswith(k)), "") for name in rows}
+    seconds: dict[str, list[float]] = {name: [] for name in rows}
+    for index in range(warmup + rounds):
+        for name, step in rows.items():
+            with _ablated(kinds[name], cache):
+                begin = time.perf_counter()
+                step()
+                elapsed = time.perf_counter() - begin
+            if index >= warmup:
+                seconds[name].append(elapsed)
+    plain = statistics.median(seconds["plain"])
+    return [
+        {
+            "T": num_tasks,
+            "row": name,
+            "ms": 1e3 * statistics.median(values),
+            "ratio_to_plain": statistics.median(values) / plain,
+        }
+        for name, values in seconds.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[10])
+    parser.add_argument("--methods", nargs="+", default=["ew", "uw"])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = []
+    print(f"{'T':>4}  {'row':<16}{'ms':>9}{'x plain':>10}")
+    for num_tasks in args.tasks:
+        for row in measure(num_tasks, args.methods, args.rounds, args.warmup):
+            results.append(row)
+            print(f"{row['T']:>4}  {row['row']:<16}{row['ms']:>9.3f}{row['ratio_to_plain']:>10.3f}")
+    if args.out:
+        meta = {"torch": torch.__version__, "threads": 1, "rounds": args.rounds}
+        args.out.write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
