@@ -13,10 +13,14 @@ interleaved round by round in one process, each divided by the plain step's medi
   packing the losses, the method, writing ``.grad``, ``StepInfo``).
 
 The ablated rows are diagnostics, not options: without the guard a non-finite update could
-be written, and a cached walk would miss a head that appears later. Usage::
+be written, and a cached walk would miss a head that appears later. ``--level
+representation`` times the methods at representation level (``floor:gramian``: the engine's
+per-task representation gradients and nothing else). Usage::
 
     python benchmarks/balancer_overhead.py --tasks 10 --methods ew uw --rounds 60 \\
         --out benchmarks/results/balancer_overhead.json
+    python benchmarks/balancer_overhead.py --tasks 10 --methods floor:gramian mgda \\
+        --level representation
 """
 
 from __future__ import annotations
@@ -61,11 +65,13 @@ def _ablated(kind: str, cache: dict[int, Any]) -> Iterator[None]:
         balancer_module.Balancer._task_params = original_params  # type: ignore[method-assign]
 
 
-def measure(num_tasks: int, methods: list[str], rounds: int, warmup: int) -> list[dict[str, Any]]:
+def measure(
+    num_tasks: int, methods: list[str], rounds: int, warmup: int, level: str = "parameters"
+) -> list[dict[str, Any]]:
     rows: dict[str, Callable[[], None]] = {"plain": make_step(num_tasks, None, "parameters")}
     for method in methods:
         for kind in ABLATIONS:
-            rows[method + kind] = make_step(num_tasks, method, "parameters")
+            rows[method + kind] = make_step(num_tasks, method, level)
     cache: dict[int, Any] = {}
     kinds = {name: next((k for k in ABLATIONS[1:] if name.endswith(k)), "") for name in rows}
     seconds: dict[str, list[float]] = {name: [] for name in rows}
@@ -81,6 +87,7 @@ def measure(num_tasks: int, methods: list[str], rounds: int, warmup: int) -> lis
     return [
         {
             "T": num_tasks,
+            "level": "-" if name == "plain" else level,
             "row": name,
             "ms": 1e3 * statistics.median(values),
             "ratio_to_plain": statistics.median(values) / plain,
@@ -95,15 +102,18 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["ew", "uw"])
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--level", default="parameters", help="as in step_time.py (e.g. representation)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = []
-    print(f"{'T':>4}  {'row':<16}{'ms':>9}{'x plain':>10}")
+    print(f"{'T':>4}  {'row':<24}{'ms':>9}{'x plain':>10}")
     for num_tasks in args.tasks:
-        for row in measure(num_tasks, args.methods, args.rounds, args.warmup):
+        for row in measure(num_tasks, args.methods, args.rounds, args.warmup, args.level):
             results.append(row)
-            print(f"{row['T']:>4}  {row['row']:<16}{row['ms']:>9.3f}{row['ratio_to_plain']:>10.3f}")
+            print(f"{row['T']:>4}  {row['row']:<24}{row['ms']:>9.3f}{row['ratio_to_plain']:>10.3f}")
     if args.out:
         meta = {"torch": torch.__version__, "threads": 1, "rounds": args.rounds}
         args.out.write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
