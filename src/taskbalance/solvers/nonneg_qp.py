@@ -178,7 +178,7 @@ def batched_nonneg_qp(
         # large-task benchmark: 1 factorisation per row against 1.9)
         active = _guess_active_sets(A, B)
         for row in range(B.shape[0]):
-            x[row] = _nonneg_qp_rowwise(A, B[row], active[row], max_iter=max_iter, tol=tol)[0]
+            x[row] = _nonneg_qp_rowwise(A, B[row], active[row], max_iter=max_iter)
     else:
         for _ in range(max_iter):
             free = ~active
@@ -251,14 +251,13 @@ def _bordered_solve(
     return x
 
 
-def _nonneg_qp_rowwise(
-    A: Tensor, b: Tensor, active: Tensor, *, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor, bool]:
+def _nonneg_qp_rowwise(A: Tensor, b: Tensor, active: Tensor, *, max_iter: int) -> Tensor:
     """One row of :func:`batched_nonneg_qp`'s primal-dual active-set iteration, run on its own
     so that it stops as soon as its own active set settles, with each iteration's free-set
     system solved from the factor of an earlier iteration's (:func:`_bordered_solve`) while
-    the sets differ in at most ``1/_REFACTOR_SHARE`` of their size. Returns ``(x, active,
-    converged)``."""
+    the sets differ in at most ``1/_REFACTOR_SHARE`` of their size. Returns the last iterate:
+    the caller's KKT check tells a converged row from one that is not (iteration cap, or a
+    numerically singular free system, where the iterate is left as it was)."""
     n = b.shape[0]
     x = torch.zeros_like(b)
     base: Tensor | None = None
@@ -277,7 +276,7 @@ def _nonneg_qp_rowwise(
             index = free.nonzero().flatten()
             factor = _factor(A, index)
             if factor is None:
-                return x, active, False
+                return x
             base = free.clone()
             solution = torch.zeros(n, dtype=b.dtype, device=b.device)
             solution[index] = torch.cholesky_solve(-b[index].unsqueeze(1), factor).squeeze(1)
@@ -286,9 +285,9 @@ def _nonneg_qp_rowwise(
         multipliers = torch.where(active, A @ x + b, torch.zeros_like(b))
         new_active = (multipliers - x) > 0
         if bool((new_active == active).all()):
-            return x, active, True
+            return x
         active = new_active
-    return x, active, False
+    return x
 
 
 def _guess_active_sets(A: Tensor, B: Tensor, *, max_iter: int = 150) -> Tensor:
