@@ -250,12 +250,13 @@ def _guessed_corral(G: Tensor, start: Tensor | None) -> tuple[Tensor, list[int]]
     """A first corral for many points: the support of accelerated projected gradient (FISTA:
     Beck & Teboulle 2009) on ``min w^T G w`` over the simplex, from ``start`` (a previous
     solution) or the uniform weights, stopped when the support has not changed for
-    ``_GUESS_CHECK`` iterations. Each iteration is one ``T x T`` matrix-vector product, so the
-    guess costs far less than the hundreds of Wolfe major iterations it replaces (on the
-    large-task benchmark's T = 1000 Gram matrix 100 iterations find the exact support of 780
-    points). Returns the guess's weights and support, or None where the support is affinely
-    dependent to rounding (duplicated or collinear gradients: Wolfe's corral must be
-    affinely independent, so those start the classic way)."""
+    ``_GUESS_CHECK`` iterations (at most ``_GUESS_MAX_ITER``). Each iteration is one
+    ``T x T`` matrix-vector product, so the guess costs far less than the hundreds of Wolfe
+    major iterations it replaces (on the large-task benchmark's T = 1000 Gram matrix, 100
+    iterations find the exact support of 780 points). Returns the guess's weights and
+    support, or None where the support is affinely dependent to rounding (duplicated or
+    collinear gradients: Wolfe's corral must be affinely independent, so those start the
+    classic way)."""
     num_points = G.shape[0]
     lipschitz = 2.0 * largest_eigenvalue_bound(G, on_simplex=True)
     if not lipschitz > 0:
@@ -294,3 +295,7 @@ nothing from the guess)."""
 
 _GUESS_CHECK = 25
 _GUESS_MAX_ITER = 100
+"""Cap on the guess's iterations: enough for the exact support on well-conditioned problems
+(T = 1000: 100), while on singular Gram matrices (more tasks than gradient dimensions), where
+projected gradient converges slowly, more iterations cost more than Wolfe's method saves
+(T = 1000, 64 dimensions: 73 ms with 100, 174 ms with 1000, classic start 62 ms)."""
