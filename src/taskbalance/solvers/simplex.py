@@ -144,6 +144,7 @@ def min_norm_simplex(
     tol: float = 1e-12,
     max_iter: int | None = None,
     start: Tensor | None = None,
+    guess: bool | None = None,
 ) -> Tensor:
     """Weights ``w`` on the simplex minimising ``w^T G w`` (exact up to ``tol``).
 
@@ -154,6 +155,8 @@ def min_norm_simplex(
         start: a previous solution of a nearby problem (warm start: its support becomes the
             first corral, which saves most major iterations when the support barely changes;
             the result is the same exact minimiser).
+        guess: whether a cold start may begin from a projected-gradient guess of the support
+            (default: from ``_GUESS_FROM`` points); the same minimiser either way.
 
     Returns:
         float64 weights of shape ``(T,)``, non-negative, summing to 1. When every point is zero
@@ -177,7 +180,9 @@ def min_norm_simplex(
     # first corral: the previous support where its minimiser is still inside the simplex,
     # else (many points) a projected-gradient guess, else one vertex
     warm = _warm_corral(G, start.to(G), tol) if start is not None else None
-    guessed = _guessed_corral(G, start) if warm is None and num_points >= _GUESS_FROM else None
+    if guess is None:
+        guess = num_points >= _GUESS_FROM
+    guessed = _guessed_corral(G, start) if warm is None and guess else None
     if warm is not None:
         weights, corral = warm
         factor = _CorralFactor(G, corral)
@@ -287,11 +292,11 @@ def _guessed_corral(G: Tensor, start: Tensor | None) -> tuple[Tensor, list[int]]
 
 
 _GUESS_FROM = 40
-"""Number of points from which the first corral is guessed by projected gradient (measured on
-one thread, cold: MGDA 9.8 -> 4.2 ms at T = 128 with a small support, 14.7 -> 2.4 ms with a
-full one, the large-task benchmark's T = 1000 matrix 1.38 s -> 0.13 s; CAGrad 16.9 -> 11.8 ms
-at T = 64, equal at T = 40, 8% slower at T = 32, where its warm-started inner solves gain
-nothing from the guess)."""
+"""Number of points from which a cold start may begin from the projected-gradient guess
+(measured on one thread, cold: MGDA 9.8 -> 4.2 ms at T = 128 with a small support, 14.7 ->
+2.4 ms with a full one, the large-task benchmark's T = 1000 matrix 1.38 s -> 0.13 s; 2.5 ->
+1.9 ms at T = 32, below ~16 points the classic start is faster). CAGrad asks for it only in
+its first inner solve (``guess=``)."""
 
 _GUESS_CHECK = 25
 _GUESS_MAX_ITER = 100
