@@ -1,9 +1,12 @@
-"""The stage-ablation benchmark runs, and its patches never outlive a row."""
+"""The diagnostic benchmarks run (stage ablation, A/B against a commit) and leave nothing behind."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 import taskbalance.balancer as balancer_module
 
@@ -23,3 +26,31 @@ def test_ablation_rows_are_measured_and_the_balancer_is_restored() -> None:
     assert all(r["ms"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
     assert balancer_module.fast_global_norm is norm
     assert balancer_module.Balancer._task_params is task_params
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (BENCHMARKS.parent / ".git").exists(),
+    reason="needs a git checkout (git archive)",
+)
+def test_method_ab_imports_an_earlier_version_beside_this_one(tmp_path: Path) -> None:
+    import torch
+
+    import taskbalance
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import method_ab
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    old = method_ab.import_old("HEAD", tmp_path)
+    try:
+        assert old.__name__ == "taskbalance_old"
+        assert old is not taskbalance
+        gramian = method_ab._gramian(3, 0)
+        _, before = method_ab._call(old, "upgrad", gramian)
+        _, after = method_ab._call(taskbalance, "upgrad", gramian)
+        torch.testing.assert_close(before, after)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.split(".")[0] == "taskbalance_old"]:
+            del sys.modules[name]
