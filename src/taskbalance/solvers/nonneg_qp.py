@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from taskbalance.solvers.spectrum import largest_eigenvalue_bound
+from taskbalance.solvers.cholesky import cholesky_or_none, reliable
+from taskbalance.solvers.projected_gradient import fista_iterates, largest_eigenvalue_bound
 
 __all__ = ["batched_nonneg_qp", "dual_cone_weights", "nonneg_qp"]
 
@@ -85,9 +86,7 @@ def _batched_solve(system: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
     solve another way: a least-squares answer there would be accurate only to ~1e-11."""
     factor, info = torch.linalg.cholesky_ex(system)
     solution = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
-    pivots = factor.diagonal(dim1=-2, dim2=-1).abs()
-    ok = (info == 0) & (pivots.amin(-1) > 1e-7 * pivots.amax(-1))
-    return solution, ok & torch.isfinite(solution).all(dim=-1)
+    return solution, reliable(factor, info) & torch.isfinite(solution).all(dim=-1)
 
 
 def _solve_on_free_sets(A: Tensor, B: Tensor, free: Tensor, identity: Tensor) -> Tensor:
@@ -199,17 +198,6 @@ def batched_nonneg_qp(
     return x.clamp_min(0), solved
 
 
-def _factor(A: Tensor, index: Tensor) -> Tensor | None:
-    """Cholesky factor of ``A[index][:, index]``, or None where it is numerically singular
-    (the same pivot-ratio test as :func:`_batched_solve`)."""
-    factor: Tensor
-    factor, info = torch.linalg.cholesky_ex(A.index_select(0, index).index_select(1, index))
-    pivots = factor.diagonal().abs()
-    if int(info) != 0 or not bool(pivots.min() > 1e-7 * pivots.max()):
-        return None
-    return factor
-
-
 def _bordered_solve(
     A: Tensor, b: Tensor, base: Tensor, factor: Tensor, free: Tensor
 ) -> Tensor | None:
@@ -274,7 +262,7 @@ def _nonneg_qp_rowwise(A: Tensor, b: Tensor, active: Tensor, *, max_iter: int) -
                 solution = _bordered_solve(A, b, base, factor, free)
         if solution is None and size:
             index = free.nonzero().flatten()
-            factor = _factor(A, index)
+            factor = cholesky_or_none(A.index_select(0, index).index_select(1, index))
             if factor is None:
                 return x
             base = free.clone()
@@ -293,7 +281,8 @@ def _nonneg_qp_rowwise(A: Tensor, b: Tensor, active: Tensor, *, max_iter: int) -
 def _guess_active_sets(A: Tensor, B: Tensor, *, max_iter: int = 150) -> Tensor:
     """A first guess of every row's active set ``{j : x_j = 0}`` from accelerated projected
     gradient (FISTA: Beck & Teboulle, SIAM J. Imaging Sci. 2, 2009) on all rows at once,
-    ``X <- max(0, Y - (Y A + B) / L)`` with ``L`` the largest eigenvalue of ``A``, in float32
+    ``X <- max(0, Y - (Y A + B) / L)`` with ``L`` a bound on ``A``'s largest eigenvalue
+    (:func:`largest_eigenvalue_bound`), in float32
     (one ``k x n x n`` product per iteration, far cheaper than the ``k`` factorisations an
     iteration of the active-set method costs), until fewer than 1% of the entries changed
     over the last ten iterations (the active-set iteration corrects a few wrong indices per
@@ -303,22 +292,20 @@ def _guess_active_sets(A: Tensor, B: Tensor, *, max_iter: int = 150) -> Tensor:
     ``b > 0``; at T = 1000 50 iterations leave ~8 of ~480."""
     A32, B32 = A.to(torch.float32), B.to(torch.float32)
     lipschitz = largest_eigenvalue_bound(A32)
-    x = torch.zeros_like(B32)
-    if not lipschitz > 0:
-        return B > 0
-    momentum_point, t = x, 1.0
     pattern = B > 0
-    for iteration in range(1, max_iter + 1):
-        step = (momentum_point - (momentum_point @ A32 + B32) / lipschitz).clamp_min(0.0)
-        t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
-        momentum_point = step + ((t - 1.0) / t_next) * (step - x)
-        x, t = step, t_next
-        if iteration % 10 == 0:
+    if not lipschitz > 0:
+        return pattern
+    iterates = fista_iterates(
+        torch.zeros_like(B32), lambda y: y @ A32 + B32, lambda v: v.clamp_min(0.0), 1 / lipschitz
+    )
+    for iteration, x in enumerate(iterates, start=1):
+        if iteration % 10 == 0 or iteration == max_iter:
             new_pattern = x <= 0
-            if int((new_pattern != pattern).sum()) <= _GUESS_SETTLED * pattern.numel():
-                break
+            settled = int((new_pattern != pattern).sum()) <= _GUESS_SETTLED * pattern.numel()
             pattern = new_pattern
-    return x <= 0
+            if settled or iteration == max_iter:
+                break
+    return pattern
 
 
 _WIDE_FREE_SETS = 32

@@ -53,16 +53,14 @@ def _newton_direction(hessian: Tensor, residual: Tensor) -> Tensor:
     which matters from hundreds of tasks), LU where rounding made the factorisation fail.
     Below ``_CHOLESKY_FROM`` tasks one LU call costs less than the factorisation, solve and
     check (measured 6-11% at T = 2-40)."""
-    if hessian.shape[0] < _CHOLESKY_FROM:
-        small: Tensor = -torch.linalg.solve(hessian, residual)
-        return small
-    factor, info = torch.linalg.cholesky_ex(hessian)
-    if int(info) == 0:
-        direction = -torch.cholesky_solve(residual.unsqueeze(1), factor).squeeze(1)
-        if bool(torch.isfinite(direction).all()):
-            return direction
-    fallback: Tensor = -torch.linalg.solve(hessian, residual)
-    return fallback
+    if hessian.shape[0] >= _CHOLESKY_FROM:
+        factor, info = torch.linalg.cholesky_ex(hessian)
+        if int(info) == 0:
+            direction = -torch.cholesky_solve(residual.unsqueeze(1), factor).squeeze(1)
+            if bool(torch.isfinite(direction).all()):
+                return direction
+    by_lu: Tensor = -torch.linalg.solve(hessian, residual)
+    return by_lu
 
 
 def _newton(

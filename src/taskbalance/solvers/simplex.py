@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from taskbalance.solvers.spectrum import largest_eigenvalue_bound
+from taskbalance.solvers.cholesky import cholesky_or_none
+from taskbalance.solvers.projected_gradient import fista_iterates, largest_eigenvalue_bound
 
 __all__ = ["min_norm_simplex"]
 
@@ -270,22 +271,16 @@ def _guessed_corral(G: Tensor, start: Tensor | None) -> tuple[Tensor, list[int]]
         x = _project_to_simplex(start.to(G))
     else:
         x = G.new_full((num_points,), 1.0 / num_points)
-    momentum_point, t = x, 1.0
     support = x > 0
-    for iteration in range(1, _GUESS_MAX_ITER + 1):
-        step = _project_to_simplex(momentum_point - (2.0 / lipschitz) * (G @ momentum_point))
-        t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
-        momentum_point = step + ((t - 1.0) / t_next) * (step - x)
-        x, t = step, t_next
+    iterates = fista_iterates(x, lambda y: G @ y, _project_to_simplex, 2.0 / lipschitz)
+    for iteration, x in enumerate(iterates, start=1):
         if iteration % _GUESS_CHECK == 0:
-            new_support = x > 0
-            if bool((new_support == support).all()):
+            settled = bool(((x > 0) == support).all())
+            support = x > 0
+            if settled or iteration >= _GUESS_MAX_ITER:
                 break
-            support = new_support
     index = support.nonzero().flatten()
-    factor, info = torch.linalg.cholesky_ex(G[index][:, index] + 1.0)
-    pivots = factor.diagonal().abs()
-    if int(info) != 0 or not bool(pivots.min() > 1e-7 * pivots.max()):
+    if cholesky_or_none(G[index][:, index] + 1.0) is None:
         return None
     weights = torch.where(support, x, torch.zeros_like(x))
     return weights / weights.sum(), index.tolist()

@@ -1,12 +1,14 @@
-"""The power-method step-size bound behind the projected-gradient guesses."""
+"""The projected-gradient guesses' step-size bound and iterates."""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskbalance.solvers.spectrum import largest_eigenvalue_bound
+from taskbalance.solvers.projected_gradient import fista_iterates, largest_eigenvalue_bound
 
 
 @settings(max_examples=40, deadline=None)
@@ -47,3 +49,21 @@ def test_simplex_curvature_ignores_a_shift_along_the_ones() -> None:
     moved = largest_eigenvalue_bound(shifted, on_simplex=True)
     assert abs(moved - plain) <= 1e-6 * plain
     assert largest_eigenvalue_bound(shifted) > 10 * moved
+
+
+def test_fista_iterates_converge_to_the_projected_minimiser() -> None:
+    """On ``min 1/2 x^T A x + b^T x, x >= 0`` the iterates approach the exact answer."""
+    from taskbalance.solvers.nonneg_qp import nonneg_qp
+
+    generator = torch.Generator().manual_seed(1)
+    J = torch.randn(12, 40, generator=generator, dtype=torch.float64)
+    A = J @ J.T
+    b = torch.randn(12, generator=generator, dtype=torch.float64)
+    iterates = fista_iterates(
+        torch.zeros(12, dtype=torch.float64),
+        lambda y: A @ y + b,
+        lambda v: v.clamp_min(0.0),
+        1 / largest_eigenvalue_bound(A),
+    )
+    x = next(itertools.islice(iterates, 2999, None))  # the 3000th iterate
+    torch.testing.assert_close(x, nonneg_qp(A, b), rtol=0, atol=1e-8)
