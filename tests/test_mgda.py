@@ -274,3 +274,45 @@ def test_projection_onto_the_simplex(seed: int, size: int, spread: float) -> Non
     assert float(theta.max() - theta.min()) <= 1e-9 * max(spread, 1.0)
     assert bool((v[p == 0] <= theta.mean() + 1e-9 * max(spread, 1.0)).all())
     torch.testing.assert_close(_project_to_simplex(p), p, rtol=0, atol=1e-12)
+
+
+def _float32_gramian(J: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix as the engine computes it in float32: indefinite at ~1e-7 of its scale
+    when there are more points than dimensions."""
+    return (J.to(torch.float32) @ J.to(torch.float32).T).to(torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "dims", "offset"), [(100, 8, 0.0), (200, 16, 0.0), (150, 6, 3.0)]
+)
+def test_float32_gramian_of_more_points_than_dimensions_stops_at_the_rounding_floor(
+    tasks: int, dims: int, offset: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wolfe's value decreases strictly at every major iteration in exact arithmetic; on a
+    float32 Gram matrix of rank ``dims`` the solver stops where rounding takes over (a
+    corral of about ``dims + 1`` points) instead of cycling to its cap of ``50 + 10 T``
+    major iterations, and its point is the exact min-norm point to float32 accuracy.
+    ``offset`` > 0 puts every gradient in one half-space (min norm > 0)."""
+    import taskbalance.solvers.simplex as simplex
+
+    generator = torch.Generator().manual_seed(tasks)
+    J = torch.randn(tasks, dims, generator=generator, dtype=torch.float64)
+    J[:, 0] += offset
+    calls = 0
+    original = simplex._minor_cycle
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(simplex, "_minor_cycle", counted)
+    weights = min_norm_simplex(_float32_gramian(J), guess=False)
+    assert calls <= 3 * (dims + 1)
+    assert float(weights.min()) >= 0
+    assert abs(float(weights.sum()) - 1) < 1e-12
+    exact = J.T @ min_norm_simplex(J @ J.T, guess=False)  # float64 G: PSD to 1e-16
+    scale = float((J * J).sum(dim=1).max())
+    ours = J.T @ weights
+    assert float(ours @ ours) <= float(exact @ exact) + 1e-6 * scale
+    assert float((ours - exact).norm()) <= 1e-6 * scale**0.5

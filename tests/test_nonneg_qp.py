@@ -178,3 +178,65 @@ def test_many_task_paths_ignore_the_gradients_scale(scale: float) -> None:
         atol=1e-10,
     )
     torch.testing.assert_close(min_norm_simplex(scale * G), min_norm_simplex(G), rtol=0, atol=1e-12)
+
+
+def _float32_gramian(J: torch.Tensor) -> torch.Tensor:
+    return (J.to(torch.float32) @ J.to(torch.float32).T).to(torch.float64)
+
+
+@pytest.mark.parametrize(("tasks", "dims"), [(60, 6), (120, 10)])
+def test_float32_gramian_of_more_tasks_than_dimensions(
+    tasks: int, dims: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A float32 Gram matrix of rank ``dims < T`` is indefinite at ~1e-7 of its scale: the
+    exact active-set method stops where its value no longer decreases (it decreases strictly
+    at every outer iteration in exact arithmetic), after about ``dims + 1`` iterations per
+    row instead of chasing rounding noise to its cap of ``3 T + 20``, and its projections
+    agree with scipy's NNLS on the exact float64 gradients to float32 accuracy."""
+    from scipy.optimize import nnls
+
+    generator = torch.Generator().manual_seed(tasks)
+    J = torch.randn(tasks, dims, generator=generator, dtype=torch.float64)
+    iterations: list[int] = []
+    original = nonneg_qp._active_set
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, int]:
+        x, count = original(*args, **kwargs)  # type: ignore[arg-type]
+        iterations.append(count)
+        return x, count
+
+    monkeypatch.setattr(nonneg_qp, "_active_set", counted)
+    weights = nonneg_qp.dual_cone_weights(
+        _float32_gramian(J), torch.eye(tasks, dtype=torch.float64)
+    )
+    assert iterations
+    assert max(iterations) <= 3 * (dims + 1)
+    for row in range(tasks):
+        multipliers, _ = nnls(J.T.numpy(), -J[row].numpy())
+        reference = J.T @ (
+            torch.eye(tasks, dtype=torch.float64)[row] + torch.from_numpy(multipliers)
+        )
+        error = float((J.T @ weights[row] - reference).norm() / J[row].norm())
+        assert error <= 1e-5, (row, error)
+
+
+def test_exact_fallback_refuses_early_what_would_exceed_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fallback's cost is extrapolated from the rows solved so far: a call that would
+    exceed the budget raises after the first row, with what to do instead."""
+    generator = torch.Generator().manual_seed(0)
+    J = torch.randn(60, 6, generator=generator, dtype=torch.float64)
+    rows_solved = 0
+    original = nonneg_qp._active_set
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, int]:
+        nonlocal rows_solved
+        rows_solved += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nonneg_qp, "_active_set", counted)
+    monkeypatch.setattr(nonneg_qp, "_FALLBACK_BUDGET", 1.0)
+    with pytest.raises(ValueError, match=r"would take about .* s per step.*Use fewer tasks"):
+        nonneg_qp.dual_cone_weights(_float32_gramian(J), torch.eye(60, dtype=torch.float64))
+    assert rows_solved == 1

@@ -19,6 +19,8 @@ diagonal entry is 1, which makes the result invariant to the scale of the gradie
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -198,9 +200,18 @@ def min_norm_simplex(
         corral = [first]
         factor = _CorralFactor(G, corral)
     limit = max_iter if max_iter is not None else 50 + 10 * num_points
+    best_value, best_weights = math.inf, weights
     for _ in range(limit):
         gradient = G @ weights
-        value = weights @ gradient
+        value = float(weights @ gradient)
+        if value >= best_value:
+            # Wolfe's value decreases strictly at every major iteration in exact arithmetic;
+            # where it did not, rounding decides (a Gram matrix computed in float32 is
+            # indefinite at ~1e-7 of its scale when there are more points than dimensions):
+            # keep the best point instead of cycling until the iteration cap
+            weights = best_weights
+            break
+        best_value, best_weights = value, weights.clone()
         candidate = int(torch.argmin(gradient))
         if bool(gradient[candidate] >= value - tol) or candidate in corral:
             break
