@@ -15,12 +15,15 @@ interleaved round by round in one process, each divided by the plain step's medi
 The ablated rows are diagnostics, not options: without the guard a non-finite update could
 be written, and a cached walk would miss a head that appears later. ``--level
 representation`` times the methods at representation level (``floor:gramian``: the engine's
-per-task representation gradients and nothing else). Usage::
+per-task representation gradients and nothing else). ``--against REF`` adds a row
+``<method> @REF`` per method: the same step with the Balancer of an earlier commit (imported
+beside the current one, as in ``method_ab.py``), interleaved with the others. Usage::
 
     python benchmarks/balancer_overhead.py --tasks 10 --methods ew uw --rounds 60 \\
         --out benchmarks/results/balancer_overhead.json
     python benchmarks/balancer_overhead.py --tasks 10 --methods floor:gramian mgda \\
         --level representation
+    python benchmarks/balancer_overhead.py --tasks 10 --methods ew --against HEAD~1
 """
 
 from __future__ import annotations
@@ -28,16 +31,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
+from torch import nn
 
 import taskbalance.balancer as balancer_module
-from step_time import make_step
+from method_ab import import_old
+from step_time import make_step, problem
 
 ABLATIONS = ("", " - guard", " - walk", " - both")
 
@@ -49,9 +56,9 @@ def _ablated(kind: str, cache: dict[int, Any]) -> Iterator[None]:
     original_params = balancer_module.Balancer._task_params
     zero = torch.zeros((), dtype=torch.float64)
 
-    def cached_params(self: Any, losses: Any, representation: Any) -> Any:
+    def cached_params(self: Any, losses: Any, representation: Any, need: Any) -> Any:
         if id(self) not in cache:
-            cache[id(self)] = original_params(self, losses, representation)
+            cache[id(self)] = original_params(self, losses, representation, need)
         return cache[id(self)]
 
     if kind in (" - guard", " - both"):
@@ -65,13 +72,37 @@ def _ablated(kind: str, cache: dict[int, Any]) -> Iterator[None]:
         balancer_module.Balancer._task_params = original_params  # type: ignore[method-assign]
 
 
+def make_step_with(
+    package: ModuleType, num_tasks: int, method: str, level: str
+) -> Callable[[], None]:
+    """``step_time.make_step``'s step with ``package``'s Balancer (an earlier version)."""
+    model, x, ys, optimizer = problem(num_tasks)
+    balancer = package.Balancer(method, model.trunk.parameters(), level=level)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        z, outputs = model(x)
+        losses = [nn.functional.cross_entropy(o, y) for o, y in zip(outputs, ys, strict=True)]
+        balancer.backward(losses, representation=z)
+        optimizer.step()
+
+    return step
+
+
 def measure(
-    num_tasks: int, methods: list[str], rounds: int, warmup: int, level: str = "parameters"
+    num_tasks: int,
+    methods: list[str],
+    rounds: int,
+    warmup: int,
+    level: str = "parameters",
+    against: tuple[str, ModuleType] | None = None,
 ) -> list[dict[str, Any]]:
     rows: dict[str, Callable[[], None]] = {"plain": make_step(num_tasks, None, "parameters")}
     for method in methods:
         for kind in ABLATIONS:
             rows[method + kind] = make_step(num_tasks, method, level)
+        if against is not None and not method.startswith("floor:"):
+            rows[f"{method} @{against[0]}"] = make_step_with(against[1], num_tasks, method, level)
     cache: dict[int, Any] = {}
     kinds = {name: next((k for k in ABLATIONS[1:] if name.endswith(k)), "") for name in rows}
     seconds: dict[str, list[float]] = {name: [] for name in rows}
@@ -105,17 +136,27 @@ def main() -> None:
     parser.add_argument(
         "--level", default="parameters", help="as in step_time.py (e.g. representation)"
     )
+    parser.add_argument("--against", help="a git commit: add its Balancer's rows")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    against = None
+    if args.against:
+        against = (args.against, import_old(args.against, Path(tempfile.mkdtemp())))
     results = []
     print(f"{'T':>4}  {'row':<24}{'ms':>9}{'x plain':>10}")
     for num_tasks in args.tasks:
-        for row in measure(num_tasks, args.methods, args.rounds, args.warmup, args.level):
+        rows = measure(num_tasks, args.methods, args.rounds, args.warmup, args.level, against)
+        for row in rows:
             results.append(row)
             print(f"{row['T']:>4}  {row['row']:<24}{row['ms']:>9.3f}{row['ratio_to_plain']:>10.3f}")
     if args.out:
-        meta = {"torch": torch.__version__, "threads": 1, "rounds": args.rounds}
+        meta = {
+            "torch": torch.__version__,
+            "threads": 1,
+            "rounds": args.rounds,
+            "against": args.against,
+        }
         args.out.write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
 
 

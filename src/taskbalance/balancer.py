@@ -600,7 +600,6 @@ class Balancer:
         if loss_scale != 1.0:
             values = [v * loss_scale for v in values]
             stacked = stacked * loss_scale
-        task_params, separable = self._task_params(values, reps)
         reuse = (
             self._cached_weights is not None
             and self._cached_weights.shape == (len(names),)
@@ -610,6 +609,7 @@ class Balancer:
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:
             need = max(need, Need.GRAMIAN)
+        task_params, separable = self._task_params(values, reps, need)
         with _explained_compile_errors():
             grads = None if reuse else self._task_gradients(values, stacked, reps, separable, need)
         if grads is not None and loss_scale != 1.0:
@@ -911,11 +911,14 @@ class Balancer:
         )
 
     def _task_params(
-        self, losses: list[Tensor], representation: tuple[Tensor, ...] | None
+        self, losses: list[Tensor], representation: tuple[Tensor, ...] | None, need: Need
     ) -> tuple[list[Tensor], bool]:
         """Task-specific parameters, and whether the shared parameters reach the losses only
-        through ``representation`` (then per-task gradients can be chained through it)."""
-        if representation is None and self.task_params is not None:
+        through ``representation`` (then per-task gradients can be chained through it).
+        Declared task parameters need no walk of the graph unless per-task gradients are
+        chained through the representation (the walk checks that nothing bypasses it)."""
+        no_task_gradients = need < Need.GRAMIAN and self.level == "parameters"
+        if self.task_params is not None and (representation is None or no_task_gradients):
             return [p for p in self.task_params if p.requires_grad], False
         leaves = reachable_leaves(losses, stop_at=representation)
         shared_ids = {id(p) for p in self.shared_params}

@@ -43,14 +43,25 @@ def positive(name: str, value: float) -> float:
     return float(value)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def fast_global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """Euclidean norm of all entries of ``tensors`` together, without reading anything on the
     host: exact unless it is not finite (an entry is inf/NaN, or finite float32 gradients
     whose norm exceeds ~1.8e19 overflow the squares), where :func:`global_norm` decides."""
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
-    low_precision = [t for t in tensors if t.dtype in (torch.float16, torch.bfloat16)]
-    regular = [t for t in tensors if t.dtype not in (torch.float16, torch.bfloat16)]
+    first = tensors[0].dtype
+    if first not in _HALF and all(t.dtype == first for t in tensors):
+        # the usual case, with as few operations as possible (each small one costs ~10x its
+        # warm time right after a backward: measured 100 us for the general path's extras)
+        common: Tensor = torch.linalg.vector_norm(
+            torch.stack(torch._foreach_norm(list(tensors))), dtype=torch.float64
+        )
+        return common
+    low_precision = [t for t in tensors if t.dtype in _HALF]
+    regular = [t for t in tensors if t.dtype not in _HALF]
     norms: list[Tensor] = list(torch._foreach_norm(regular)) if regular else []
     # half-precision norms overflow at 65504: take them in float32
     norms += [torch.linalg.vector_norm(t, dtype=torch.float32) for t in low_precision]
