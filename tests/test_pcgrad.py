@@ -67,3 +67,24 @@ def test_order_is_seeded_and_checkpointed() -> None:
         aggregate(methods.create("pcgrad", seed=4), J),
         aggregate(methods.create("pcgrad", seed=4), J),
     )
+
+
+@pytest.mark.parametrize(("tasks", "common"), [(130, 0.5), (200, 0.45)])
+def test_few_conflicts_at_many_tasks_take_the_row_selective_update(
+    tasks: int, common: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From 128 tasks with few conflicting pairs only the projecting rows are updated at each
+    position: the same weights as the dense update and as the explicit algorithm."""
+    from taskbalance.methods.gradient import pcgrad
+
+    generator = torch.Generator().manual_seed(tasks)
+    J = torch.randn(tasks, 60, generator=generator, dtype=torch.float64)
+    J += common * torch.randn(1, 60, generator=generator, dtype=torch.float64)
+    share = float(((J @ J.T) < 0).sum()) / (tasks * (tasks - 1))
+    assert 0 < share <= pcgrad._SPARSE_SHARE  # the selective path, with some conflicts
+    orders = methods.create("pcgrad", seed=1).orders(tasks)  # type: ignore[attr-defined]
+    selective = aggregate(methods.create("pcgrad", seed=1), J)
+    monkeypatch.setattr(pcgrad, "_SPARSE_FROM", 10**9)
+    dense = aggregate(methods.create("pcgrad", seed=1), J)
+    torch.testing.assert_close(selective, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(selective, reference_pcgrad(J, orders), rtol=1e-10, atol=1e-10)

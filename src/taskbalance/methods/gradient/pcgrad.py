@@ -11,6 +11,13 @@ from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 
+_SPARSE_FROM = 128
+_SPARSE_SHARE = 0.125
+"""From ``_SPARSE_FROM`` tasks, where at most this share of the task pairs conflict, each
+position updates only the rows that project there (measured at T = 1000 with ~4% conflicting
+pairs: 2.7 s -> 0.10 s; at T = 256 0.36x; with ~50% conflicting pairs the dense update is
+faster, and below ~128 tasks the per-position selection costs more than it saves)."""
+
 
 @register
 class PCGrad(Method):
@@ -28,7 +35,8 @@ class PCGrad(Method):
     Every ``g_i^PC`` stays a linear combination of the task gradients, so the whole procedure
     runs on the ``T x T`` Gram matrix: with ``g_i^PC = sum_k C_ik g_k``, the dot product is
     ``(C G)_ij`` and a projection changes one coefficient. The result is returned as weights
-    ``w = C^T 1``; ``O(T^3)`` work, no ``T x P`` copy of the gradients.
+    ``w = C^T 1``; ``O(T^3)`` work (``O(T^3 c)`` with a share ``c`` of conflicting pairs,
+    from 128 tasks), no ``T x P`` copy of the gradients.
 
     Args:
         seed: seed of the generator for the projection orders (state is checkpointed).
@@ -67,9 +75,19 @@ class PCGrad(Method):
         coefficients = torch.eye(num_tasks, dtype=G.dtype, device=G.device)
         dots = G.clone()  # dots = C G: row i holds g_i^PC . g_k for every k
         rows = torch.arange(num_tasks, device=G.device)
+        conflicts = float((G < 0).sum()) / max(num_tasks * (num_tasks - 1), 1)
+        few_conflicts = num_tasks >= _SPARSE_FROM and conflicts <= _SPARSE_SHARE
         for position in range(num_tasks):
             others = order[:, position]
             dot = dots[rows, others]
+            if few_conflicts:  # update only the rows that project at this position
+                projecting = (dot < 0).nonzero().flatten()
+                if projecting.numel():
+                    partners = others[projecting]
+                    step = dot[projecting] * inverse_norms[partners]
+                    coefficients[projecting, partners] -= step
+                    dots[projecting] -= step.unsqueeze(1) * G[partners]
+                continue
             step = torch.clamp(dot, max=0.0) * inverse_norms[others]
             coefficients[rows, others] -= step
             dots -= step.unsqueeze(1) * G[others]
