@@ -75,8 +75,9 @@ class PCGrad(Method):
         coefficients = torch.eye(num_tasks, dtype=G.dtype, device=G.device)
         dots = G.clone()  # dots = C G: row i holds g_i^PC . g_k for every k
         rows = torch.arange(num_tasks, device=G.device)
-        conflicts = float((G < 0).sum()) / max(num_tasks * (num_tasks - 1), 1)
-        few_conflicts = num_tasks >= _SPARSE_FROM and conflicts <= _SPARSE_SHARE
+        few_conflicts = num_tasks >= _SPARSE_FROM and (
+            float((G < 0).sum()) <= _SPARSE_SHARE * num_tasks * (num_tasks - 1)
+        )
         for position in range(num_tasks):
             others = order[:, position]
             dot = dots[rows, others]
