@@ -10,7 +10,11 @@ interleaved round by round in one process, each divided by the plain step's medi
 * ``<method> - walk``: the same with the heads' parameters found once and reused instead of
   walking the autograd graph every step (what the walk costs);
 * ``<method> - both``: both removed; what remains is the rest of the pipeline (validation,
-  packing the losses, the method, writing ``.grad``, ``StepInfo``).
+  packing the losses, the method, writing ``.grad``, ``StepInfo``);
+* ``lean ew`` (with ``ew``): a hand-written minimal equal-weighting step that keeps the guard
+  and the walk (stack, walk to the heads, one ``autograd.grad``, the update's norm read on the
+  host, ``.grad`` written): what a special-cased fast path could at best save over the
+  pipeline.
 
 The ablated rows are diagnostics, not options: without the guard a non-finite update could
 be written, and a cached walk would miss a head that appears later. ``--level
@@ -89,6 +93,35 @@ def make_step_with(
     return step
 
 
+def make_lean_ew_step(num_tasks: int) -> Callable[[], None]:
+    """The minimal equal-weighting step with the non-finite guard and the heads' walk."""
+    import math
+
+    from taskbalance.engine.graph import reachable_leaves
+    from taskbalance.transforms.base import fast_global_norm
+
+    model, x, ys, optimizer = problem(num_tasks)
+    shared = list(model.trunk.parameters())
+    shared_ids = {id(p) for p in shared}
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        z, outputs = model(x)
+        losses = [nn.functional.cross_entropy(o, y) for o, y in zip(outputs, ys, strict=True)]
+        stacked = torch.stack(losses)
+        heads = [p for p in reachable_leaves(losses, stop_at=(z,)) if id(p) not in shared_ids]
+        params = shared + heads
+        grads = torch.autograd.grad(stacked.sum(), params)
+        norm = float(fast_global_norm(list(grads)))
+        if not (math.isfinite(norm) and all(math.isfinite(v) for v in stacked.tolist())):
+            return
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        optimizer.step()
+
+    return step
+
+
 def measure(
     num_tasks: int,
     methods: list[str],
@@ -103,6 +136,8 @@ def measure(
             rows[method + kind] = make_step(num_tasks, method, level)
         if against is not None and not method.startswith("floor:"):
             rows[f"{method} @{against[0]}"] = make_step_with(against[1], num_tasks, method, level)
+        if method == "ew" and level == "parameters":
+            rows["lean ew"] = make_lean_ew_step(num_tasks)
     cache: dict[int, Any] = {}
     kinds = {name: next((k for k in ABLATIONS[1:] if name.endswith(k)), "") for name in rows}
     seconds: dict[str, list[float]] = {name: [] for name in rows}

@@ -22,7 +22,14 @@ def test_ablation_rows_are_measured_and_the_balancer_is_restored() -> None:
     norm = balancer_module.fast_global_norm
     task_params = balancer_module.Balancer._task_params
     rows = balancer_overhead.measure(2, ["ew"], rounds=2, warmup=1)
-    assert [r["row"] for r in rows] == ["plain", "ew", "ew - guard", "ew - walk", "ew - both"]
+    assert [r["row"] for r in rows] == [
+        "plain",
+        "ew",
+        "ew - guard",
+        "ew - walk",
+        "ew - both",
+        "lean ew",
+    ]
     assert all(r["ms"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
     assert balancer_module.fast_global_norm is norm
     assert balancer_module.Balancer._task_params is task_params
@@ -50,6 +57,13 @@ def test_method_ab_imports_an_earlier_version_beside_this_one(tmp_path: Path) ->
         _, before = method_ab._call(old, "upgrad", gramian)
         _, after = method_ab._call(taskbalance, "upgrad", gramian)
         torch.testing.assert_close(before, after)
+        sys.path.insert(0, str(BENCHMARKS))
+        try:
+            import balancer_overhead
+        finally:
+            sys.path.remove(str(BENCHMARKS))
+        rows = balancer_overhead.measure(2, ["uw"], rounds=1, warmup=0, against=("HEAD", old))
+        assert "uw @HEAD" in [r["row"] for r in rows]  # the earlier Balancer's step runs too
     finally:
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m.split(".")[0] == "taskbalance_old"]:
