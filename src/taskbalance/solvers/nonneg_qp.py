@@ -69,7 +69,12 @@ def _active_set(
             # the value decreases strictly at every outer iteration in exact arithmetic;
             # where it did not, rounding decides (a Gram matrix computed in float32 is
             # indefinite at ~1e-7 of its scale with more tasks than dimensions): keep the
-            # best point instead of chasing rounding noise until the iteration cap
+            # best point instead of chasing rounding noise until the iteration cap. This
+            # includes an iteration that only blocked its candidate: in exact arithmetic the
+            # most violated index is never degenerate (its column is independent of the
+            # free ones, or its gradient would be 0), so a blocked one means every remaining
+            # violation is at rounding level (measured: continuing past it took 10x longer
+            # and ended 1.4e-3 from the exact projection, stopping 2e-6)
             x = best_x
             break
         best_value, best_x = value, x.clone()
