@@ -504,3 +504,26 @@ def test_newton_steps_by_cholesky_equal_lu(p: float, monkeypatch: pytest.MonkeyP
     by_cholesky = power_equation.solve_power_equation(G, p)
     torch.testing.assert_close(by_cholesky, by_lu, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(G @ by_cholesky, by_cholesky ** (-p), rtol=1e-7, atol=1e-9)
+
+
+def test_nash_mtl_says_when_no_positive_solution_is_reached(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 tasks in 8 dimensions (0 inside their convex hull): no positive solution of
+    ``G w = 1 / w`` exists and the ridge's one is beyond 100 damped Newton steps; the weights
+    are then not the method's solution, and a warning says so (never silently). A problem
+    with a solution logs nothing."""
+    import logging
+
+    from taskbalance.solvers import power_equation
+
+    monkeypatch.setattr(power_equation, "_unsolved", 0)  # (logged: the 1st, every 100th)
+    generator = torch.Generator().manual_seed(0)
+    J = torch.randn(100, 8, generator=generator) + 0.3 * torch.randn(1, 8, generator=generator)
+    with caplog.at_level(logging.WARNING, logger=power_equation.__name__):
+        solved = weights("nash_mtl", random_jacobian(0, 10, 40))
+        assert not caplog.records
+        unsolved = weights("nash_mtl", J)
+    assert torch.isfinite(solved).all()
+    assert torch.isfinite(unsolved).all()
+    assert any("was not solved" in r.getMessage() for r in caplog.records)
