@@ -32,3 +32,9 @@ def regression_problem(
 def task_losses(model: TwoLevelNet, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
     z, outputs = model(x)
     return z, [((out - y[:, i]) ** 2).mean() for i, out in enumerate(outputs)]
+
+
+def float32_gramian(J: Tensor) -> Tensor:
+    """The Gram matrix as the engine computes it, in float32 (returned in float64):
+    indefinite at ~1e-7 of its scale when there are more tasks than dimensions."""
+    return (J.to(torch.float32) @ J.to(torch.float32).T).to(torch.float64)

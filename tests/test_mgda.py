@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import float32_gramian
 from taskbalance import aggregate
 from taskbalance.solvers import min_norm_simplex
 
@@ -276,12 +277,6 @@ def test_projection_onto_the_simplex(seed: int, size: int, spread: float) -> Non
     torch.testing.assert_close(_project_to_simplex(p), p, rtol=0, atol=1e-12)
 
 
-def _float32_gramian(J: torch.Tensor) -> torch.Tensor:
-    """The Gram matrix as the engine computes it in float32: indefinite at ~1e-7 of its scale
-    when there are more points than dimensions."""
-    return (J.to(torch.float32) @ J.to(torch.float32).T).to(torch.float64)
-
-
 @pytest.mark.parametrize(
     ("tasks", "dims", "offset"), [(100, 8, 0.0), (200, 16, 0.0), (150, 6, 3.0)]
 )
@@ -307,7 +302,7 @@ def test_float32_gramian_of_more_points_than_dimensions_stops_at_the_rounding_fl
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(simplex, "_minor_cycle", counted)
-    weights = min_norm_simplex(_float32_gramian(J), guess=False)
+    weights = min_norm_simplex(float32_gramian(J), guess=False)
     assert calls <= 3 * (dims + 1)
     assert float(weights.min()) >= 0
     assert abs(float(weights.sum()) - 1) < 1e-12

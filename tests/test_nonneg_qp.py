@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import float32_gramian
 from taskbalance.solvers import nonneg_qp
 from taskbalance.solvers.cholesky import cholesky_or_none
 
@@ -180,10 +181,6 @@ def test_many_task_paths_ignore_the_gradients_scale(scale: float) -> None:
     torch.testing.assert_close(min_norm_simplex(scale * G), min_norm_simplex(G), rtol=0, atol=1e-12)
 
 
-def _float32_gramian(J: torch.Tensor) -> torch.Tensor:
-    return (J.to(torch.float32) @ J.to(torch.float32).T).to(torch.float64)
-
-
 @pytest.mark.parametrize(("tasks", "dims"), [(60, 6), (120, 10)])
 def test_float32_gramian_of_more_tasks_than_dimensions(
     tasks: int, dims: int, monkeypatch: pytest.MonkeyPatch
@@ -206,9 +203,7 @@ def test_float32_gramian_of_more_tasks_than_dimensions(
         return x, count
 
     monkeypatch.setattr(nonneg_qp, "_active_set", counted)
-    weights = nonneg_qp.dual_cone_weights(
-        _float32_gramian(J), torch.eye(tasks, dtype=torch.float64)
-    )
+    weights = nonneg_qp.dual_cone_weights(float32_gramian(J), torch.eye(tasks, dtype=torch.float64))
     assert iterations
     assert max(iterations) <= 3 * (dims + 1)
     for row in range(tasks):
@@ -238,5 +233,5 @@ def test_exact_fallback_refuses_early_what_would_exceed_its_budget(
     monkeypatch.setattr(nonneg_qp, "_active_set", counted)
     monkeypatch.setattr(nonneg_qp, "_FALLBACK_BUDGET", 1.0)
     with pytest.raises(ValueError, match=r"would take about .* s per step.*Use fewer tasks"):
-        nonneg_qp.dual_cone_weights(_float32_gramian(J), torch.eye(60, dtype=torch.float64))
+        nonneg_qp.dual_cone_weights(float32_gramian(J), torch.eye(60, dtype=torch.float64))
     assert rows_solved == 1
