@@ -156,15 +156,19 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
         return spy.calls
 
     z_numel = 32 * 8
-    # representation level: one backward per head, then one ordinary backward of sum_i w_i L_i
-    assert calls("representation", True) == [head_only] * num_tasks + [head_only]
-    # parameter level with the representation: per-head backwards, the T rows carried through
-    # the trunk in one batched backward, then the heads' weighted backward; the Gram path
-    # needs one more ordinary backward through the trunk for J^T w (the Jacobian is not kept)
-    combine_trunk = [{"batched": False, "numel": z_numel}] if engine == "gramian" else []
+    # representation level: one backward per head (to z and to the head's own parameters),
+    # then one backward from z of sum_i w_i dL_i/dz through the trunk; no head is traversed
+    # twice
+    trunk_from_z = {"batched": False, "numel": z_numel}
+    assert calls("representation", True) == [head_only] * num_tasks + [trunk_from_z]
+    # parameter level with the representation: per-head backwards (the heads' gradients come
+    # out of them), the T rows carried through the trunk in one batched backward; the Gram
+    # path needs one more ordinary backward through the trunk for J^T w (the Jacobian is not
+    # kept)
+    combine_trunk = [trunk_from_z] if engine == "gramian" else []
     assert calls("parameters", True) == [head_only] * num_tasks + [
         {"batched": True, "numel": z_numel}
-    ] + combine_trunk + [head_only]
+    ] + combine_trunk
     # parameter level without it: one batched backward of the stacked losses
     combine_losses = [{"batched": False, "numel": num_tasks}] if engine == "gramian" else []
     assert calls("parameters", False) == [

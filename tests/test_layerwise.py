@@ -145,9 +145,9 @@ def test_a_gradient_spike_falls_back_for_that_step_only() -> None:
     original = balancer._task_gradients
 
     def spy(*args: Any, **kw: Any) -> Any:
-        grads = original(*args, **kw)
+        grads, head_pass = original(*args, **kw)
         taken.append(type(grads))
-        return grads
+        return grads, head_pass
 
     balancer._task_gradients = spy  # type: ignore[method-assign]
     for factor in (1e17, 1.0):  # |g|^2 ~ 1e34: beyond the float32 Gram range
@@ -169,8 +169,9 @@ def _step(
     original = balancer._task_gradients
 
     def spy(*args: Any, **kw: Any) -> Any:
-        captured["grads"] = original(*args, **kw)
-        return captured["grads"]
+        grads, head_pass = original(*args, **kw)
+        captured["grads"] = grads
+        return grads, head_pass
 
     balancer._task_gradients = spy  # type: ignore[method-assign]
     z, losses = task_losses(model, x, y)

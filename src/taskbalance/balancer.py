@@ -47,7 +47,8 @@ from taskbalance.distributed import (
     shard_jacobian,
 )
 from taskbalance.engine.gramian import in_float64_range, in_safe_range
-from taskbalance.engine.graph import depends_on, reachable_leaves
+from taskbalance.engine.graph import depends_on, leaves_by_root, reachable_leaves
+from taskbalance.engine.heads import HeadGradients, head_backwards
 from taskbalance.engine.host import defer, deferred, fetch, step_reads, to_device
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
@@ -609,9 +610,15 @@ class Balancer:
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:
             need = max(need, Need.GRAMIAN)
-        task_params, separable = self._task_params(values, reps, need)
+        task_params, separable, heads = self._task_params(values, reps, need)
+        head_pass: HeadGradients | None = None
         with _explained_compile_errors():
-            grads = None if reuse else self._task_gradients(values, stacked, reps, separable, need)
+            if not reuse:
+                grads, head_pass = self._task_gradients(
+                    values, stacked, reps, separable, heads, need
+                )
+            else:
+                grads = None
         if grads is not None and loss_scale != 1.0:
             grads = grads.divided_by(loss_scale)
         if grads is not None and comm is not None and comm.is_global:
@@ -639,7 +646,7 @@ class Balancer:
         combination = self._combination(grads, reuse, names, detached, metrics_tensor, comm, scales)
         with _explained_compile_errors():
             params, param_grads = self._parameter_gradients(
-                combination, grads, stacked, scales, reps, task_params, 1.0 / loss_scale
+                combination, grads, head_pass, stacked, scales, reps, task_params, 1.0 / loss_scale
             )
         if comm is not None:
             params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
@@ -912,15 +919,24 @@ class Balancer:
 
     def _task_params(
         self, losses: list[Tensor], representation: tuple[Tensor, ...] | None, need: Need
-    ) -> tuple[list[Tensor], bool]:
-        """Task-specific parameters, and whether the shared parameters reach the losses only
-        through ``representation`` (then per-task gradients can be chained through it).
-        Declared task parameters need no walk of the graph unless per-task gradients are
-        chained through the representation (the walk checks that nothing bypasses it)."""
+    ) -> tuple[list[Tensor], bool, list[list[Tensor]] | None]:
+        """Task-specific parameters; whether the shared parameters reach the losses only
+        through ``representation`` (then per-task gradients can be chained through it); and,
+        where per-task gradients are computed and the losses read one representation through
+        heads that share no computation, each task's own parameters (see
+        :mod:`taskbalance.engine.heads`). Declared task parameters need no walk of the graph
+        unless per-task gradients are chained through the representation (the walk checks
+        that nothing bypasses it)."""
         no_task_gradients = need < Need.GRAMIAN and self.level == "parameters"
         if self.task_params is not None and (representation is None or no_task_gradients):
-            return [p for p in self.task_params if p.requires_grad], False
-        leaves = reachable_leaves(losses, stop_at=representation)
+            return [p for p in self.task_params if p.requires_grad], False, None
+        per_task: list[list[Tensor]] | None = None
+        if need >= Need.GRAMIAN and representation is not None and _single(representation):
+            per_task, disjoint = leaves_by_root(losses, stop_at=representation[0])
+            leaves = list({id(p): p for ps in per_task for p in ps}.values())
+            per_task = per_task if disjoint else None
+        else:
+            leaves = reachable_leaves(losses, stop_at=representation)
         shared_ids = {id(p) for p in self.shared_params}
         bypass = any(id(p) in shared_ids for p in leaves)
         if bypass and representation is not None:
@@ -932,12 +948,16 @@ class Balancer:
                 "representation; at representation level they get only the gradient that "
                 "flows through it for direction-returning methods"
             )
+        separable = _single(representation) and not bypass
         if self.task_params is not None:
-            trainable = [p for p in self.task_params if p.requires_grad]
-            return trainable, _single(representation) and not bypass
-        task_params = [p for p in leaves if id(p) not in shared_ids]
+            task_params = [p for p in self.task_params if p.requires_grad]
+        else:
+            task_params = [p for p in leaves if id(p) not in shared_ids]
         # several representation tensors: per-task gradients come from the stacked losses
-        return task_params, _single(representation) and not bypass
+        if per_task is None or not separable:
+            return task_params, separable, None
+        own = {id(p) for p in task_params}
+        return task_params, separable, [[p for p in ps if id(p) in own] for ps in per_task]
 
     def _task_gradients(
         self,
@@ -945,9 +965,12 @@ class Balancer:
         stacked: Tensor,
         representation: tuple[Tensor, ...] | None,
         separable: bool,
+        heads: list[list[Tensor]] | None,
         need: Need,
-    ) -> RowScaledGradients | None:
-        """The engine: per-task gradients at the chosen level, only if something needs them.
+    ) -> tuple[RowScaledGradients | None, HeadGradients | None]:
+        """The engine: per-task gradients at the chosen level, only if something needs them;
+        and the heads' own gradients where they came out of the same backwards (``heads``
+        given: one disjoint head per task, see :mod:`taskbalance.engine.heads`).
 
         * representation level: ``dL_i/dz``, one backward through each head;
         * parameter level with a representation the trunk reaches the losses through:
@@ -961,15 +984,23 @@ class Balancer:
         writes them into their columns of one ``(T, P)`` matrix (no concatenation).
         """
         if need < Need.GRAMIAN:
-            return None
+            return None, None
+        head_pass = None
+        if heads is not None:
+            assert representation is not None
+            head_pass = head_backwards(losses, representation[0], heads, retain_graph=False)
         if self.level == "representation":
             assert representation is not None
-            return TaskGradients([representation_jacobian(losses, z) for z in representation])
+            if head_pass is not None:
+                return TaskGradients([head_pass.rows]), head_pass
+            return TaskGradients([representation_jacobian(losses, z) for z in representation]), None
         if separable:
             assert representation is not None
             outputs, grad_outputs = (
                 representation[0],
-                representation_jacobian(losses, representation[0]),
+                representation_jacobian(losses, representation[0])
+                if head_pass is None
+                else head_pass.rows,
             )
         else:
             outputs = stacked
@@ -984,16 +1015,17 @@ class Balancer:
                     gramian,
                     [p.shape for p in self.shared_params],
                     self._combiner(outputs, grad_outputs),
-                )
+                ), head_pass
             # else the float32 products over/underflowed (this step only): blocks, rescaled
         if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
             matrix = stacked_jacobian(outputs, self.shared_params, grad_outputs)
             if matrix is not None:
-                return TaskGradients.from_columns(matrix, [p.shape for p in self.shared_params])
+                shapes = [p.shape for p in self.shared_params]
+                return TaskGradients.from_columns(matrix, shapes), head_pass
             self._layerwise_ok = False
         blocks, ok = batched_vjp(outputs, self.shared_params, grad_outputs, batched=self.batched)
         self.batched = self.batched and ok
-        return TaskGradients(blocks)
+        return TaskGradients(blocks), head_pass
 
     def _gramian_only(self, num_tasks: int) -> bool:
         """Whether to take the layer-wise Gram path (see ``engine`` in the class docstring)."""
@@ -1026,6 +1058,7 @@ class Balancer:
         self,
         combination: Combination,
         grads: RowScaledGradients | None,
+        head_pass: HeadGradients | None,
         stacked: Tensor,
         scales: Tensor | None,
         representation: tuple[Tensor, ...] | None,
@@ -1033,13 +1066,26 @@ class Balancer:
         unscale: float = 1.0,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Gradients of all parameters involved, from the method's combination (gradients
-        that autograd computes from the scaled losses are multiplied by ``unscale``)."""
+        that autograd computes from the scaled losses are multiplied by ``unscale``). With
+        ``head_pass``, the heads are not traversed again: their gradients and the
+        representation's output gradient are combined from it."""
         ones = torch.ones_like(stacked)
         device = stacked.device
         row_factor = ones if scales is None else to_device(scales, device, stacked.dtype)
         if combination.weights is not None:
             weights = to_device(combination.weights, device)  # (host weights: sent once)
             applied = weights.to(stacked.dtype) * row_factor
+            if grads is not None and head_pass is not None and self.level == "representation":
+                assert representation is not None
+                trunk_params, trunk_grads = _grad(
+                    representation[0],
+                    self.shared_params,
+                    grad_output=head_pass.combined_rows(applied),
+                    retain_graph=False,
+                    unscale=unscale,
+                )
+                head_params, head_grads = head_pass.weighted(applied, unscale)
+                return trunk_params + head_params, trunk_grads + head_grads
             objective = (applied * stacked).sum()
             if grads is None or self.level == "representation":
                 return _grad(
@@ -1047,9 +1093,12 @@ class Balancer:
                 )
             reached = self._reached_shared(stacked)
             shared = grads.combine(weights)
-            head_params, head_grads = _grad(
-                objective, task_params, retain_graph=False, unscale=unscale
-            )
+            if head_pass is not None:
+                head_params, head_grads = head_pass.weighted(applied, unscale)
+            else:
+                head_params, head_grads = _grad(
+                    objective, task_params, retain_graph=False, unscale=unscale
+                )
             kept = [(p, g) for p, g in zip(self.shared_params, shared, strict=True) if reached(p)]
             return [p for p, _ in kept] + head_params, [g for _, g in kept] + head_grads
         if not isinstance(grads, TaskGradients) or combination.direction is None:
@@ -1057,11 +1106,16 @@ class Balancer:
                 f"{self.method.name} returned a direction without per-task gradients"
             )
         pieces = grads.split(combination.direction)
-        objective = (row_factor * stacked).sum()
         at_parameters = self.level == "parameters"
-        head_params, head_grads = _grad(
-            objective, task_params, retain_graph=not at_parameters, unscale=unscale
-        )
+        if head_pass is not None:
+            head_params, head_grads = head_pass.weighted(row_factor, unscale)
+        else:
+            head_params, head_grads = _grad(
+                (row_factor * stacked).sum(),
+                task_params,
+                retain_graph=not at_parameters,
+                unscale=unscale,
+            )
         if at_parameters:
             reached = self._reached_shared(stacked)
             kept = [(p, g) for p, g in zip(self.shared_params, pieces, strict=True) if reached(p)]

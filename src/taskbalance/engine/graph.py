@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["depends_on", "reachable_leaves"]
+__all__ = ["depends_on", "leaves_by_root", "reachable_leaves"]
 
 Edge = tuple[int, int]
 
@@ -22,10 +22,13 @@ def _edges(tensors: Sequence[torch.Tensor]) -> set[Edge]:
     return {(id(t.grad_fn), t.output_nr) for t in tensors if t.grad_fn is not None}
 
 
-def _walk(roots: Sequence[torch.Tensor], stop_edges: set[Edge]) -> tuple[list[torch.Tensor], bool]:
+def _walk(
+    roots: Sequence[torch.Tensor], stop_edges: set[Edge], seen: set[int] | None = None
+) -> tuple[list[torch.Tensor], bool]:
     """Depth-first walk from ``roots`` that does not cross ``stop_edges``: the leaf tensors
-    reached (in a stable order), and whether a stop edge was met."""
-    seen: set[int] = set()
+    reached (in a stable order), and whether a stop edge was met. The ids of the nodes
+    visited are added to ``seen`` when given."""
+    seen = set() if seen is None else seen
     found: list[torch.Tensor] = []
     found_ids: set[int] = set()
     met = False
@@ -74,6 +77,26 @@ def reachable_leaves(
     excluded = {id(t) for t in stops}
     leaves, _ = _walk(roots, _edges(stops))
     return [leaf for leaf in leaves if id(leaf) not in excluded]
+
+
+def leaves_by_root(
+    roots: Sequence[torch.Tensor], *, stop_at: torch.Tensor
+) -> tuple[list[list[torch.Tensor]], bool]:
+    """For each root, the leaf tensors it reaches without passing through ``stop_at`` (as
+    :func:`reachable_leaves` for that root alone), and whether the roots' graphs below
+    ``stop_at`` are disjoint (no node reached from two roots: e.g. one head per task, each
+    with its own parameters and no computation shared between heads)."""
+    stops = _edges([stop_at])
+    per_root: list[list[torch.Tensor]] = []
+    visited: set[int] = set()
+    disjoint = True
+    for root in roots:
+        seen: set[int] = set()
+        leaves, _ = _walk([root], stops, seen)
+        disjoint = disjoint and visited.isdisjoint(seen)
+        visited |= seen
+        per_root.append([leaf for leaf in leaves if leaf is not stop_at])
+    return per_root, disjoint
 
 
 def depends_on(root: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:

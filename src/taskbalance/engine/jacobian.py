@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from taskbalance.engine.heads import head_backwards
+
 __all__ = [
     "JacobianBlocks",
     "batched_vjp",
@@ -119,13 +121,6 @@ def representation_jacobian(losses: Sequence[Tensor], representation: Tensor) ->
 
     One backward per task from the task's own (unstacked) loss, so each runs through that
     task's head only. Zeros for a loss that does not depend on ``z``. The graph is retained.
+    (:func:`taskbalance.engine.heads.head_backwards` also returns the heads' gradients.)
     """
-    rows = []
-    for loss in losses:
-        grad = None
-        if loss.requires_grad:
-            (grad,) = torch.autograd.grad(
-                loss, representation, retain_graph=True, allow_unused=True
-            )
-        rows.append(torch.zeros_like(representation) if grad is None else grad)
-    return torch.stack(rows)
+    return head_backwards(losses, representation, [()] * len(losses)).rows

@@ -1,0 +1,143 @@
+"""One backward per head (engine/heads.py): the heads' gradients come out of the backwards
+that give the representation Jacobian, so no head is traversed twice; heads that share a
+computation fall back to a weighted backward. Both give the gradients of ``sum_i w_i L_i``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from tests.helpers import TwoLevelNet, regression_problem, task_losses
+from torch import Tensor, nn
+
+import taskbalance.balancer as balancer_module
+from taskbalance import Balancer
+from taskbalance.engine.graph import leaves_by_root, reachable_leaves
+from taskbalance.engine.heads import HeadGradients, head_backwards
+
+
+class NeckNet(TwoLevelNet):
+    """``TwoLevelNet`` whose heads read a shared, parameter-free neck ``tanh(z)``: the heads'
+    graphs below ``z`` share a node."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        z = self.trunk(x)
+        neck = torch.tanh(z)
+        return z, [head(neck).squeeze(-1) for head in self.heads]
+
+
+class SharedBiasNet(TwoLevelNet):
+    """Heads that also share one extra parameter (not in the trunk, after ``z``)."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.offset = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        z = self.trunk(x)
+        return z, [head(z).squeeze(-1) + self.offset for head in self.heads]
+
+
+def test_head_backwards_gives_each_loss_gradient_at_z_and_at_its_own_head() -> None:
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    z, losses = task_losses(model, x, y)
+    unused = nn.Parameter(torch.ones(2))
+    losses.append(((unused * 0.5) ** 2).sum())  # does not depend on z
+    heads = [list(h.parameters()) for h in model.heads] + [[unused]]
+    expected = [
+        torch.autograd.grad(loss, [z, *head], retain_graph=True, allow_unused=True)
+        for loss, head in zip(losses, heads, strict=True)
+    ]
+    result = head_backwards(losses, z, heads)
+    assert result.rows.shape == (4, *z.shape)
+    for i, grads in enumerate(expected):
+        row = torch.zeros_like(z) if grads[0] is None else grads[0]
+        torch.testing.assert_close(result.rows[i], row)
+        assert [id(p) for p in result.params[i]] == [id(p) for p in heads[i]]
+        for got, want in zip(result.grads[i], grads[1:], strict=True):
+            torch.testing.assert_close(got, want)
+    # a head parameter the loss does not reach is left out, not given a zero
+    result = head_backwards(losses[:1], z, [[*heads[0], unused]])
+    assert [[id(p) for p in ps] for ps in result.params] == [[id(p) for p in heads[0]]]
+    with pytest.raises(ValueError, match="2 heads for 1 losses"):
+        head_backwards(losses[:1], z, heads[:2])
+
+
+def test_weighted_heads_are_the_gradients_of_the_weighted_objective() -> None:
+    model = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    z, losses = task_losses(model, x, y)
+    heads = [list(h.parameters()) for h in model.heads]
+    factors = torch.tensor([0.5, -2.0, 3.0])
+    objective = (factors * torch.stack(losses)).sum()
+    every_head = [p for head in heads for p in head]
+    expected_heads = torch.autograd.grad(objective, every_head, retain_graph=True)
+    (expected_z,) = torch.autograd.grad(objective, z, retain_graph=True)
+    result = head_backwards(losses, z, heads)
+    params, grads = result.weighted(factors, unscale=0.25)
+    assert [id(p) for p in params] == [id(p) for p in every_head]
+    for got, want in zip(grads, expected_heads, strict=True):
+        torch.testing.assert_close(got, 0.25 * want)
+    torch.testing.assert_close(result.combined_rows(factors), expected_z)
+    empty = HeadGradients(result.rows[:0], [], [])
+    assert empty.weighted(factors[:0]) == ([], [])
+
+
+def test_leaves_by_root_tells_disjoint_heads_from_shared_computation() -> None:
+    x, y = regression_problem(3)
+    for net, disjoint in ((TwoLevelNet(3), True), (NeckNet(3), False), (SharedBiasNet(3), False)):
+        z, losses = task_losses(net, x, y)
+        per_task, separate = leaves_by_root(losses, stop_at=z)
+        assert separate is disjoint, type(net).__name__
+        joint = reachable_leaves(losses, stop_at=z)
+        union = list({id(p): p for ps in per_task for p in ps}.values())
+        assert [id(p) for p in union] == [id(p) for p in joint]
+        for head, leaves in zip(net.heads, per_task, strict=True):
+            assert {id(p) for p in head.parameters()} <= {id(p) for p in leaves}
+
+
+def _reference(net: TwoLevelNet, losses: list[Tensor], weights: Tensor) -> list[Tensor]:
+    objective = (weights.to(torch.float32) * torch.stack(losses)).sum()
+    return list(torch.autograd.grad(objective, list(net.parameters()), retain_graph=True))
+
+
+@pytest.mark.parametrize("net_type", [TwoLevelNet, NeckNet, SharedBiasNet])
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_gradients_of_the_weighted_objective_with_or_without_disjoint_heads(
+    net_type: type[TwoLevelNet], level: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = net_type(3)
+    x, y = regression_problem(3)
+    z, losses = task_losses(net, x, y)
+    balancer = Balancer("mgda", net.trunk.parameters(), level=level)  # type: ignore[arg-type]
+    calls: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> HeadGradients:
+        calls.append(1)
+        return head_backwards(*args, **kwargs)
+
+    monkeypatch.setattr(balancer_module, "head_backwards", spy)
+    info = balancer.backward(losses, representation=z)
+    assert info.weights is not None
+    # disjoint heads: the heads' gradients come from their per-task backwards; heads that
+    # share a node or a parameter: the weighted objective's backward
+    assert calls == ([1] if net_type is TwoLevelNet else [])
+    _, losses = task_losses(net, x, y)  # (same parameters: nothing was stepped)
+    objective = (info.weights.to(torch.float32) * torch.stack(losses)).sum()
+    expected = torch.autograd.grad(objective, list(net.parameters()))
+    for p, want in zip(net.parameters(), expected, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
+
+
+def test_the_heads_saved_tensors_are_freed_by_the_step() -> None:
+    net = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    z, losses = task_losses(net, x, y)
+    Balancer("mgda", net.trunk.parameters(), level="representation").backward(
+        losses, representation=z
+    )
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        losses[0].backward()
