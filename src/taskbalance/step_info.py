@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -11,11 +12,16 @@ __all__ = ["StepInfo", "cosine_matrix"]
 
 
 def cosine_matrix(gramian: Tensor) -> Tensor:
-    """Task-gradient cosine similarities from a Gram matrix (0 where a gradient is zero)."""
-    norms = gramian.diagonal().clamp_min(0).sqrt()
-    outer = norms.unsqueeze(0) * norms.unsqueeze(1)
-    safe = torch.where(outer > 0, outer, torch.ones_like(outer))
-    return torch.where(outer > 0, gramian / safe, torch.zeros_like(gramian)).clamp(-1.0, 1.0)
+    """Task-gradient cosine similarities from a Gram matrix (0 where a gradient is zero):
+    ``G_ij / sqrt(G_ii G_jj)``, clamped to ``[-1, 1]``. Computed in NumPy on the host (the
+    matrix is ``T x T``; the engine's is there already) and returned where it came from."""
+    values = gramian.detach().to("cpu", torch.float64).numpy()
+    with np.errstate(invalid="ignore", over="ignore"):  # (non-finite entries stay NaN / inf)
+        norms = np.sqrt(np.maximum(values.diagonal(), 0.0))
+        outer = np.outer(norms, norms)
+        cosines = np.divide(values, outer, out=np.zeros_like(values), where=outer > 0)
+    np.clip(cosines, -1.0, 1.0, out=cosines)
+    return torch.from_numpy(cosines).to(gramian.device, gramian.dtype)
 
 
 @dataclass(frozen=True)

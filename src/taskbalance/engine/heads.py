@@ -45,8 +45,9 @@ class HeadGradients:
         params: list[Tensor] = []
         grads: list[Tensor] = []
         for factor, task_params, task_grads in zip(scaled, self.params, self.grads, strict=True):
-            params.extend(task_params)
-            grads.extend(g * factor.to(g.dtype) for g in task_grads)
+            if task_grads:
+                params.extend(task_params)
+                grads.extend(torch._foreach_mul(task_grads, factor))  # (in each grad's dtype)
         return params, grads
 
 

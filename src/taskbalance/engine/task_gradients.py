@@ -89,12 +89,17 @@ class RowScaledGradients(ABC):
 
     def norms(self) -> Tensor:
         """Per-task gradient norms before row scaling, from the Gram diagonal (overflow-safe:
-        ``s * sqrt(diag(G / s^2))`` when ``G`` leaves float64's range)."""
-        raw = self.raw_gramian
-        if in_float64_range(raw, 1e-300, 1e300) or not self.all_finite():
-            return raw.diagonal().clamp_min(0).sqrt()
-        normalised, scale = self._normalised_raw()
-        return normalised.diagonal().clamp_min(0).sqrt() * scale
+        ``s * sqrt(diag(G / s^2))`` when ``G`` leaves float64's range). Computed once."""
+        cached: Tensor | None = self.__dict__.get("_norms")
+        if cached is None:
+            raw = self.raw_gramian
+            if in_float64_range(raw, 1e-300, 1e300) or not self.all_finite():
+                cached = raw.diagonal().clamp_min(0).sqrt()
+            else:
+                normalised, scale = self._normalised_raw()
+                cached = normalised.diagonal().clamp_min(0).sqrt() * scale
+            self.__dict__["_norms"] = cached
+        return cached
 
     def cosine_gramian(self) -> Tensor:
         """A positive multiple of the raw Gram matrix that is finite whenever the gradients
@@ -183,7 +188,7 @@ class TaskGradients(RowScaledGradients):
 
     def with_row_scale(self, scale: Tensor | None) -> TaskGradients:
         scaled = TaskGradients(self.blocks, scale)
-        for computed in ("raw_gramian", "_normalised"):
+        for computed in ("raw_gramian", "_normalised", "_norms"):
             if computed in self.__dict__:
                 scaled.__dict__[computed] = self.__dict__[computed]
         return scaled
