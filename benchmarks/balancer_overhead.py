@@ -19,7 +19,9 @@ interleaved round by round in one process, each divided by the plain step's medi
 The ablated rows are diagnostics, not options: without the guard a non-finite update could
 be written, and a cached walk would miss a head that appears later. ``--level
 representation`` times the methods at representation level (``floor:gramian``: the engine's
-per-task representation gradients and nothing else). ``--against REF`` adds a row
+per-task representation gradients and nothing else); ``--head-width W`` gives every task a
+two-layer head ``256 -> W -> 10`` (where a second pass through the heads would cost real
+work); ``--no-ablations`` keeps only the full rows. ``--against REF`` adds a row
 ``<method> @REF`` per method: the same step with the Balancer of an earlier commit (imported
 beside the current one, as in ``method_ab.py``), interleaved with the others. Usage::
 
@@ -28,6 +30,8 @@ beside the current one, as in ``method_ab.py``), interleaved with the others. Us
     python benchmarks/balancer_overhead.py --tasks 10 --methods floor:gramian mgda \\
         --level representation
     python benchmarks/balancer_overhead.py --tasks 10 --methods ew --against HEAD~1
+    python benchmarks/balancer_overhead.py --tasks 3 10 --methods floor:gramian mgda \
+        --level representation --head-width 1024 --no-ablations --against HEAD~1
 """
 
 from __future__ import annotations
@@ -77,10 +81,10 @@ def _ablated(kind: str, cache: dict[int, Any]) -> Iterator[None]:
 
 
 def make_step_with(
-    package: ModuleType, num_tasks: int, method: str, level: str
+    package: ModuleType, num_tasks: int, method: str, level: str, head_width: int | None = None
 ) -> Callable[[], None]:
     """``step_time.make_step``'s step with ``package``'s Balancer (an earlier version)."""
-    model, x, ys, optimizer = problem(num_tasks)
+    model, x, ys, optimizer = problem(num_tasks, head_width)
     balancer = package.Balancer(method, model.trunk.parameters(), level=level)
 
     def step() -> None:
@@ -129,14 +133,21 @@ def measure(
     warmup: int,
     level: str = "parameters",
     against: tuple[str, ModuleType] | None = None,
+    head_width: int | None = None,
+    *,
+    ablations: bool = True,
 ) -> list[dict[str, Any]]:
-    rows: dict[str, Callable[[], None]] = {"plain": make_step(num_tasks, None, "parameters")}
+    rows: dict[str, Callable[[], None]] = {
+        "plain": make_step(num_tasks, None, "parameters", head_width=head_width)
+    }
     for method in methods:
-        for kind in ABLATIONS:
-            rows[method + kind] = make_step(num_tasks, method, level)
+        for kind in ABLATIONS if ablations else ("",):
+            rows[method + kind] = make_step(num_tasks, method, level, head_width=head_width)
         if against is not None and not method.startswith("floor:"):
-            rows[f"{method} @{against[0]}"] = make_step_with(against[1], num_tasks, method, level)
-        if method == "ew" and level == "parameters":
+            rows[f"{method} @{against[0]}"] = make_step_with(
+                against[1], num_tasks, method, level, head_width
+            )
+        if method == "ew" and level == "parameters" and head_width is None:
             rows["lean ew"] = make_lean_ew_step(num_tasks)
     cache: dict[int, Any] = {}
     kinds = {name: next((k for k in ABLATIONS[1:] if name.endswith(k)), "") for name in rows}
@@ -172,6 +183,14 @@ def main() -> None:
         "--level", default="parameters", help="as in step_time.py (e.g. representation)"
     )
     parser.add_argument("--against", help="a git commit: add its Balancer's rows")
+    parser.add_argument(
+        "--head-width",
+        type=int,
+        help="two-layer heads 256 -> WIDTH -> 10 instead of one linear layer (heavier heads)",
+    )
+    parser.add_argument(
+        "--no-ablations", action="store_true", help="only the full rows (and --against's)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -181,7 +200,16 @@ def main() -> None:
     results = []
     print(f"{'T':>4}  {'row':<24}{'ms':>9}{'x plain':>10}")
     for num_tasks in args.tasks:
-        rows = measure(num_tasks, args.methods, args.rounds, args.warmup, args.level, against)
+        rows = measure(
+            num_tasks,
+            args.methods,
+            args.rounds,
+            args.warmup,
+            args.level,
+            against,
+            args.head_width,
+            ablations=not args.no_ablations,
+        )
         for row in rows:
             results.append(row)
             print(f"{row['T']:>4}  {row['row']:<24}{row['ms']:>9.3f}{row['ratio_to_plain']:>10.3f}")
@@ -191,6 +219,8 @@ def main() -> None:
             "threads": 1,
             "rounds": args.rounds,
             "against": args.against,
+            "level": args.level,
+            "head_width": args.head_width,
         }
         args.out.write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
 

@@ -49,7 +49,11 @@ DEFAULT_HPARAMS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 
 class Net(nn.Module):
-    def __init__(self, num_tasks: int) -> None:
+    """The benchmark MLP: a 3-layer trunk and one linear head per task, or with
+    ``head_width`` a two-layer head ``256 -> head_width -> 10`` (heavier heads, as in dense
+    prediction or recommendation towers)."""
+
+    def __init__(self, num_tasks: int, head_width: int | None = None) -> None:
         super().__init__()
         self.trunk = nn.Sequential(
             nn.Linear(128, 512),
@@ -59,7 +63,12 @@ class Net(nn.Module):
             nn.Linear(512, 256),
             nn.ReLU(),
         )
-        self.heads = nn.ModuleList(nn.Linear(256, 10) for _ in range(num_tasks))
+        self.heads = nn.ModuleList(
+            nn.Linear(256, 10)
+            if head_width is None
+            else nn.Sequential(nn.Linear(256, head_width), nn.ReLU(), nn.Linear(head_width, 10))
+            for _ in range(num_tasks)
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         z = self.trunk(x)
@@ -91,10 +100,12 @@ class Floor(Method):
 FLOORS = {"floor:gramian": Need.GRAMIAN, "floor:jacobian": Need.JACOBIAN}
 
 
-def problem(num_tasks: int) -> tuple[Net, Tensor, list[Tensor], torch.optim.Optimizer]:
+def problem(
+    num_tasks: int, head_width: int | None = None
+) -> tuple[Net, Tensor, list[Tensor], torch.optim.Optimizer]:
     """The benchmark model, batch, labels and optimizer on the benchmark device (seed 0)."""
     torch.manual_seed(0)
-    model = Net(num_tasks)
+    model = Net(num_tasks, head_width)
     x = torch.randn(256, 128)
     ys = [torch.randint(0, 10, (256,)) for _ in range(num_tasks)]
     model = model.to(device())
@@ -103,7 +114,11 @@ def problem(num_tasks: int) -> tuple[Net, Tensor, list[Tensor], torch.optim.Opti
 
 
 def make_step(
-    num_tasks: int, method: str | None, level: str, update_every: int = 1
+    num_tasks: int,
+    method: str | None,
+    level: str,
+    update_every: int = 1,
+    head_width: int | None = None,
 ) -> Callable[[], None]:
     """One training step of the benchmark model with ``method`` (``None``: plain backward).
 
@@ -111,7 +126,7 @@ def make_step(
     materialises the Jacobian, ``"parameters:gramian"`` takes the layer-wise Gram path
     (``"parameters"`` alone: the ``auto`` choice)."""
     level, _, engine = level.partition(":")
-    model, x, ys, optimizer = problem(num_tasks)
+    model, x, ys, optimizer = problem(num_tasks, head_width)
     balancer = None
     if method is not None:
         hparams = DEFAULT_HPARAMS.get(method, lambda t: {})(num_tasks)

@@ -33,6 +33,11 @@ def test_ablation_rows_are_measured_and_the_balancer_is_restored() -> None:
     assert all(r["ms"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
     assert balancer_module.fast_global_norm is norm
     assert balancer_module.Balancer._task_params is task_params
+    heavy = balancer_overhead.measure(
+        2, ["mgda"], rounds=1, warmup=0, level="representation", head_width=16, ablations=False
+    )
+    assert [r["row"] for r in heavy] == ["plain", "mgda"]
+    assert all(r["ms"] > 0 for r in heavy)
 
 
 @pytest.mark.skipif(
