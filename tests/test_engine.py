@@ -166,9 +166,10 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
     # path needs one more ordinary backward through the trunk for J^T w (the Jacobian is not
     # kept)
     combine_trunk = [trunk_from_z] if engine == "gramian" else []
-    assert calls("parameters", True) == [head_only] * num_tasks + [
-        {"batched": True, "numel": z_numel}
-    ] + combine_trunk
+    assert (
+        calls("parameters", True)
+        == [head_only] * num_tasks + [{"batched": True, "numel": z_numel}] + combine_trunk
+    )
     # parameter level without it: one batched backward of the stacked losses
     combine_losses = [{"batched": False, "numel": num_tasks}] if engine == "gramian" else []
     assert calls("parameters", False) == [

@@ -141,3 +141,19 @@ def test_the_heads_saved_tensors_are_freed_by_the_step() -> None:
     )
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         losses[0].backward()
+
+
+def test_the_gram_path_frees_the_trunk_with_its_last_backward() -> None:
+    # parameter level, Gram-only engine, the trunk reached through z: J^T w is the last
+    # backward below z, so it frees the trunk's saved tensors as a plain backward would (the
+    # graph would otherwise live on until the next forward, doubling activation memory)
+    net = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    z, losses = task_losses(net, x, y)
+    info = Balancer("mgda", net.trunk.parameters(), engine="gramian").backward(
+        losses, representation=z
+    )
+    assert info.weights is not None
+    assert not info.skipped
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        z.sum().backward()

@@ -1014,7 +1014,7 @@ class Balancer:
                 return GramianGradients(
                     gramian,
                     [p.shape for p in self.shared_params],
-                    self._combiner(outputs, grad_outputs),
+                    self._combiner(outputs, grad_outputs, last_use=separable),
                 ), head_pass
             # else the float32 products over/underflowed (this step only): blocks, rescaled
         if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
@@ -1038,15 +1038,24 @@ class Balancer:
         jacobian_bytes = num_tasks * sum(p.numel() * p.element_size() for p in self.shared_params)
         return jacobian_bytes > _LAYERWISE_MIN_JACOBIAN_BYTES
 
-    def _combiner(self, outputs: Tensor, grad_outputs: Tensor) -> Callable[[Tensor], list[Tensor]]:
-        """``w -> J^T w`` for the Gram path: one backward of ``sum_i w_i grad_outputs[i]``."""
+    def _combiner(
+        self, outputs: Tensor, grad_outputs: Tensor, *, last_use: bool
+    ) -> Callable[[Tensor], list[Tensor]]:
+        """``w -> J^T w`` for the Gram path: one backward of ``sum_i w_i grad_outputs[i]``.
+        ``last_use``: nothing traverses the graph below ``outputs`` after it (``outputs`` is
+        the representation, whose heads are above it), so the backward frees the trunk's
+        saved tensors as a plain ``backward`` would; called at most once then."""
         shared = self.shared_params
 
         def combine(weights: Tensor) -> list[Tensor]:
             on_device = to_device(weights, grad_outputs.device, grad_outputs.dtype)
             combined = torch.tensordot(on_device, grad_outputs, dims=1)
             result = torch.autograd.grad(
-                outputs, shared, grad_outputs=combined, retain_graph=True, allow_unused=True
+                outputs,
+                shared,
+                grad_outputs=combined,
+                retain_graph=not last_use,
+                allow_unused=True,
             )
             return [
                 torch.zeros_like(p) if g is None else g for p, g in zip(shared, result, strict=True)
