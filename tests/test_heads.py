@@ -157,3 +157,32 @@ def test_the_gram_path_frees_the_trunk_with_its_last_backward() -> None:
     assert not info.skipped
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         z.sum().backward()
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_jacobian_path_frees_the_trunk_once_its_backward_is_known_to_vectorise(
+    batched: bool,
+) -> None:
+    # the vmap backward frees the graph only after it has run once without failing (a
+    # failure part-way would leave nothing for the sequential fallback); the sequential
+    # loop frees it with its last row from the first step
+    net = TwoLevelNet(3)
+    x, y = regression_problem(3)
+    balancer = Balancer("graddrop", net.trunk.parameters(), batched=batched)
+    held = []
+    for _ in range(2):
+        z, losses = task_losses(net, x, y)
+        assert not balancer.backward(losses, representation=z).skipped
+        held.append(_graph_still_held(z))
+    assert held == ([True, False] if batched else [False, False])
+
+
+def _graph_still_held(z: Tensor) -> bool:
+    """Whether the graph below ``z`` can still be traversed (its saved tensors kept)."""
+    try:
+        z.sum().backward()
+    except RuntimeError as error:
+        if "second time" not in str(error):
+            raise
+        return False
+    return True

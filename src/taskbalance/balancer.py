@@ -384,6 +384,9 @@ class Balancer:
         check_choice(engine, get_args(EnginePath), "engine")
         self.engine: EnginePath = engine
         self._layerwise_ok = True
+        # the vectorised backwards that have run without failing (only those may free the
+        # graph as they go: a failure part-way would leave nothing for the fallback)
+        self._vectorised: set[str] = set()
         if not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every must be a positive int, got {update_every!r}")
         self.update_every = update_every
@@ -1017,13 +1020,28 @@ class Balancer:
                     self._combiner(outputs, grad_outputs, last_use=separable),
                 ), head_pass
             # else the float32 products over/underflowed (this step only): blocks, rescaled
+        # with the representation, the Jacobian's backward is the last one below it: it frees
+        # the trunk's saved tensors as a plain backward would (where it is known to vectorise)
         if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
-            matrix = stacked_jacobian(outputs, self.shared_params, grad_outputs)
+            free = separable and "stacked" in self._vectorised
+            matrix = stacked_jacobian(
+                outputs, self.shared_params, grad_outputs, retain_graph=not free
+            )
             if matrix is not None:
+                self._vectorised.add("stacked")
                 shapes = [p.shape for p in self.shared_params]
                 return TaskGradients.from_columns(matrix, shapes), head_pass
             self._layerwise_ok = False
-        blocks, ok = batched_vjp(outputs, self.shared_params, grad_outputs, batched=self.batched)
+        free = separable and (not self.batched or "batched" in self._vectorised)
+        blocks, ok = batched_vjp(
+            outputs,
+            self.shared_params,
+            grad_outputs,
+            batched=self.batched,
+            retain_graph=not free,
+        )
+        if self.batched and ok:
+            self._vectorised.add("batched")
         self.batched = self.batched and ok
         return TaskGradients(blocks), head_pass
 

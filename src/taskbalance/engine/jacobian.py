@@ -59,7 +59,12 @@ def _zeros_for_unused(
 
 
 def batched_vjp(
-    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, *, batched: bool = True
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    grad_outputs: Tensor,
+    *,
+    batched: bool = True,
+    retain_graph: bool = True,
 ) -> tuple[JacobianBlocks, bool]:
     """Rows ``grad_outputs[i]^T d outputs / d inputs`` for every ``i``, per input tensor.
 
@@ -68,11 +73,15 @@ def batched_vjp(
         inputs: tensors to differentiate with respect to.
         grad_outputs: ``(T, *outputs.shape)`` output gradients, one per row.
         batched: try the vmap path first.
+        retain_graph: ``False`` frees the saved tensors the backward runs through (the
+            sequential fallback frees them with its last row; the vmap path only where the
+            caller knows it vectorises, since a failure part-way would leave the graph
+            unusable for the fallback).
 
     Returns:
         ``(blocks, batched_ok)``: one ``(T, *x.shape)`` block per input (zeros where the output
         does not depend on it), and whether the batched path was used (callers remember a
-        failure so that they do not retry every step). The graph is retained.
+        failure so that they do not retry every step).
     """
     num_rows = grad_outputs.shape[0]
     if batched:
@@ -82,7 +91,7 @@ def batched_vjp(
                 list(inputs),
                 grad_outputs=grad_outputs,
                 is_grads_batched=True,
-                retain_graph=True,
+                retain_graph=retain_graph,
                 allow_unused=True,
             )
             return _zeros_for_unused(grads, inputs, num_rows), True
@@ -94,9 +103,13 @@ def batched_vjp(
             )
     rows = [
         torch.autograd.grad(
-            outputs, list(inputs), grad_outputs=row, retain_graph=True, allow_unused=True
+            outputs,
+            list(inputs),
+            grad_outputs=row,
+            retain_graph=retain_graph or index < num_rows - 1,
+            allow_unused=True,
         )
-        for row in grad_outputs
+        for index, row in enumerate(grad_outputs)
     ]
     blocks = []
     for position, x in enumerate(inputs):

@@ -128,6 +128,7 @@ def _vectorised_rows(
     sink: RowSink,
     what: str,
     readings: _RuleReadings | None = None,
+    retain_graph: bool = True,
 ) -> bool:
     """Run the ``T`` vector-Jacobian products as one vectorised backward, handing each input's
     rows to ``sink``; ``False`` (logged once) when the backward cannot be vectorised. With
@@ -149,7 +150,11 @@ def _vectorised_rows(
 
     def rows(grad_output: Tensor) -> tuple[Tensor, ...]:
         grads = torch.autograd.grad(
-            outputs, targets, grad_outputs=grad_output, retain_graph=True, allow_unused=True
+            outputs,
+            targets,
+            grad_outputs=grad_output,
+            retain_graph=retain_graph,
+            allow_unused=True,
         )
         at_rules = grads[len(generic) :]
         unreached.extend(i for i, g in enumerate(at_rules) if g is None)
@@ -218,13 +223,15 @@ def layerwise_gramian(
 
 
 def stacked_jacobian(
-    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor
+    outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, *, retain_graph: bool = True
 ) -> Tensor | None:
     """``(T, P)`` Jacobian, each input's rows written into their columns as they appear.
 
     Same arguments as :func:`layerwise_gramian`; columns follow ``inputs`` (flattened, in
     order), zeros for an input the outputs do not depend on. ``None`` when the backward
-    cannot be vectorised.
+    cannot be vectorised. ``retain_graph=False`` frees the saved tensors it runs through
+    (only for a backward known to vectorise: a failure part-way would leave the graph
+    unusable for the fallback).
     """
     sizes = [x.numel() for x in inputs]
     offsets = [0]
@@ -241,7 +248,9 @@ def stacked_jacobian(
         columns.copy_(rows.reshape(rows.shape[0], -1))
         written.add(index)
 
-    if not _vectorised_rows(outputs, inputs, grad_outputs, store, "stacked Jacobian"):
+    if not _vectorised_rows(
+        outputs, inputs, grad_outputs, store, "stacked Jacobian", retain_graph=retain_graph
+    ):
         return None
     for index in set(range(len(sizes))) - written:  # inputs the outputs do not depend on
         matrix[:, offsets[index] : offsets[index + 1]] = 0
