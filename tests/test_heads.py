@@ -186,3 +186,56 @@ def _graph_still_held(z: Tensor) -> bool:
             raise
         return False
     return True
+
+
+@pytest.mark.parametrize("net_type", [TwoLevelNet, NeckNet, SharedBiasNet])
+@pytest.mark.parametrize("engine", ["jacobian", "gramian"])
+def test_without_a_representation_the_step_frees_the_graph_and_is_exact(
+    net_type: type[TwoLevelNet], engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no representation given: each task's own parameters are taken first (where no task
+    # parameter is reached by two tasks), so the batched backward over the stacked losses is
+    # the graph's last and frees it (Jacobian path: once it is known to vectorise); the Gram
+    # path's J^T w and the heads' gradients are one backward of the weighted objective
+    net = net_type(3)
+    x, y = regression_problem(3)
+    balancer = Balancer("mgda", net.trunk.parameters(), engine=engine)  # type: ignore[arg-type]
+    calls: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> HeadGradients:
+        calls.append(1)
+        return head_backwards(*args, **kwargs)
+
+    monkeypatch.setattr(balancer_module, "head_backwards", spy)
+    held = []
+    for _ in range(2):
+        for p in net.parameters():
+            p.grad = None
+        z, losses = task_losses(net, x, y)
+        info = balancer.backward(losses)
+        assert info.weights is not None
+        _, again = task_losses(net, x, y)
+        objective = (info.weights.to(torch.float32) * torch.stack(again)).sum()
+        expected = torch.autograd.grad(objective, list(net.parameters()))
+        for p, want in zip(net.parameters(), expected, strict=True):
+            assert p.grad is not None
+            torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
+        held.append(_graph_still_held(z))  # (a held graph's backward adds to .grad: last)
+    own_heads = net_type is not SharedBiasNet
+    if engine == "gramian":
+        assert held == [False, False]
+        assert calls == []
+    else:
+        assert held == ([True, False] if own_heads else [True, True])
+        assert calls == ([1, 1] if own_heads else [])
+
+
+def test_leaves_by_root_without_a_stop_gives_every_leaf_each_loss_reaches() -> None:
+    net = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    _, losses = task_losses(net, x, y)
+    per_task, disjoint = leaves_by_root(losses)
+    assert not disjoint  # the trunk is reached from both
+    trunk = {id(p) for p in net.trunk.parameters()}
+    for head, leaves in zip(net.heads, per_task, strict=True):
+        assert {id(p) for p in leaves} == trunk | {id(p) for p in head.parameters()}

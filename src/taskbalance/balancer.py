@@ -649,7 +649,15 @@ class Balancer:
         combination = self._combination(grads, reuse, names, detached, metrics_tensor, comm, scales)
         with _explained_compile_errors():
             params, param_grads = self._parameter_gradients(
-                combination, grads, head_pass, stacked, scales, reps, task_params, 1.0 / loss_scale
+                combination,
+                grads,
+                head_pass,
+                stacked,
+                scales,
+                reps,
+                task_params,
+                1.0 / loss_scale,
+                separable=separable,
             )
         if comm is not None:
             params, param_grads = self._averaged(comm, params, param_grads, grads is not None)
@@ -934,10 +942,12 @@ class Balancer:
         if self.task_params is not None and (representation is None or no_task_gradients):
             return [p for p in self.task_params if p.requires_grad], False, None
         per_task: list[list[Tensor]] | None = None
-        if need >= Need.GRAMIAN and representation is not None and _single(representation):
-            per_task, disjoint = leaves_by_root(losses, stop_at=representation[0])
+        if need >= Need.GRAMIAN and (representation is None or _single(representation)):
+            stop = None if representation is None else representation[0]
+            per_task, disjoint = leaves_by_root(losses, stop_at=stop)
             leaves = list({id(p): p for ps in per_task for p in ps}.values())
-            per_task = per_task if disjoint else None
+            if representation is not None and not disjoint:
+                per_task = None  # (without one, each task's own parameters are kept below)
         else:
             leaves = reachable_leaves(losses, stop_at=representation)
         shared_ids = {id(p) for p in self.shared_params}
@@ -957,10 +967,14 @@ class Balancer:
         else:
             task_params = [p for p in leaves if id(p) not in shared_ids]
         # several representation tensors: per-task gradients come from the stacked losses
-        if per_task is None or not separable:
+        if per_task is None or (representation is not None and not separable):
             return task_params, separable, None
         own = {id(p) for p in task_params}
-        return task_params, separable, [[p for p in ps if id(p) in own] for ps in per_task]
+        heads = [[p for p in ps if id(p) in own] for ps in per_task]
+        several = sum(map(len, heads)) != len({id(p) for head in heads for p in head})
+        if representation is None and several:
+            return task_params, separable, None  # a task parameter that several tasks reach
+        return task_params, separable, heads
 
     def _task_gradients(
         self,
@@ -989,26 +1003,27 @@ class Balancer:
         if need < Need.GRAMIAN:
             return None, None
         head_pass = None
-        if heads is not None:
-            assert representation is not None
+        gram_only = need == Need.GRAMIAN and self._gramian_only(len(losses))
+        if heads is not None and representation is not None:
             head_pass = head_backwards(losses, representation[0], heads, retain_graph=False)
+        elif heads is not None and not gram_only:
+            # without a representation: each task's own parameters first, so that the
+            # batched backward below is the graph's last and may free it
+            head_pass = head_backwards(losses, None, heads, retain_graph=True)
+        rows = None if head_pass is None else head_pass.rows
         if self.level == "representation":
             assert representation is not None
-            if head_pass is not None:
-                return TaskGradients([head_pass.rows]), head_pass
+            if rows is not None:
+                return TaskGradients([rows]), head_pass
             return TaskGradients([representation_jacobian(losses, z) for z in representation]), None
         if separable:
             assert representation is not None
-            outputs, grad_outputs = (
-                representation[0],
-                representation_jacobian(losses, representation[0])
-                if head_pass is None
-                else head_pass.rows,
-            )
+            outputs = representation[0]
+            grad_outputs = representation_jacobian(losses, outputs) if rows is None else rows
         else:
             outputs = stacked
             grad_outputs = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
-        if need == Need.GRAMIAN and self._gramian_only(len(losses)):
+        if gram_only:
             on_device = layerwise_gramian(outputs, self.shared_params, grad_outputs)
             gramian = None if on_device is None else fetch(on_device)[0]
             if gramian is None:  # the backward cannot be vectorised: do not try again
@@ -1023,7 +1038,7 @@ class Balancer:
         # with the representation, the Jacobian's backward is the last one below it: it frees
         # the trunk's saved tensors as a plain backward would (where it is known to vectorise)
         if need == Need.JACOBIAN and self.batched and self._layerwise_ok:
-            free = separable and "stacked" in self._vectorised
+            free = (separable or head_pass is not None) and "stacked" in self._vectorised
             matrix = stacked_jacobian(
                 outputs, self.shared_params, grad_outputs, retain_graph=not free
             )
@@ -1032,7 +1047,9 @@ class Balancer:
                 shapes = [p.shape for p in self.shared_params]
                 return TaskGradients.from_columns(matrix, shapes), head_pass
             self._layerwise_ok = False
-        free = separable and (not self.batched or "batched" in self._vectorised)
+        free = (separable or head_pass is not None) and (
+            not self.batched or "batched" in self._vectorised
+        )
         blocks, ok = batched_vjp(
             outputs,
             self.shared_params,
@@ -1091,11 +1108,15 @@ class Balancer:
         representation: tuple[Tensor, ...] | None,
         task_params: list[Tensor],
         unscale: float = 1.0,
+        *,
+        separable: bool = False,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Gradients of all parameters involved, from the method's combination (gradients
         that autograd computes from the scaled losses are multiplied by ``unscale``). With
         ``head_pass``, the heads are not traversed again: their gradients and the
-        representation's output gradient are combined from it."""
+        representation's output gradient are combined from it. On the Gram path without a
+        separable representation, ``J^T w`` and the heads' gradients are one backward of
+        ``sum_i a_i L_i`` (which also frees the graph)."""
         ones = torch.ones_like(stacked)
         device = stacked.device
         row_factor = ones if scales is None else to_device(scales, device, stacked.dtype)
@@ -1114,7 +1135,8 @@ class Balancer:
                 head_params, head_grads = head_pass.weighted(applied, unscale)
                 return trunk_params + head_params, trunk_grads + head_grads
             objective = (applied * stacked).sum()
-            if grads is None or self.level == "representation":
+            through_losses = isinstance(grads, GramianGradients) and not separable
+            if grads is None or self.level == "representation" or through_losses:
                 return _grad(
                     objective, self.shared_params + task_params, retain_graph=False, unscale=unscale
                 )

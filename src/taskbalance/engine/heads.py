@@ -26,15 +26,18 @@ __all__ = ["HeadGradients", "head_backwards"]
 
 @dataclass(frozen=True)
 class HeadGradients:
-    """``rows[i] = dL_i/dz`` and, per task, its head's parameters and their gradients."""
+    """``rows[i] = dL_i/dz`` (``None`` without a representation) and, per task, its head's
+    parameters and their gradients."""
 
-    rows: Tensor
+    rows: Tensor | None
     params: list[list[Tensor]]
     grads: list[list[Tensor]]
 
     def combined_rows(self, factors: Tensor) -> Tensor:
         """``sum_i a_i dL_i/dz``: the output gradient of ``z`` for the objective
         ``sum_i a_i L_i``."""
+        if self.rows is None:
+            raise ValueError("these head gradients were taken without a representation")
         combined: Tensor = torch.tensordot(factors.to(self.rows.dtype), self.rows, dims=1)
         return combined
 
@@ -53,7 +56,7 @@ class HeadGradients:
 
 def head_backwards(
     losses: Sequence[Tensor],
-    representation: Tensor,
+    representation: Tensor | None,
     heads: Sequence[Sequence[Tensor]],
     *,
     retain_graph: bool = True,
@@ -62,7 +65,8 @@ def head_backwards(
     (task ``i``'s own parameters). A loss that does not depend on ``z`` gets a zero row; a
     head parameter the loss does not reach is left out. ``retain_graph=False`` frees each
     head's saved tensors after its backward: only for heads that share no node (the trunk
-    below ``z`` is not traversed, and stays usable)."""
+    below ``z`` is not traversed, and stays usable). Without a representation only the
+    heads' gradients are taken (each backward stops at the task's own parameters)."""
     if len(heads) != len(losses):
         raise ValueError(f"{len(heads)} heads for {len(losses)} losses")
     rows: list[Tensor] = []
@@ -70,13 +74,19 @@ def head_backwards(
     grads: list[list[Tensor]] = []
     for loss, head in zip(losses, heads, strict=True):
         row, kept, kept_grads = None, [], []
-        if loss.requires_grad:
-            row, *head_grads = torch.autograd.grad(
-                loss, [representation, *head], retain_graph=retain_graph, allow_unused=True
+        inputs = list(head) if representation is None else [representation, *head]
+        if loss.requires_grad and inputs:
+            grads_of_loss = torch.autograd.grad(
+                loss, inputs, retain_graph=retain_graph, allow_unused=True
             )
+            if representation is not None:
+                row, *head_grads = grads_of_loss
+            else:
+                head_grads = list(grads_of_loss)
             pairs = [(p, g) for p, g in zip(head, head_grads, strict=True) if g is not None]
             kept, kept_grads = [p for p, _ in pairs], [g for _, g in pairs]
-        rows.append(torch.zeros_like(representation) if row is None else row)
+        if representation is not None:
+            rows.append(torch.zeros_like(representation) if row is None else row)
         params.append(kept)
         grads.append(kept_grads)
-    return HeadGradients(torch.stack(rows), params, grads)
+    return HeadGradients(None if representation is None else torch.stack(rows), params, grads)

@@ -136,4 +136,6 @@ def representation_jacobian(losses: Sequence[Tensor], representation: Tensor) ->
     task's head only. Zeros for a loss that does not depend on ``z``. The graph is retained.
     (:func:`taskbalance.engine.heads.head_backwards` also returns the heads' gradients.)
     """
-    return head_backwards(losses, representation, [()] * len(losses)).rows
+    rows = head_backwards(losses, representation, [()] * len(losses)).rows
+    assert rows is not None
+    return rows
