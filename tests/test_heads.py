@@ -98,38 +98,47 @@ def test_leaves_by_root_tells_disjoint_heads_from_shared_computation() -> None:
             assert {id(p) for p in head.parameters()} <= {id(p) for p in leaves}
 
 
-def _reference(net: TwoLevelNet, losses: list[Tensor], weights: Tensor) -> list[Tensor]:
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per call of the balancer's ``head_backwards``."""
+    made: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> HeadGradients:
+        made.append(1)
+        return head_backwards(*args, **kwargs)
+
+    monkeypatch.setattr(balancer_module, "head_backwards", spy)
+    return made
+
+
+def _assert_gradients_of_the_weighted_objective(
+    net: TwoLevelNet, x: Tensor, y: Tensor, weights: Tensor
+) -> None:
+    """The written ``.grad`` are the gradients of ``sum_i w_i L_i`` (recomputed: nothing
+    was stepped)."""
+    _, losses = task_losses(net, x, y)
     objective = (weights.to(torch.float32) * torch.stack(losses)).sum()
-    return list(torch.autograd.grad(objective, list(net.parameters()), retain_graph=True))
+    expected = torch.autograd.grad(objective, list(net.parameters()))
+    for p, want in zip(net.parameters(), expected, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("net_type", [TwoLevelNet, NeckNet, SharedBiasNet])
 @pytest.mark.parametrize("level", ["parameters", "representation"])
 def test_gradients_of_the_weighted_objective_with_or_without_disjoint_heads(
-    net_type: type[TwoLevelNet], level: str, monkeypatch: pytest.MonkeyPatch
+    net_type: type[TwoLevelNet], level: str, calls: list[int]
 ) -> None:
     net = net_type(3)
     x, y = regression_problem(3)
     z, losses = task_losses(net, x, y)
     balancer = Balancer("mgda", net.trunk.parameters(), level=level)  # type: ignore[arg-type]
-    calls: list[int] = []
-
-    def spy(*args: Any, **kwargs: Any) -> HeadGradients:
-        calls.append(1)
-        return head_backwards(*args, **kwargs)
-
-    monkeypatch.setattr(balancer_module, "head_backwards", spy)
     info = balancer.backward(losses, representation=z)
     assert info.weights is not None
     # disjoint heads: the heads' gradients come from their per-task backwards; heads that
     # share a node or a parameter: the weighted objective's backward
     assert calls == ([1] if net_type is TwoLevelNet else [])
-    _, losses = task_losses(net, x, y)  # (same parameters: nothing was stepped)
-    objective = (info.weights.to(torch.float32) * torch.stack(losses)).sum()
-    expected = torch.autograd.grad(objective, list(net.parameters()))
-    for p, want in zip(net.parameters(), expected, strict=True):
-        assert p.grad is not None
-        torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
+    _assert_gradients_of_the_weighted_objective(net, x, y, info.weights)
 
 
 def test_the_heads_saved_tensors_are_freed_by_the_step() -> None:
@@ -191,7 +200,7 @@ def _graph_still_held(z: Tensor) -> bool:
 @pytest.mark.parametrize("net_type", [TwoLevelNet, NeckNet, SharedBiasNet])
 @pytest.mark.parametrize("engine", ["jacobian", "gramian"])
 def test_without_a_representation_the_step_frees_the_graph_and_is_exact(
-    net_type: type[TwoLevelNet], engine: str, monkeypatch: pytest.MonkeyPatch
+    net_type: type[TwoLevelNet], engine: str, calls: list[int]
 ) -> None:
     # no representation given: each task's own parameters are taken first (where no task
     # parameter is reached by two tasks), so the batched backward over the stacked losses is
@@ -200,13 +209,6 @@ def test_without_a_representation_the_step_frees_the_graph_and_is_exact(
     net = net_type(3)
     x, y = regression_problem(3)
     balancer = Balancer("mgda", net.trunk.parameters(), engine=engine)  # type: ignore[arg-type]
-    calls: list[int] = []
-
-    def spy(*args: Any, **kwargs: Any) -> HeadGradients:
-        calls.append(1)
-        return head_backwards(*args, **kwargs)
-
-    monkeypatch.setattr(balancer_module, "head_backwards", spy)
     held = []
     for _ in range(2):
         for p in net.parameters():
@@ -214,12 +216,7 @@ def test_without_a_representation_the_step_frees_the_graph_and_is_exact(
         z, losses = task_losses(net, x, y)
         info = balancer.backward(losses)
         assert info.weights is not None
-        _, again = task_losses(net, x, y)
-        objective = (info.weights.to(torch.float32) * torch.stack(again)).sum()
-        expected = torch.autograd.grad(objective, list(net.parameters()))
-        for p, want in zip(net.parameters(), expected, strict=True):
-            assert p.grad is not None
-            torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
+        _assert_gradients_of_the_weighted_objective(net, x, y, info.weights)
         held.append(_graph_still_held(z))  # (a held graph's backward adds to .grad: last)
     own_heads = net_type is not SharedBiasNet
     if engine == "gramian":
