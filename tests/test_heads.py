@@ -236,3 +236,67 @@ def test_leaves_by_root_without_a_stop_gives_every_leaf_each_loss_reaches() -> N
     trunk = {id(p) for p in net.trunk.parameters()}
     for head, leaves in zip(net.heads, per_task, strict=True):
         assert {id(p) for p in leaves} == trunk | {id(p) for p in head.parameters()}
+
+
+class StructuresNet(nn.Module):
+    """Heads that read the representation in awkward ways: a slice view of ``z`` (head 1),
+    and for head 2 one of: ``plain`` (its own linear layer), ``twice`` (the same layer on
+    ``z`` and ``2z``), ``cross`` (adds task 0's head output), ``double`` (a float64 layer
+    on ``z.double()``), ``nohead`` (a parameter-free function of ``z``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        self.trunk = nn.Sequential(nn.Linear(6, 8), nn.Tanh())
+        self.heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(5, 1), nn.Linear(8, 1)])
+        self.wide = nn.Linear(8, 1).double()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        z = self.trunk(x)
+        first = self.heads[0](z)
+        second = self.heads[1](z[:, :5])
+        third = {
+            "plain": lambda: self.heads[2](z),
+            "twice": lambda: self.heads[2](z) + self.heads[2](z * 2),
+            "cross": lambda: self.heads[2](z) + 0.1 * first,
+            "double": lambda: self.wide(z.double()).float(),
+            "nohead": lambda: z.mean(dim=1, keepdim=True),
+        }[self.kind]()
+        return z, [first, second, third]
+
+
+def _structure_losses(net: StructuresNet, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+    z, outputs = net(x)
+    return z, [((out.squeeze(-1) - y[:, i]) ** 2).sum() for i, out in enumerate(outputs)]
+
+
+@pytest.mark.parametrize("kind", ["plain", "twice", "cross", "double", "nohead"])
+@pytest.mark.parametrize(
+    ("level", "with_representation"),
+    [("parameters", True), ("parameters", False), ("representation", True)],
+)
+@pytest.mark.parametrize("method", ["mgda", "graddrop"])
+def test_awkward_heads_get_the_gradients_of_the_combination(
+    kind: str, level: str, with_representation: bool, method: str
+) -> None:
+    net = StructuresNet(kind)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    z, losses = _structure_losses(net, x, y)
+    balancer = Balancer(method, net.trunk.parameters(), level=level)  # type: ignore[arg-type]
+    info = balancer.backward(losses, representation=z if with_representation else None)
+    assert not info.skipped
+    written = {id(p): p.grad for p in net.parameters()}
+    _, losses = _structure_losses(net, x, y)
+    if info.weights is not None:  # every parameter: the gradient of sum_i w_i L_i
+        params = list(net.parameters())
+        objective = (info.weights.to(torch.float32) * torch.stack(losses)).sum()
+    else:  # a direction (GradDrop): the heads get the unweighted sum of their losses
+        params = [p for p in net.parameters() if all(p is not q for q in net.trunk.parameters())]
+        objective = torch.stack(losses).sum()
+    expected = torch.autograd.grad(objective, params, allow_unused=True)
+    for p, want in zip(params, expected, strict=True):
+        got = written[id(p)]
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
