@@ -61,8 +61,7 @@ def in_safe_range(gramian: Tensor) -> bool:
     entry within ``[1e-30, 1e30]`` (no overflow, no loss to underflow). An all-zero matrix is
     not trusted either: gradients below ~2.5e-23 square to zero in float32, and only the
     rescaled path can tell them from gradients that are really zero."""
-    largest = gramian.diagonal().max()
-    return bool(torch.isfinite(gramian).all()) and _LOW <= float(largest) <= _HIGH
+    return in_float64_range(gramian, _LOW, _HIGH)
 
 
 def gramian_of_blocks(blocks: Sequence[Tensor]) -> Tensor:
