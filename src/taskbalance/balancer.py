@@ -1117,13 +1117,24 @@ class Balancer:
         representation's output gradient are combined from it. On the Gram path without a
         separable representation, ``J^T w`` and the heads' gradients are one backward of
         ``sum_i a_i L_i`` (which also frees the graph)."""
-        ones = torch.ones_like(stacked)
         device = stacked.device
-        row_factor = ones if scales is None else to_device(scales, device, stacked.dtype)
-        if combination.weights is not None:
+        if combination.weights is not None and grads is None:
+            # loss weighting (or reused weights): one ordinary backward of sum_i w_i L_i
+            applied = to_device(combination.weights, device, stacked.dtype)
+            if scales is not None:
+                applied = applied * to_device(scales, device, stacked.dtype)
+            return _grad(
+                (applied * stacked).sum(),
+                self.shared_params + task_params,
+                retain_graph=False,
+                unscale=unscale,
+            )
+        if combination.weights is not None and grads is not None:
             weights = to_device(combination.weights, device)  # (host weights: sent once)
-            applied = weights.to(stacked.dtype) * row_factor
-            if grads is not None and head_pass is not None and self.level == "representation":
+            applied = weights.to(stacked.dtype)
+            if scales is not None:
+                applied = applied * to_device(scales, device, stacked.dtype)
+            if head_pass is not None and self.level == "representation":
                 assert representation is not None
                 trunk_params, trunk_grads = _grad(
                     representation[0],
@@ -1136,7 +1147,7 @@ class Balancer:
                 return trunk_params + head_params, trunk_grads + head_grads
             objective = (applied * stacked).sum()
             through_losses = isinstance(grads, GramianGradients) and not separable
-            if grads is None or self.level == "representation" or through_losses:
+            if self.level == "representation" or through_losses:
                 return _grad(
                     objective, self.shared_params + task_params, retain_graph=False, unscale=unscale
                 )
@@ -1155,6 +1166,9 @@ class Balancer:
                 f"{self.method.name} returned a direction without per-task gradients"
             )
         pieces = grads.split(combination.direction)
+        row_factor = (
+            torch.ones_like(stacked) if scales is None else to_device(scales, device, stacked.dtype)
+        )
         at_parameters = self.level == "parameters"
         if head_pass is not None:
             head_params, head_grads = head_pass.weighted(row_factor, unscale)
