@@ -73,3 +73,15 @@ def test_method_ab_imports_an_earlier_version_beside_this_one(tmp_path: Path) ->
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m.split(".")[0] == "taskbalance_old"]:
             del sys.modules[name]
+
+
+def test_loop_memory_probe_measures_a_loop_that_keeps_its_tensors() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import loop_memory
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc")
+    row = loop_memory.run_probe("ew", 2, True, None)
+    assert row["peak_mib"] >= row["between_steps_mib"] > 0
