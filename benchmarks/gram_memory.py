@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from step_time import _status_kib
+from step_time import _status_kib, run_fresh
 from taskbalance import Balancer
 from taskbalance.bench.runner import machine_info
 
@@ -118,16 +115,10 @@ def probe(model: str, num_tasks: int, path: str) -> dict[str, float]:
 
 
 def run_probe(model: str, num_tasks: int, path: str) -> dict[str, float]:
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        f"import json, gram_memory as g; print(json.dumps(g.probe({model!r}, {num_tasks}, "
-        f"{path!r})))"
+    """:func:`probe` in a fresh process."""
+    parsed: dict[str, float] = json.loads(
+        run_fresh("gram_memory", f"json.dumps(gram_memory.probe({model!r}, {num_tasks}, {path!r}))")
     )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
-    )
-    parsed: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     return parsed
 
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,15 +74,11 @@ def probe(
 
 
 def run_probe(method: str, num_tasks: int, with_representation: bool, old: str | None) -> Any:
-    code = (
-        f"import sys; sys.path.insert(0, {str(HERE)!r}); import json, loop_memory as m; "
-        f"print(json.dumps(m.probe({method!r}, {num_tasks}, {with_representation}, {old!r})))"
-    )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """:func:`probe` in a fresh process."""
+    from step_time import run_fresh
+
+    call = f"loop_memory.probe({method!r}, {num_tasks}, {with_representation}, {old!r})"
+    return json.loads(run_fresh("loop_memory", f"json.dumps({call})"))
 
 
 def main() -> None:

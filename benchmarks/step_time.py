@@ -241,25 +241,31 @@ def probe_peak(num_tasks: int, method: str, level: str, library: str) -> float:
 def peak_memory_mb(num_tasks: int, method: str, level: str, library: str) -> float:
     """:func:`probe_peak` in a fresh Python process (so configurations do not share caches);
     on CUDA, the peak allocated device memory of 3 steps in this process."""
-    import subprocess
-
     if device().type == "cuda":
         step = build(num_tasks, method, level, library)
         step()  # warm-up: optimizer state and cached kernels exist before the peak is taken
         return cuda_peak_mib(step)
 
+    call = f"step_time.probe_peak({num_tasks}, {method!r}, {level!r}, {library!r})"
+    return float(run_fresh("step_time", call))
+
+
+def run_fresh(module: str, call: str) -> str:
+    """``print(<call>)`` in a fresh Python process that has imported ``json`` and the benchmark
+    module ``module`` (e.g. ``run_fresh("gram_memory", "json.dumps(gram_memory.probe(...))")``);
+    the last line printed.
+    Every allocation above 64 KiB is mapped on its own there (``MALLOC_MMAP_THRESHOLD_``):
+    freed tensors leave the resident set at once, so a peak counts live tensors rather than
+    glibc's caching."""
+    import subprocess
+
     here = str(Path(__file__).parent)
-    code = (
-        f"import sys; sys.path.insert(0, {here!r}); import step_time as s; "
-        f"print(s.probe_peak({num_tasks}, {method!r}, {level!r}, {library!r}))"
-    )
-    # every allocation above 64 KiB mapped on its own: freed tensors leave the resident set at
-    # once, so the peak counts live tensors rather than glibc's caching
+    code = f"import sys; sys.path.insert(0, {here!r}); import json, {module}; print({call})"
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     result = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
     )
-    return float(result.stdout.strip().splitlines()[-1])
+    return result.stdout.strip().splitlines()[-1]
 
 
 def build(num_tasks: int, method: str, level: str, library: str) -> Callable[[], None]:
