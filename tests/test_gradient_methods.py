@@ -1,5 +1,7 @@
 """Gram-matrix gradient methods against their papers' formulas and stated properties."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -469,6 +471,68 @@ def test_cagrad_support_steps_reach_the_searched_optimum(
     assert objective(fast) <= objective(plain) + 1e-9
     assert float(fast.min()) >= 0
     assert float(fast.sum()) == pytest.approx(1.0)
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    num_tasks=st.integers(3, 30),
+    dim=st.integers(2, 40),
+    c=st.floats(0.05, 2.0),
+    noise=st.sampled_from([0.0, 1e-3, 0.1]),
+)
+def test_cagrad_warm_start_reaches_the_cold_optimum(
+    seed: int, num_tasks: int, dim: int, c: float, noise: float
+) -> None:
+    """Starting from a previous step's weights (the next step's Gram matrix perturbed by
+    ``noise``) gives the cold optimum: same objective, feasible weights."""
+    from taskbalance.solvers.conflict_averse import conflict_averse_weights
+
+    J = random_jacobian(seed, num_tasks, dim)
+    previous = conflict_averse_weights(J @ J.T, c)
+    generator = torch.Generator().manual_seed(seed)
+    J = J + noise * torch.randn(J.shape, generator=generator, dtype=J.dtype)
+    G = J @ J.T
+    warm = conflict_averse_weights(G, c, start=previous)
+    cold = conflict_averse_weights(G, c)
+    Gs = G / G.diagonal().max()
+    b = Gs @ torch.full((num_tasks,), 1 / num_tasks, dtype=torch.float64)
+    rho = c * max(float(b.mean()), 0.0) ** 0.5
+
+    def objective(w: torch.Tensor) -> float:
+        return float(w @ b) + rho * max(float(w @ Gs @ w), 0.0) ** 0.5
+
+    assert objective(warm) == pytest.approx(objective(cold), abs=1e-9)
+    assert float(warm.min()) >= 0
+    assert float(warm.sum()) == pytest.approx(1.0)
+
+
+def test_cagrad_warm_start_on_the_same_support_makes_no_inner_solve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At many tasks the previous step's support is tried first: where it is still the
+    optimum's, the step costs one small KKT solve and no min-norm solve."""
+    from taskbalance.solvers import conflict_averse
+
+    J = random_jacobian(3, 64, 96) + 0.2
+    G = J @ J.T
+    method = methods.create("cagrad")
+    first = method(Context(num_tasks=64, gramian=G)).weights
+    calls: list[int] = []
+    original = conflict_averse.wolfe_min_norm
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(conflict_averse, "wolfe_min_norm", counted)
+    again = method(Context(num_tasks=64, gramian=G * (1 + 1e-9))).weights
+    assert calls == []
+    assert first is not None
+    assert again is not None
+    torch.testing.assert_close(again, first, rtol=1e-7, atol=1e-10)
+    fresh = methods.create("cagrad")
+    fresh.load_state_dict(method.state_dict())
+    torch.testing.assert_close(fresh(Context(num_tasks=64, gramian=G)).weights, first)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

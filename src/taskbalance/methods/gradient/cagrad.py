@@ -38,7 +38,9 @@ class CAGrad(Method):
     never conflicts with a task; at (and numerically near) Pareto-stationary points, where the
     recovery of ``d`` from the dual is undefined, ``d = 0`` is returned (the optimum there).
     The dual is solved from the Gram matrix by exact inner min-norm problems and a convex 1-D
-    search (:func:`conflict_averse_weights`); no scipy.
+    search (:func:`conflict_averse_weights`); no scipy. Each step first tries the previous
+    step's support (kept in ``state_dict``): where it is still the optimum's, no inner solve
+    is needed (the same optimum either way).
 
     Args:
         c: radius of the ball, relative to ``|g_0|`` (paper default 0.4; 0.5 in LibMTL).
@@ -56,11 +58,17 @@ class CAGrad(Method):
         "Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021."
     )
 
+    state_attributes = ("previous_weights",)
+
     def __init__(self, c: float = 0.4, rescale: Literal[0, 1, 2] = 1) -> None:
         self.c = check_positive(self.name, "c", c, allow_zero=True)
         if rescale not in (0, 1, 2):
             raise ValueError(f"cagrad: rescale must be 0, 1 or 2, got {rescale!r}")
         self.rescale = rescale
+        self.previous_weights: torch.Tensor | None = None
+
+    def supports_task_subsets(self) -> bool:
+        return True  # the warm start is only a hint, used when the task count matches
 
     def hparams(self) -> dict[str, Any]:
         return {"c": self.c, "rescale": self.rescale}
@@ -69,7 +77,8 @@ class CAGrad(Method):
         G = ctx.require_gramian(self.name).to(torch.float64)
         num_tasks = ctx.num_tasks
         mean = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64, device=G.device)
-        w = conflict_averse_weights(G, self.c)
+        w = conflict_averse_weights(G, self.c, start=self.previous_weights)
+        self.previous_weights = w
         g0_norm = (mean @ G @ mean).clamp_min(0).sqrt()
         gw_norm = (w @ G @ w).clamp_min(0).sqrt()
         factor = torch.where(
