@@ -65,9 +65,11 @@ def _on_support(
     rho: float,
     support: Tensor,
     bracket: tuple[float, float],
-) -> tuple[float | None, Tensor | None]:
-    """The exact optimum if its support is ``support``: ``(t*, w*)``, else ``(t, None)`` with
-    the root ``t`` found on this support (to move to), or ``(None, None)``.
+) -> tuple[float | None, Tensor | None, Tensor | None]:
+    """The exact optimum if its support is ``support``: ``(t*, w*, None)``, else
+    ``(t, None, next)`` with the root ``t`` found on this support (to move to) and a support
+    to try next (``support`` less the points whose weight went negative, or plus the points
+    that violate the optimality conditions; ``None`` if neither), or ``(None, None, None)``.
 
     On a fixed support ``S`` the inner minimiser is affine in ``s = t / rho``:
     ``w(s) = w0 + s w1`` with ``[G_S 1; 1^T 0] [w0; l0] = [0; 1]`` and
@@ -86,7 +88,7 @@ def _on_support(
     rhs[:k, 1] = -b[support]
     solution, info = torch.linalg.solve_ex(kkt, rhs)
     if int(info) != 0 or not bool(torch.isfinite(solution).all()):
-        return None, None
+        return None, None, None
     w0, w1 = solution[:k, 0], solution[:k, 1]
     q0, q01, q11 = float(w0 @ G_S @ w0), float(w0 @ G_S @ w1), float(w1 @ G_S @ w1)
     quadratic, linear, constant = 1.0 - q11 / rho**2, -2.0 * q01 / rho, -q0
@@ -95,17 +97,20 @@ def _on_support(
     else:
         discriminant = linear * linear - 4.0 * quadratic * constant
         if discriminant < 0:
-            return None, None
+            return None, None, None
         root = discriminant**0.5
         roots = [(-linear + root) / (2 * quadratic), (-linear - root) / (2 * quadratic)]
     low, high = bracket
     inside = [t for t in roots if low <= t <= high]
     if not inside:
-        return None, None
-    for t in inside:
+        return None, None, None
+    suggestion: Tensor | None = None
+    for index, t in enumerate(inside):
         scaled = t / rho
         on_support = w0 + scaled * w1
         if not bool((on_support >= -1e-12).all()):
+            if index == 0:
+                suggestion = support[on_support > 1e-12]
             continue
         w = torch.zeros_like(b)
         w[support] = on_support.clamp_min(0.0)
@@ -118,9 +123,14 @@ def _on_support(
         # a certificate needs t = |g_w| (rounding near a singular support, or the clamping
         # above, can leave a root that is not: seen where the optimum is the origin)
         consistent = abs(t * t - float(w @ Gw)) <= 1e-6 * t * t
-        if consistent and bool((gradient >= value - 1e-9 * value.abs() - 1e-18).all()):
-            return t, w
-    return inside[0], None
+        violated = gradient < value - 1e-9 * value.abs() - 1e-18
+        if consistent and not bool(violated.any()):
+            return t, w, None
+        if index == 0 and consistent:
+            suggestion = (violated | (w > 0)).nonzero().flatten()
+    if suggestion is not None and suggestion.numel() == 0:
+        suggestion = None
+    return inside[0], None, suggestion
 
 
 def conflict_averse_weights(
@@ -194,20 +204,27 @@ def conflict_averse_weights(
     w_high: Tensor | None = None
     f_high: float | None = None
     tolerance = 1e-10 * max(high * high, 1e-300)
-    # support steps from t = |g_0| (t* = |g_w*| is of that order: |g_0| when the gradients
-    # agree, 1-3.5 |g_0| on the large-task benchmark), not from t = 0: MGDA's support there
-    # is far wider than CAGrad's and costs a whole MGDA solve (T = 1000: 120 of 330 ms)
+    # support steps from t = max_i |g_i| / 2 (small supports, grown by warm-started inner
+    # solves as t falls), not from t = 0: MGDA's support there is far wider than CAGrad's
+    # and costs a whole MGDA solve (T = 1000: 120 of 330 ms); starting at t = |g_0| was
+    # slower (wider first supports, built point by point)
     t = 0.5 * high
     if start is not None and start.shape == a.shape and support_steps > 0:
+        # a previous step's support, corrected without inner solves (drop the points whose
+        # weight goes negative, add the violators) while that keeps finding a new support
         start = start.detach().to(a)
-        support = (start > 1e-12).nonzero().flatten()
-        if support.numel() > 0:
-            root, exact = _on_support(G, b, g0_squared, rho, support, (probe, high))
+        support: Tensor | None = (start > 1e-12).nonzero().flatten()
+        tried: set[tuple[int, ...]] = set()
+        while support is not None and support.numel() > 0 and len(tried) < support_steps:
+            tried.add(tuple(support.tolist()))
+            root, exact, support = _on_support(G, b, g0_squared, rho, support, (probe, high))
             if exact is not None:
                 return exact
-            previous[:] = [start]
             if root is not None and probe < root < high:
                 t = root
+            if support is not None and tuple(support.tolist()) in tried:
+                break
+        previous[:] = [start]
     if support_steps > 0 and t > probe:
         for _ in range(support_steps):
             guess, f = inner(t)  # a support, and a tighter bracket
@@ -218,7 +235,7 @@ def conflict_averse_weights(
             else:
                 high, f_high, w_high = t, f, guess
             support = (guess > 1e-12).nonzero().flatten()
-            root, exact = _on_support(G, b, g0_squared, rho, support, (max(low, probe), high))
+            root, exact, _ = _on_support(G, b, g0_squared, rho, support, (max(low, probe), high))
             if exact is not None:
                 return exact
             # no root on this support inside the bracket: bisect it
