@@ -127,7 +127,8 @@ class FairGrad(Method):
     the utility ``g_i . d = w_i^(-1/alpha)``, which maximises the alpha-fair sum of utilities.
     ``alpha = 1`` is proportional fairness (Nash-MTL's condition on the raw Gram matrix);
     ``alpha -> infinity`` approaches max-min fairness. Exact Newton solution in torch
-    (:func:`solve_power_equation`), no scipy least squares.
+    (:func:`solve_power_equation`), no scipy least squares; each step starts from the
+    previous step's weights (kept in ``state_dict``; the same unique solution).
 
     Args:
         alpha: fairness parameter (> 0).
@@ -142,8 +143,14 @@ class FairGrad(Method):
     needs = Need.GRAMIAN
     reference = "Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024."
 
+    state_attributes = ("last_weights",)
+
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = check_positive(self.name, "alpha", alpha)
+        self.last_weights: Tensor | None = None
+
+    def supports_task_subsets(self) -> bool:
+        return True  # the warm start is only a hint, used when the task count matches
 
     def hparams(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
@@ -154,4 +161,6 @@ class FairGrad(Method):
 
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name)
-        return Combination(weights=solve_power_equation(G, 1.0 / self.alpha))
+        weights = solve_power_equation(G, 1.0 / self.alpha, initial=self.last_weights)
+        self.last_weights = weights
+        return Combination(weights=weights)
