@@ -209,21 +209,35 @@ def conflict_averse_weights(
     # and costs a whole MGDA solve (T = 1000: 120 of 330 ms); starting at t = |g_0| was
     # slower (wider first supports, built point by point)
     t = 0.5 * high
-    if start is not None and start.shape == a.shape and support_steps > 0:
-        # a previous step's support, corrected without inner solves (drop the points whose
-        # weight goes negative, add the violators) while that keeps finding a new support
-        start = start.detach().to(a)
-        support: Tensor | None = (start > 1e-12).nonzero().flatten()
+
+    def corrected(
+        support: Tensor | None, bracket: tuple[float, float]
+    ) -> tuple[Tensor | None, float | None]:
+        """``_on_support`` from ``support``, corrected without inner solves (drop the points
+        whose weight goes negative, add the violators) while that finds new supports: the
+        optimum if one is certified, else the last root found in ``bracket``."""
         tried: set[tuple[int, ...]] = set()
+        found: float | None = None
         while support is not None and support.numel() > 0 and len(tried) < support_steps:
             tried.add(tuple(support.tolist()))
-            root, exact, support = _on_support(G, b, g0_squared, rho, support, (probe, high))
+            root, exact, support = _on_support(G, b, g0_squared, rho, support, bracket)
             if exact is not None:
-                return exact
-            if root is not None and probe < root < high:
-                t = root
+                return exact, root
+            if root is not None and bracket[0] < root < bracket[1]:
+                found = root
             if support is not None and tuple(support.tolist()) in tried:
                 break
+        return None, found
+
+    if start is not None and start.shape == a.shape and support_steps > 0:
+        # a previous step's support (on consecutive training steps it changes by a few
+        # points: certified after a few KKT solves, no inner solve)
+        start = start.detach().to(a)
+        exact, root = corrected((start > 1e-12).nonzero().flatten(), (probe, high))
+        if exact is not None:
+            return exact
+        if root is not None:
+            t = root
         previous[:] = [start]
     if support_steps > 0 and t > probe:
         for _ in range(support_steps):
@@ -234,11 +248,10 @@ def conflict_averse_weights(
                 low, f_low = t, f
             else:
                 high, f_high, w_high = t, f, guess
-            support = (guess > 1e-12).nonzero().flatten()
-            root, exact, _ = _on_support(G, b, g0_squared, rho, support, (max(low, probe), high))
+            exact, root = corrected((guess > 1e-12).nonzero().flatten(), (max(low, probe), high))
             if exact is not None:
                 return exact
-            # no root on this support inside the bracket: bisect it
+            # no root on the supports inside the bracket: bisect it
             t = root if root is not None and low < root < high else 0.5 * (low + high)
     if f_low is None:
         previous.clear()  # MGDA's support: far wider than the shifted problems'
