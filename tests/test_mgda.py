@@ -1,6 +1,7 @@
 """MGDA and the exact min-norm solver: closed forms, brute force, KKT conditions."""
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -98,8 +99,8 @@ def test_degenerate_gramians() -> None:
 
 
 @given(
-    st.integers(3, 12),
-    st.integers(1, 20),
+    st.integers(3, 60),
+    st.integers(1, 80),
     st.integers(0, 10_000),
     st.floats(0.0, 0.5),
 )
@@ -116,6 +117,33 @@ def test_warm_start_gives_the_same_minimiser(tasks: int, dim: int, seed: int, sh
     assert float(warm @ nearby @ warm) == pytest.approx(float(cold @ nearby @ cold), abs=1e-9)
     assert float(warm.min()) >= 0
     assert float(warm.sum()) == pytest.approx(1.0)
+
+
+def test_warm_start_keeps_a_support_that_lost_a_few_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consecutive training steps: the support changes by a few points. The warm corral drops
+    the points whose affine weight left the simplex instead of starting cold, so Wolfe makes
+    a few minor cycles where the cold start makes one per support point."""
+    from taskbalance.solvers import simplex
+
+    generator = torch.Generator().manual_seed(0)
+    J = torch.randn(128, 200, generator=generator, dtype=torch.float64) + 0.3
+    previous = min_norm_simplex(J @ J.T)
+    moved = J + 0.05 * torch.randn(J.shape, generator=generator, dtype=torch.float64)
+    G = moved @ moved.T
+    cycles: list[int] = []
+    original = simplex._minor_cycle
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        cycles.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(simplex, "_minor_cycle", counted)
+    cold = min_norm_simplex(G, guess=False)
+    cold_cycles = len(cycles)
+    cycles.clear()
+    warm = min_norm_simplex(G, start=previous, guess=False)  # the warm corral alone
+    assert len(cycles) < cold_cycles / 4
+    assert float(warm @ G @ warm) == pytest.approx(float(cold @ G @ cold), rel=1e-10)
 
 
 @given(st.integers(0, 10_000), st.floats(1e-3, 1e3))

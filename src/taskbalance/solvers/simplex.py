@@ -57,17 +57,25 @@ def _two_point(G: Tensor) -> Tensor:
 
 
 def _warm_corral(G: Tensor, start: Tensor, tol: float) -> tuple[Tensor, list[int]] | None:
-    """Weights and corral from a previous solution's support, if its affine minimiser is
-    strictly inside the simplex (else ``None``: start cold)."""
+    """Weights and corral from a previous solution's support: its affine minimiser, with the
+    points whose weight is not positive dropped until it is strictly inside the simplex
+    (a few rounds; a subset of an affinely independent corral stays one). ``None`` where
+    nothing is left: start cold. (Dropping, instead of starting cold whenever one weight
+    left the simplex, keeps the warm start on consecutive training steps, whose supports
+    differ by a few points: MGDA at T = 128 warm 4.2 -> ~1 ms.)"""
     support = (start > tol).nonzero().flatten()
-    if support.numel() == 0:
-        return None
-    target = _affine_minimiser(G[support][:, support])
-    if not bool((target > tol).all()):
-        return None
-    weights = G.new_zeros(G.shape[0])
-    weights[support] = target
-    return weights, support.tolist()
+    floor = support.numel() - max(4, support.numel() // 16)
+    for _ in range(8):
+        if support.numel() == 0 or support.numel() < floor:
+            return None
+        target = _affine_minimiser(G[support][:, support])
+        inside = target > tol
+        if bool(inside.all()):
+            weights = G.new_zeros(G.shape[0])
+            weights[support] = target
+            return weights, support.tolist()
+        support = support[inside]
+    return None
 
 
 class _CorralFactor:
@@ -191,7 +199,7 @@ def wolfe_min_norm(
     guess: bool | None = None,
 ) -> Tensor:
     """Wolfe's method on a Gram matrix the caller has prepared as :func:`min_norm_simplex`
-    does: symmetric, finite, float64, at least three points, largest diagonal entry 1. No
+    does: symmetric, finite, float64, largest diagonal entry 1. No
     check and no copy (CAGrad's inner solves build their shifted matrices that way: at
     T = 1000 the checks and copies were ~5 passes over the ``T x T`` matrix per solve)."""
     num_points = G.shape[0]
@@ -200,6 +208,13 @@ def wolfe_min_norm(
     warm = _warm_corral(G, start.to(G), tol) if start is not None else None
     if guess is None:
         guess = num_points >= _GUESS_FROM
+    if warm is not None and guess:
+        # many points missing from the warm corral (each costs a major iteration): the
+        # projected-gradient guess from ``start`` gets closer (MGDA at T = 512 / 1000)
+        gradient = G @ warm[0]
+        missing = int((gradient < float(warm[0] @ gradient) - tol).sum())
+        if missing > _WARM_MISSING:
+            warm = None
     guessed = _guessed_corral(G, start) if warm is None and guess else None
     if warm is not None:
         weights, corral = warm
@@ -318,6 +333,9 @@ _GUESS_FROM = 40
 2.4 ms with a full one, the large-task benchmark's T = 1000 matrix 1.38 s -> 0.13 s; 2.5 ->
 1.9 ms at T = 32, below ~16 points the classic start is faster). CAGrad asks for it only in
 its first inner solve (``guess=``)."""
+
+_WARM_MISSING = 8
+"""Violators of the optimality test a warm corral may miss before the guess is preferred."""
 
 _GUESS_CHECK = 25
 _GUESS_MAX_ITER = 100
