@@ -14,9 +14,13 @@ is exact; the outer search stops at a relative tolerance of 1e-10.
 
 Faster path (used first): on a fixed support the inner minimiser is affine in ``t``, so the
 equation ``t^2 = q(w(t))`` is a quadratic whose root is the optimum when the support is right
-(:func:`_on_support`); a few inner solves (bisection of the bracket while the support is wrong)
-find it, typically 2-4 instead of the search's 12-16 (the bracket's upper end ``t = max_i |g_i|``
-is known to have ``f > 0`` without a solve). Two tasks have a closed form.
+(:func:`_on_support`, which certifies it by the optimality conditions at ``t = |g_w|``). A
+wrong support is corrected by KKT solves alone (drop the points whose weight goes negative,
+add the violators); inner solves are made only when that stalls, from ``t = max_i |g_i| / 2``
+down (small supports, grown by warm starts), typically 1-3 instead of the search's 12-16. The
+bracket's ends need no solve unless the fallback search asks for them: ``f(max_i |g_i|) > 0``
+is known, and ``t = 0`` (MGDA's problem, whose support is far wider than CAGrad's) is solved
+only there. A previous step's ``w*`` (``start``) is tried first. Two tasks have a closed form.
 """
 
 from __future__ import annotations
