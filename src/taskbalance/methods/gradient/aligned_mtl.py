@@ -65,5 +65,8 @@ class AlignedMTL(Method):
             sigma = values.sqrt().median()
         else:
             sigma = values.mean().sqrt()
-        B = sigma * (basis * values.rsqrt()) @ basis.T
-        return Combination(weights=B.sum(dim=1))
+        # w = B 1 with B = sigma V diag(lambda^-1/2) V^T, by two matrix-vector products (the
+        # T x T product B itself was a third of the method's time at T = 1000)
+        ones = torch.ones(ctx.num_tasks, dtype=G.dtype, device=G.device)
+        weights = sigma * (basis @ (values.rsqrt() * (basis.T @ ones)))
+        return Combination(weights=weights)
