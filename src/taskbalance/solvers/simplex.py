@@ -62,7 +62,7 @@ def _warm_corral(G: Tensor, start: Tensor, tol: float) -> tuple[Tensor, list[int
     (a few rounds; a subset of an affinely independent corral stays one). ``None`` where
     nothing is left: start cold. (Dropping, instead of starting cold whenever one weight
     left the simplex, keeps the warm start on consecutive training steps, whose supports
-    differ by a few points: MGDA at T = 128 warm 4.2 -> ~1 ms.)"""
+    differ by a few points: MGDA at T = 128 warm 4.2 -> 1-1.5 ms.)"""
     support = (start > tol).nonzero().flatten()
     floor = support.numel() - max(4, support.numel() // 16)
     for _ in range(8):
@@ -199,9 +199,9 @@ def wolfe_min_norm(
     guess: bool | None = None,
 ) -> Tensor:
     """Wolfe's method on a Gram matrix the caller has prepared as :func:`min_norm_simplex`
-    does: symmetric, finite, float64, largest diagonal entry 1. No
-    check and no copy (CAGrad's inner solves build their shifted matrices that way: at
-    T = 1000 the checks and copies were ~5 passes over the ``T x T`` matrix per solve)."""
+    does: symmetric, finite, float64, largest diagonal entry 1. No check and no copy
+    (CAGrad's inner solves build their shifted matrices that way: at T = 1000 the checks and
+    copies were ~5 passes over the ``T x T`` matrix per solve)."""
     num_points = G.shape[0]
     # first corral: the previous support where its minimiser is still inside the simplex,
     # else (many points) a projected-gradient guess, else one vertex
