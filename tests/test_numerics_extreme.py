@@ -314,3 +314,49 @@ def test_upgrad_solves_a_low_rank_problem_and_refuses_one_too_large_to_solve_exa
     wide = torch.randn(400, 64, generator=generator, dtype=torch.float64)
     with pytest.raises(ValueError, match="Use fewer tasks"):
         aggregate("upgrad", wide)
+
+
+# rows of 1e-20, 1e20 and 1 (weights such as max_j |g_j| / |g_i| = 1e40 exceed float32), and
+# rows of ~1e-40 (float32 subnormals: Nash-MTL's w ~ 1 / |g| is 1e40)
+EXTREME_ROWS = {"mixed": [1e-20, 1e20, 1.0], "subnormal": [1e-40, 2e-40, 3e-40]}
+CANNOT_NORMALISE_SUBNORMALS = {"moco"}  # its tracked rows L_i g_i / |g_i|: skipped, not wrong
+DECIDES_ON_SUBNORMAL_ARITHMETIC = {"graddrop"}  # sign purity summed in float32 subnormals
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+@pytest.mark.parametrize("rows", list(EXTREME_ROWS))
+@pytest.mark.parametrize("name", methods.available())
+def test_weights_beyond_float32_are_applied_exactly(name: str, rows: str, level: str) -> None:
+    """A float32 model whose task gradients differ by 40 orders of magnitude (or are
+    subnormal) gets the update the method computes in float64, not a skipped step: weights
+    that float32 cannot hold are applied as ``(w / s) g`` times the power of two ``s``."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    J = base * torch.tensor(EXTREME_ROWS[rows], dtype=torch.float64).unsqueeze(1)
+    J32 = J.to(torch.float32)
+    w = torch.ones(5, requires_grad=True)
+    z = w * 1.0 if level == "representation" else w
+    losses = [(J32[i] * (z - 1)).sum() + LOSSES[i].float() for i in range(3)]
+    torch.manual_seed(1)
+    method = make_method(name, 3)
+    if level == "representation" and not method.representation_level:
+        pytest.skip(f"{name} has no representation level")
+    balancer = Balancer(method, [w])
+    representation = {"representation": z} if level != "parameters" else {}
+    info = balancer.backward(losses, metrics=METRICS[:3].tolist(), **representation)
+    if rows == "subnormal" and name in CANNOT_NORMALISE_SUBNORMALS:
+        assert info.skipped
+        assert w.grad is None
+        return
+    assert not info.skipped, info.reason
+    assert w.grad is not None
+    if rows == "subnormal" and name in DECIDES_ON_SUBNORMAL_ARITHMETIC:
+        assert torch.isfinite(w.grad).all()
+        return
+    torch.manual_seed(1)
+    expected = aggregate(make_method(name, 3), J32.double(), losses=LOSSES[:3], metrics=METRICS[:3])
+    scale = float(expected.abs().max())
+    subnormal_step = 1.4e-45  # float32's resolution below 1.2e-38
+    assert torch.allclose(
+        w.grad.double(), expected, rtol=1e-4, atol=1e-5 * scale + 64 * subnormal_step
+    ), name

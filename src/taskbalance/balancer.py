@@ -46,7 +46,7 @@ from taskbalance.distributed import (
     check_parameters,
     shard_jacobian,
 )
-from taskbalance.engine.gramian import in_float64_range, in_safe_range
+from taskbalance.engine.gramian import in_float64_range, in_safe_range, representable_factor
 from taskbalance.engine.graph import depends_on, leaves_by_root, reachable_leaves
 from taskbalance.engine.heads import HeadGradients, head_backwards
 from taskbalance.engine.host import defer, deferred, fetch, step_reads, to_device
@@ -1118,6 +1118,12 @@ class Balancer:
         separable representation, ``J^T w`` and the heads' gradients are one backward of
         ``sum_i a_i L_i`` (which also frees the graph)."""
         device = stacked.device
+        factor = 1.0
+        if combination.weights is not None:
+            factor = representable_factor(combination.weights, stacked.dtype)
+            if factor != 1.0:  # weights beyond the losses' dtype: apply w / s, then times s
+                combination = Combination(weights=combination.weights / factor)
+                unscale = unscale * factor
         if combination.weights is not None and grads is None:
             # loss weighting (or reused weights): one ordinary backward of sum_i w_i L_i
             applied = to_device(combination.weights, device, stacked.dtype)
@@ -1143,7 +1149,7 @@ class Balancer:
                     retain_graph=False,
                     unscale=unscale,
                 )
-                head_params, head_grads = head_pass.weighted(applied, unscale)
+                head_params, head_grads = head_pass.weighted(applied, unscale / factor, factor)
                 return trunk_params + head_params, trunk_grads + head_grads
             objective = (applied * stacked).sum()
             through_losses = isinstance(grads, GramianGradients) and not separable
@@ -1153,8 +1159,10 @@ class Balancer:
                 )
             reached = self._reached_shared(stacked)
             shared = grads.combine(weights)
+            if factor != 1.0 and shared:
+                torch._foreach_mul_(shared, factor)
             if head_pass is not None:
-                head_params, head_grads = head_pass.weighted(applied, unscale)
+                head_params, head_grads = head_pass.weighted(applied, unscale / factor, factor)
             else:
                 head_params, head_grads = _grad(
                     objective, task_params, retain_graph=False, unscale=unscale

@@ -32,6 +32,7 @@ __all__ = [
     "in_safe_range",
     "normalised_gramian_of_blocks",
     "power_of_two",
+    "representable_factor",
 ]
 
 _LOW, _HIGH = 1e-30, 1e30
@@ -91,6 +92,25 @@ def power_of_two(value: float) -> float:
     """The power of two nearest to ``value`` (> 0) in log scale: dividing by it is exact."""
     mantissa, exponent = math.frexp(value)
     return math.ldexp(1.0, exponent - 1 if mantissa < 0.7071 else exponent)
+
+
+def representable_factor(weights: Tensor, dtype: torch.dtype) -> float:
+    """A power of two ``s`` such that ``weights / s`` lies well inside ``dtype``'s range: 1
+    unless some weight exceeds ``2^(3/4 maxexp)`` (``2^96`` for float32), else the ``s``
+    that brings the largest to ``2^(maxexp / 2)``.
+
+    Weights that float32 cannot hold are right where the gradients are tiny (Nash-MTL's
+    ``w ~ 1/||g||`` on gradients of 1e-40, CAGrad or PCGrad mixing gradients of 1e-20 and
+    1e20): ``w_i g_i`` is representable although ``w_i`` is not. The caller applies
+    ``w / s`` and multiplies the result by ``s`` (exact: a power of two). Host weights are
+    checked in NumPy; weights on a device are left alone (reading them would synchronise)."""
+    if weights.device.type != "cpu" or not dtype.is_floating_point or weights.numel() == 0:
+        return 1.0
+    largest = float(np.abs(weights.detach().numpy()).max())
+    maxexp = math.frexp(torch.finfo(dtype).max)[1]  # 128 for float32
+    if not math.isfinite(largest) or largest <= math.ldexp(1.0, maxexp * 3 // 4):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(largest)[1] - maxexp // 2)
 
 
 def in_float64_range(gramian: Tensor, low: float = 1e-200, high: float = 1e200) -> bool:

@@ -41,9 +41,12 @@ class HeadGradients:
         combined: Tensor = torch.tensordot(factors.to(self.rows.dtype), self.rows, dims=1)
         return combined
 
-    def weighted(self, factors: Tensor, unscale: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+    def weighted(
+        self, factors: Tensor, unscale: float = 1.0, then: float = 1.0
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """The heads' parameters and gradients for the objective ``sum_i a_i L_i``: head
-        ``i``'s gradient times ``a_i`` (and ``unscale``, undoing a loss scale)."""
+        ``i``'s gradient times ``a_i`` (and ``unscale``, undoing a loss scale), then times
+        ``then`` (a power of two taken out of factors that leave the gradients' dtype)."""
         scaled = (factors * unscale).unbind() if self.params else ()
         params: list[Tensor] = []
         grads: list[Tensor] = []
@@ -51,6 +54,8 @@ class HeadGradients:
             if task_grads:
                 params.extend(task_params)
                 grads.extend(torch._foreach_mul(task_grads, factor))  # (in each grad's dtype)
+        if then != 1.0 and grads:
+            torch._foreach_mul_(grads, then)
         return params, grads
 
 

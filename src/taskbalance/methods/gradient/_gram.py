@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -24,6 +26,19 @@ def normalised_gramian(gramian: Tensor) -> Tensor:
 
 
 _SAFE_LOW, _SAFE_HIGH = 1e-15, 1e15
+
+
+def weighted_sum_of_rows(coefficients: Tensor, matrix: Tensor) -> Tensor:
+    """``coefficients @ matrix`` in the matrix's dtype for float64 ``coefficients`` that may
+    exceed it (``max_j |g_j| / |g_i|`` on gradients of 1e-20 and 1e20): a power of two ``s``
+    is taken out of them and put back on the result (exact), computed on the device (no
+    read); ``s = 1`` unless the largest coefficient exceeds ``2^(maxexp / 2)``."""
+    maxexp = math.frexp(torch.finfo(matrix.dtype).max)[1]
+    largest = coefficients.abs().amax()
+    shift = (torch.frexp(largest).exponent - maxexp // 2).clamp_min(0)
+    scale = torch.ldexp(torch.ones_like(largest), shift)
+    combined: Tensor = (coefficients / scale).to(matrix.dtype) @ matrix
+    return combined.mul_(scale.to(matrix.dtype))
 
 
 def row_norms(matrix: Tensor) -> Tensor:

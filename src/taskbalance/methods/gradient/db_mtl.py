@@ -10,7 +10,7 @@ from torch import Tensor
 from taskbalance.engine.needs import Need
 from taskbalance.methods._validation import check_fraction, check_positive
 from taskbalance.methods.base import Combination, Context, Method
-from taskbalance.methods.gradient._gram import row_norms
+from taskbalance.methods.gradient._gram import row_norms, weighted_sum_of_rows
 from taskbalance.methods.registry import register
 
 _EPS = 1e-8
@@ -71,4 +71,4 @@ class DBMTL(Method):
         self.buffer.mul_(beta).addcmul_(J, row_factor.unsqueeze(1))
         norms = row_norms(self.buffer)
         scale = torch.where(norms > 0, norms.max() / torch.where(norms > 0, norms, 1.0), 0.0)
-        return Combination(direction=scale.to(J.dtype) @ self.buffer)
+        return Combination(direction=weighted_sum_of_rows(scale, self.buffer))
