@@ -360,3 +360,33 @@ def test_weights_beyond_float32_are_applied_exactly(name: str, rows: str, level:
     assert torch.allclose(
         w.grad.double(), expected, rtol=1e-4, atol=1e-5 * scale + 64 * subnormal_step
     ), name
+
+
+@pytest.mark.parametrize("name", ["cagrad", "config", "pcgrad", "nash_mtl", "fairgrad"])
+def test_aggregate_applies_weights_beyond_float32(name: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    rows = "subnormal" if name in ("nash_mtl", "fairgrad") else "mixed"
+    J = (base * torch.tensor(EXTREME_ROWS[rows], dtype=torch.float64).unsqueeze(1)).float()
+    update32 = aggregate(name, J)
+    expected = aggregate(name, J.double())
+    assert torch.isfinite(update32).all()
+    scale = float(expected.abs().max())
+    assert torch.allclose(update32.double(), expected, rtol=1e-4, atol=1e-5 * scale + 1e-43)
+
+
+def test_reused_weights_beyond_float32_are_applied_exactly() -> None:
+    generator = torch.Generator().manual_seed(3)
+    J = torch.randn(3, 5, generator=generator, dtype=torch.float64) * 1e-40
+    w = torch.ones(5, requires_grad=True)
+    balancer = Balancer("nash_mtl", [w], update_every=2)
+    updates = []
+    for _ in range(2):  # the second step reuses the first step's weights (~1e40)
+        w.grad = None
+        info = balancer.backward([(J[i].float() * (w - 1)).sum() + 1.0 for i in range(3)])
+        assert not info.skipped, info.reason
+        assert w.grad is not None
+        updates.append(w.grad.clone())
+    assert info.reused_weights
+    assert torch.allclose(updates[0], updates[1], rtol=1e-5, atol=0)
+    assert float(updates[0].abs().max()) > 1e-3  # w ~ 1 / |g|: an update of order one

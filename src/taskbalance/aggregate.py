@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.balancer import make_context, resolve_method, unnormalise
+from taskbalance.engine.gramian import representable_factor
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import TaskGradients
 from taskbalance.methods.base import Combination, Method
@@ -48,9 +49,11 @@ def aggregate(
     method = resolve_method(method)
     combination = combine_jacobian(method, jacobian, losses=losses, metrics=metrics)
     if combination.weights is not None:
-        return TaskGradients.from_matrix(jacobian.detach()).combine(
-            combination.weights.to(jacobian.device)
-        )[0]
+        # weights beyond the matrix's dtype (w ~ 1/|g| on float32 subnormals) as (w / s) g s
+        factor = representable_factor(combination.weights, jacobian.dtype)
+        weights = (combination.weights / factor).to(jacobian.device)
+        combined = TaskGradients.from_matrix(jacobian.detach()).combine(weights)[0]
+        return combined if factor == 1.0 else combined.mul_(factor)
     assert combination.direction is not None
     if combination.direction.shape != (jacobian.shape[1],):
         raise RuntimeError(f"{method.name} returned a direction of the wrong shape")

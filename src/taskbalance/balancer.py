@@ -1119,7 +1119,9 @@ class Balancer:
         ``sum_i a_i L_i`` (which also frees the graph)."""
         device = stacked.device
         factor = 1.0
-        if combination.weights is not None:
+        if combination.weights is not None and self.method.needs is not Need.LOSSES:
+            # (a gradient method's weights, from the host copy of the Gram matrix, also when
+            # reused; a loss weighting's may be on the device and come from the losses)
             factor = representable_factor(combination.weights, stacked.dtype)
             if factor != 1.0:  # weights beyond the losses' dtype: apply w / s, then times s
                 combination = Combination(weights=combination.weights / factor)
