@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -126,10 +127,17 @@ def _torchjd_ms(method: str, gramians_from: Path) -> float | None:
     return 1e3 * statistics.median(seconds)
 
 
+_ONE_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+"""The children's environment: SciPy's LAPACK (Aligned-MTL from 256 tasks) on one thread too,
+as torch (``torch.set_num_threads(1)``)."""
+
+
 def _run_limited(command: list[str], limit: float) -> tuple[Any, str | None]:
     """The JSON a child prints last, or an error line."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=limit, check=False, env=_ONE_THREAD
+        )
     except subprocess.TimeoutExpired:
         return None, f"over {limit:.0f} s"
     lines = done.stdout.strip().splitlines()

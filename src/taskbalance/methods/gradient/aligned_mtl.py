@@ -9,6 +9,7 @@ import torch
 from taskbalance.engine.needs import Need
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
+from taskbalance.solvers.symmetric_eigen import truncated_inverse_sqrt
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -18,7 +19,7 @@ class AlignedMTL(Method):
     """Aligned-MTL (Senushkin et al., CVPR 2023): make the system of task gradients
     well-conditioned.
 
-    With ``G = V diag(lambda) V^T`` (``torch.linalg.eigh``; eigenvalues below
+    With ``G = V diag(lambda) V^T`` (:mod:`taskbalance.solvers.symmetric_eigen`; eigenvalues below
     ``lambda_max * T * eps_float32`` dropped as numerical noise, as in the reference code), the
     aligned gradients are ``J_hat = B J`` with ``B = sigma V diag(lambda)^(-1/2) V^T``: all their
     singular values equal ``sigma`` (condition number 1). The update is ``J_hat^T 1 = J^T B 1``.
@@ -51,22 +52,22 @@ class AlignedMTL(Method):
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name).to(torch.float64)
         G = 0.5 * (G + G.T)
-        eigenvalues, vectors = torch.linalg.eigh(G)
+        # eigenvalues below lambda_max * T * eps_float32 are noise (reference code); w = B 1
+        # with B = sigma V diag(lambda^-1/2) V^T needs V only applied to the vector 1 (the
+        # T x T product B was a third of the method's time at T = 1000, V itself another
+        # half: see taskbalance.solvers.symmetric_eigen)
+        ones = torch.ones(ctx.num_tasks, dtype=G.dtype, device=G.device)
+        eigenvalues, aligned = truncated_inverse_sqrt(G, ones, ctx.num_tasks * _EPS)
         largest = eigenvalues.max()
         if not bool(largest > 0):
             return Combination(
                 weights=torch.zeros(ctx.num_tasks, dtype=torch.float64, device=G.device)
             )
-        kept = eigenvalues > largest * ctx.num_tasks * _EPS
-        values, basis = eigenvalues[kept], vectors[:, kept]
+        values = eigenvalues[eigenvalues > largest * ctx.num_tasks * _EPS]
         if self.scale_mode == "min":
             sigma = values.min().sqrt()
         elif self.scale_mode == "median":
             sigma = values.sqrt().median()
         else:
             sigma = values.mean().sqrt()
-        # w = B 1 with B = sigma V diag(lambda^-1/2) V^T, by two matrix-vector products (the
-        # T x T product B itself was a third of the method's time at T = 1000)
-        ones = torch.ones(ctx.num_tasks, dtype=G.dtype, device=G.device)
-        weights = sigma * (basis @ (values.rsqrt() * (basis.T @ ones)))
-        return Combination(weights=weights)
+        return Combination(weights=sigma * aligned.to(G.device))
