@@ -54,6 +54,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             r"^training\.level: Input should be 'parameters' or 'representation'",
         ),
         (
+            {"methods": [{"name": "cagrad", "c": 0.2}]},
+            r"^methods\.0\.c: unknown key 'c'\. 'c' is a hyperparameter of cagrad: write it "
+            r"under hparams: \{c: 0\.2\}",
+        ),
+        (
+            {"methods": [{"name": "cagrad", "cc": 0.2}]},
+            r"^methods\.0\.cc: unknown key 'cc'\. Valid keys here: name, hparams",
+        ),
+        (
             {"methods": [{"name": "mgda", "engine": "gram"}]},
             r"^methods\.0\.engine: Input should be 'auto', 'gramian' or 'jacobian'",
         ),

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from taskbalance import methods
+from taskbalance.methods.registry import hyperparameters
 from taskbalance._validation import check_choice, run_folder, suggest
 from taskbalance.datasets import DATASETS, describe_tasks
 
@@ -329,14 +330,41 @@ def _known_keys(location: Sequence[Any]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def _format(error: ValidationError) -> str:
+def _misplaced_hyperparameter(raw: dict[str, Any], location: Sequence[Any]) -> str | None:
+    """For an unknown key ``methods.N.key`` that is a hyperparameter of method N: where to put
+    it instead (``hparams:``)."""
+    if len(location) != 3 or location[0] != "methods" or not isinstance(location[1], int):
+        return None
+    entries = raw.get("methods")
+    entry = entries[location[1]] if isinstance(entries, list) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or name not in methods.available():
+        return None
+    key = str(location[2])
+    if key not in hyperparameters(methods.get(name)):
+        return None
+    value = json.dumps(entry[key]) if _is_json(entry[key]) else "..."
+    return f" {key!r} is a hyperparameter of {name}: write it under hparams: {{{key}: {value}}}."
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _format(error: ValidationError, raw: dict[str, Any] | None = None) -> str:
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
         message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             known = _known_keys(item["loc"][:-1])
-            message = f"unknown key {str(item['loc'][-1])!r}.{suggest(str(item['loc'][-1]), known)}"
+            key = str(item["loc"][-1])
+            hint = _misplaced_hyperparameter(raw, item["loc"]) if raw is not None else None
+            message = f"unknown key {key!r}." + (hint or suggest(key, known))
             if known:
                 message += f" Valid keys here: {', '.join(known)}."
         lines.append(f"{location}: {message}" if location else message)
@@ -375,4 +403,4 @@ def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"invalid config {where}:\n{_format(error)}") from None
+        raise ConfigError(f"invalid config {where}:\n{_format(error, raw)}") from None
