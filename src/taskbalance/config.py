@@ -30,9 +30,9 @@ from pydantic import (
 )
 
 from taskbalance import methods
-from taskbalance.methods.registry import hyperparameters
 from taskbalance._validation import check_choice, run_folder, suggest
 from taskbalance.datasets import DATASETS, describe_tasks
+from taskbalance.methods.registry import hyperparameters
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "method_label", "run_folder"]
 
@@ -337,7 +337,9 @@ def _misplaced_hyperparameter(raw: dict[str, Any], location: Sequence[Any]) -> s
         return None
     entries = raw.get("methods")
     entry = entries[location[1]] if isinstance(entries, list) else None
-    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    name = entry.get("name")
     if not isinstance(name, str) or name not in methods.available():
         return None
     key = str(location[2])
