@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch._C._functorch import is_batchedtensor
 
+import taskbalance.balancer as balancer_module
 from helpers import TwoLevelNet, regression_problem, task_losses
 from taskbalance import Balancer, methods
 from taskbalance.engine import TaskGradients, gramian_of_blocks, task_jacobian
@@ -156,20 +157,25 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
         return spy.calls
 
     z_numel = 32 * 8
-    # representation level: one backward per head (to z and to the head's own parameters),
-    # then one backward from z of sum_i w_i dL_i/dz through the trunk; no head is traversed
-    # twice
+    # representation level: the heads are linear layers, so one backward of the stacked
+    # losses to the heads' outputs gives every dL_i/dy_i (engine/linear_heads.py), then one
+    # backward from z of sum_i w_i dL_i/dz through the trunk; no head is traversed twice
+    to_head_outputs = {"batched": False, "numel": num_tasks}
     trunk_from_z = {"batched": False, "numel": z_numel}
-    assert calls("representation", True) == [head_only] * num_tasks + [trunk_from_z]
-    # parameter level with the representation: per-head backwards (the heads' gradients come
-    # out of them), the T rows carried through the trunk in one batched backward; the Gram
-    # path needs one more ordinary backward through the trunk for J^T w (the Jacobian is not
-    # kept)
+    assert calls("representation", True) == [to_head_outputs, trunk_from_z]
+    # parameter level with the representation: the same backward to the heads' outputs, the
+    # T rows dL_i/dz carried through the trunk in one batched backward; the Gram path needs
+    # one more ordinary backward through the trunk for J^T w (the Jacobian is not kept)
     combine_trunk = [trunk_from_z] if engine == "gramian" else []
-    assert (
-        calls("parameters", True)
-        == [head_only] * num_tasks + [{"batched": True, "numel": z_numel}] + combine_trunk
-    )
+    assert calls("parameters", True) == [
+        to_head_outputs,
+        {"batched": True, "numel": z_numel},
+        *combine_trunk,
+    ]
+    # heads that are not one linear layer (the fast path switched off here): one backward
+    # per head, to z and to the head's own parameters
+    monkeypatch.setattr(balancer_module, "linear_heads", lambda *args: None)
+    assert calls("representation", True) == [head_only] * num_tasks + [trunk_from_z]
     # parameter level without it: one batched backward of the stacked losses. Jacobian
     # path: each head's own gradient first (one small backward each), so that the batched
     # backward is the graph's last; Gram path: J^T w and the heads' gradients are one

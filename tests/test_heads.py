@@ -15,6 +15,7 @@ import taskbalance.balancer as balancer_module
 from taskbalance import Balancer
 from taskbalance.engine.graph import leaves_by_root, reachable_leaves
 from taskbalance.engine.heads import HeadGradients, head_backwards
+from taskbalance.engine.linear_heads import LinearHeads, linear_heads
 
 
 class NeckNet(TwoLevelNet):
@@ -100,14 +101,22 @@ def test_leaves_by_root_tells_disjoint_heads_from_shared_computation() -> None:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per call of the balancer's ``head_backwards``."""
+    """One entry per head pass of the balancer: a call of ``head_backwards``, or linear heads
+    recognised by ``linear_heads`` (one backward to the heads' outputs instead)."""
     made: list[int] = []
 
     def spy(*args: Any, **kwargs: Any) -> HeadGradients:
         made.append(1)
         return head_backwards(*args, **kwargs)
 
+    def linear_spy(*args: Any, **kwargs: Any) -> LinearHeads | None:
+        found = linear_heads(*args, **kwargs)
+        if found is not None:
+            made.append(1)
+        return found
+
     monkeypatch.setattr(balancer_module, "head_backwards", spy)
+    monkeypatch.setattr(balancer_module, "linear_heads", linear_spy)
     return made
 
 

@@ -52,6 +52,7 @@ from taskbalance.engine.heads import HeadGradients, head_backwards
 from taskbalance.engine.host import defer, deferred, fetch, step_reads, to_device
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
+from taskbalance.engine.linear_heads import LinearHeads, linear_heads
 from taskbalance.engine.needs import Need
 from taskbalance.engine.task_gradients import (
     GramianGradients,
@@ -1002,23 +1003,31 @@ class Balancer:
         """
         if need < Need.GRAMIAN:
             return None, None
-        head_pass = None
+        head_pass: HeadGradients | None = None
         gram_only = need == Need.GRAMIAN and self._gramian_only(len(losses))
         if heads is not None and representation is not None:
-            head_pass = head_backwards(losses, representation[0], heads, retain_graph=False)
+            head_pass = linear_heads(losses, representation[0], heads)
+            if head_pass is None:
+                head_pass = head_backwards(losses, representation[0], heads, retain_graph=False)
         elif heads is not None and not gram_only:
             # without a representation: each task's own parameters first, so that the
             # batched backward below is the graph's last and may free it
             head_pass = head_backwards(losses, None, heads, retain_graph=True)
-        rows = None if head_pass is None else head_pass.rows
         if self.level == "representation":
             assert representation is not None
-            if rows is not None:
-                return TaskGradients([rows]), head_pass
+            if isinstance(head_pass, LinearHeads) and need == Need.GRAMIAN:
+                (heads_gramian,) = fetch(head_pass.gramian().to(torch.float64))
+                if in_safe_range(heads_gramian):  # (else the rows' rescaled path below)
+                    return GramianGradients(
+                        heads_gramian, [representation[0].shape], self._head_combiner(head_pass)
+                    ), head_pass
+            if head_pass is not None and head_pass.rows is not None:
+                return TaskGradients([head_pass.rows]), head_pass
             return TaskGradients([representation_jacobian(losses, z) for z in representation]), None
         if separable:
             assert representation is not None
             outputs = representation[0]
+            rows = None if head_pass is None else head_pass.rows
             grad_outputs = representation_jacobian(losses, outputs) if rows is None else rows
         else:
             outputs = stacked
@@ -1095,6 +1104,16 @@ class Balancer:
             return [
                 torch.zeros_like(p) if g is None else g for p, g in zip(shared, result, strict=True)
             ]
+
+        return combine
+
+    @staticmethod
+    def _head_combiner(head_pass: LinearHeads) -> Callable[[Tensor], list[Tensor]]:
+        """``w -> [sum_i w_i dL_i/dz]`` from linear heads' output gradients."""
+
+        def combine(weights: Tensor) -> list[Tensor]:
+            delta = head_pass.rows_dtype_device
+            return [head_pass.combined_rows(to_device(weights, delta[1], delta[0]))]
 
         return combine
 
