@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from taskbalance.engine.heads import HeadGradients
+from taskbalance.engine.host import to_device
 
 __all__ = ["LinearHeads", "linear_heads"]
 
@@ -58,10 +59,9 @@ class LinearHeads(HeadGradients):
         self._biases = biases
         sizes = [d.shape[1] for d in deltas]
         self._sizes = sizes
-        device = representation.device
-        self._segment = torch.repeat_interleave(
-            torch.arange(len(deltas), device=device), torch.tensor(sizes, device=device)
-        )
+        # each output's task, built on the host and sent without waiting for the device
+        segment = torch.repeat_interleave(torch.arange(len(deltas)), torch.tensor(sizes))
+        self._segment = to_device(segment, representation.device)
 
     def __setattr__(self, name: str, value: Any) -> None:  # (the dataclass is frozen)
         object.__setattr__(self, name, value)
@@ -85,10 +85,9 @@ class LinearHeads(HeadGradients):
         delta, weight = self._stacked
         products = (delta.T @ delta) * (weight @ weight.T)
         num_tasks = len(self._deltas)
-        by_task = torch.zeros(num_tasks, products.shape[1], dtype=products.dtype)
-        by_task = by_task.to(products.device).index_add_(0, self._segment, products)
-        gramian = torch.zeros(num_tasks, num_tasks, dtype=products.dtype, device=products.device)
-        return gramian.index_add_(1, self._segment, by_task)
+        by_task = products.new_zeros(num_tasks, products.shape[1])
+        by_task.index_add_(0, self._segment, products)
+        return products.new_zeros(num_tasks, num_tasks).index_add_(1, self._segment, by_task)
 
     def combined_rows(self, factors: Tensor) -> Tensor:
         delta, weight = self._stacked
