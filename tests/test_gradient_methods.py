@@ -82,13 +82,17 @@ def test_upgrad_warm_start_gives_the_cold_solution_with_fewer_solves(
     import taskbalance.solvers.nonneg_qp as solver
 
     solves = {"count": 0}
-    original = solver._solve_on_free_sets
 
-    def counting(*args):  # type: ignore[no-untyped-def]
-        solves["count"] += 1
-        return original(*args)
+    def counted(original):  # type: ignore[no-untyped-def]
+        def counting(*args):  # type: ignore[no-untyped-def]
+            solves["count"] += 1
+            return original(*args)
 
-    monkeypatch.setattr(solver, "_solve_on_free_sets", counting)
+        return counting
+
+    # (the batched free-set solves in torch, and in NumPy for small problems on the CPU)
+    monkeypatch.setattr(solver, "_solve_on_free_sets", counted(solver._solve_on_free_sets))
+    monkeypatch.setattr(solver, "_solve_free_sets_numpy", counted(solver._solve_free_sets_numpy))
     generator = torch.Generator().manual_seed(0)
     J = torch.randn(24, 50, generator=generator, dtype=torch.float64)
     J[1::2] = -0.5 * J[0::2] + 0.5 * J[1::2]

@@ -235,3 +235,37 @@ def test_exact_fallback_refuses_early_what_would_exceed_its_budget(
     with pytest.raises(ValueError, match=r"would take about .* s per step.*Use fewer tasks"):
         nonneg_qp.dual_cone_weights(float32_gramian(J), torch.eye(60, dtype=torch.float64))
     assert rows_solved == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_tasks=st.integers(1, 24),
+    extra_dims=st.integers(0, 16),
+    conflict=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_numpy_rows_equal_the_batched_torch_iteration(
+    num_tasks: int, extra_dims: int, conflict: float, seed: int
+) -> None:
+    """Small CPU problems run the primal-dual active-set iteration in NumPy: on full-rank
+    conflicting gradients the same projections as the batched torch iteration."""
+    generator = torch.Generator().manual_seed(seed)
+    J = torch.randn(num_tasks, num_tasks + extra_dims, generator=generator, dtype=torch.float64)
+    J[1::2] = -conflict * J[0::2][: J[1::2].shape[0]] + (1 - conflict) * J[1::2]
+    G, U = J @ J.T, torch.eye(num_tasks, dtype=torch.float64)
+    on_host = nonneg_qp.dual_cone_weights(G, U)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nonneg_qp, "_HOST_ROWS_UP_TO", 0)
+        batched = nonneg_qp.dual_cone_weights(G, U)
+    scale = float(G.diagonal().max())
+    assert ((on_host @ G) >= -1e-9 * scale).all()  # in the dual cone
+    torch.testing.assert_close(on_host @ J, batched @ J, rtol=1e-7, atol=1e-9 * scale**0.5)
+
+
+def test_the_numpy_rows_leave_singular_systems_to_the_exact_fallback() -> None:
+    J = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    G, U = J @ J.T, torch.eye(12, dtype=torch.float64)  # rank 3: free sets above 3 singular
+    V = nonneg_qp.dual_cone_weights(G, U)
+    assert (V >= U - 1e-12).all()
+    floor = -1e-9 * float(G.diagonal().max())
+    assert (floor <= (V @ G)).all()
