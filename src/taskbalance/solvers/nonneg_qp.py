@@ -379,10 +379,11 @@ def dual_cone_weights(gramian: Tensor, targets: Tensor, *, start: Tensor | None 
     """For each row ``u`` of ``targets`` (``(k, T)``), ``v = argmin_{v >= u} v^T G v``.
 
     Returns ``(k, T)`` float64 weights: ``J^T v`` is the projection of ``J^T u`` onto the dual
-    cone of the task gradients. All rows are solved together by :func:`batched_nonneg_qp`;
-    any row it does not certify (KKT check) is re-solved by the exact active-set
-    :func:`nonneg_qp`. Scale-invariant; all-zero ``G`` returns ``targets``. ``start``: the
-    previous solution's ``v == u`` pattern (``(k, T)`` bool), a warm start for the search.
+    cone of the task gradients. All rows are solved together by :func:`batched_nonneg_qp`
+    (up to ``_HOST_ROWS_UP_TO`` tasks on the CPU: the same iteration in NumPy); any row it
+    does not certify (KKT check) is re-solved by the exact active-set :func:`nonneg_qp`.
+    Scale-invariant; all-zero ``G`` returns ``targets``. ``start``: the previous solution's
+    ``v == u`` pattern (``(k, T)`` bool), a warm start for the search.
     """
     G = gramian.detach().to(torch.float64)
     G = 0.5 * (G + G.T)
@@ -418,7 +419,7 @@ def _nonneg_qp_rows_in_numpy(
     identity), the same KKT check. A row whose free-set system is not reliably positive
     definite (Cholesky pivots within :data:`~taskbalance.solvers.cholesky.PIVOT_RATIO`) is
     left unsolved, for the exact fallback."""
-    a, rows = A.numpy(), B.numpy()
+    a, rows = A.detach().numpy(), B.detach().numpy()
     k = rows.shape[0]
     if start is not None and tuple(start.shape) == rows.shape:
         active = start.numpy().astype(bool)
