@@ -269,3 +269,23 @@ def test_the_numpy_rows_leave_singular_systems_to_the_exact_fallback() -> None:
     assert (V >= U - 1e-12).all()
     floor = -1e-9 * float(G.diagonal().max())
     assert (floor <= (V @ G)).all()
+
+
+def test_a_system_singular_at_rounding_level_goes_to_the_exact_fallback() -> None:
+    """Exactly opposite gradients of very different sizes (met in the toy benchmark): the
+    free-set system's Cholesky pivots pass, LU meets an exact zero pivot; the row is left to
+    the exact fallback instead of raising."""
+    G = torch.tensor(
+        [[2.6576797729879856e-04, -1.6302391766204079e-02], [-1.6302391766204079e-02, 1.0]],
+        dtype=torch.float64,
+    )
+    U = torch.eye(2, dtype=torch.float64)
+    on_host = nonneg_qp.dual_cone_weights(G, U, start=torch.tensor([[False, False], [False, True]]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nonneg_qp, "_HOST_ROWS_UP_TO", 0)
+        batched = nonneg_qp.dual_cone_weights(G, U)
+    assert torch.isfinite(on_host).all()
+    assert (on_host >= U - 1e-12).all()
+    objective = torch.einsum("ij,jk,ik->i", on_host, G, on_host)
+    reference = torch.einsum("ij,jk,ik->i", batched, G, batched)
+    assert (objective <= reference + 1e-12).all()

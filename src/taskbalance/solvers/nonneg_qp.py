@@ -470,7 +470,19 @@ def _solve_free_sets_numpy(
         unreliable = np.array([not _positive_definite(m) for m in system])
     usable = ~unreliable
     if usable.any():
-        solution = np.linalg.solve(system[usable], rhs[usable][:, :, None])[:, :, 0]
+        try:
+            solution = np.linalg.solve(system[usable], rhs[usable][:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            # LU met an exact zero pivot where the Cholesky pivots passed (a singular system
+            # at rounding level, e.g. exactly opposite gradients): those rows are unreliable
+            solution = np.zeros((int(usable.sum()), width))
+            for position, row in enumerate(np.flatnonzero(usable)):
+                try:
+                    solution[position] = np.linalg.solve(system[row], rhs[row])
+                except np.linalg.LinAlgError:
+                    unreliable[row] = True
+            kept_rows = ~unreliable[usable]
+            solution, usable = solution[kept_rows], ~unreliable
         values = np.where(valid[usable], solution, 0.0)
         kept = np.zeros((values.shape[0], rows.shape[1]))
         np.put_along_axis(kept, order[usable], values, axis=1)  # (padding lands on active: 0)
