@@ -1112,8 +1112,8 @@ class Balancer:
         """``w -> [sum_i w_i dL_i/dz]`` from linear heads' output gradients."""
 
         def combine(weights: Tensor) -> list[Tensor]:
-            delta = head_pass.rows_dtype_device
-            return [head_pass.combined_rows(to_device(weights, delta[1], delta[0]))]
+            dtype, device = head_pass.rows_dtype_device
+            return [head_pass.combined_rows(to_device(weights, device, dtype))]
 
         return combine
 

@@ -56,7 +56,6 @@ class LinearHeads(HeadGradients):
         self._z = representation.detach()
         self._deltas = deltas
         self._weights = [w.detach() for w in weights]
-        self._biases = biases
         sizes = [d.shape[1] for d in deltas]
         self._sizes = sizes
         # each output's task, built on the host and sent without waiting for the device
