@@ -54,8 +54,11 @@ def test_bordered_solve_equals_a_fresh_factorisation(
     index = base.nonzero().flatten()
     factor = cholesky_or_none(A[index][:, index])
     assert factor is not None
-    x = nonneg_qp._bordered_solve(A, b, base, factor, free)
-    assert x is not None
+    solution = nonneg_qp._bordered_solve(
+        A.numpy(), b.numpy(), base.numpy(), factor.numpy(), free.numpy()
+    )
+    assert solution is not None
+    x = torch.from_numpy(solution)
     index = free.nonzero().flatten()
     expected = torch.zeros(n, dtype=torch.float64)
     expected[index] = torch.linalg.solve(A[index][:, index], -b[index])

@@ -27,11 +27,12 @@ from torch import Tensor
 
 from taskbalance.solvers.cholesky import (
     PIVOT_RATIO,
-    cholesky_or_none,
+    host_cholesky_or_none,
+    host_solve_with_factor,
+    host_submatrix,
     reliable,
-    solve_with_factor,
-    submatrix,
 )
+from taskbalance.solvers.host_threads import blas_threads_like_torch
 from taskbalance.solvers.projected_gradient import fista_iterates, largest_eigenvalue_bound
 
 __all__ = ["batched_nonneg_qp", "dual_cone_weights", "nonneg_qp"]
@@ -210,9 +211,7 @@ def batched_nonneg_qp(
     if wide and 4 * B.shape[0] >= n:  # (few rows: the batched iterations cost less)
         # a fresh guess beats the previous step's sets here (measured at T = 512 on the
         # large-task benchmark: 1 factorisation per row against 1.9)
-        guess = _guess_active_sets(A, B)
-        for rows in torch.split(torch.arange(B.shape[0], device=B.device), _LOCKSTEP_ROWS):
-            x[rows] = _nonneg_qp_rowwise(A, B[rows], guess[rows], max_iter=max_iter)
+        x = _nonneg_qp_rowwise(A, B, _guess_active_sets(A, B), max_iter=max_iter)
     else:
         for _ in range(max_iter):
             free = ~active
@@ -233,9 +232,10 @@ def batched_nonneg_qp(
     return x.clamp_min(0), solved
 
 
-def _bordered_solve(
-    A: Tensor, b: Tensor, base: Tensor, factor: Tensor, free: Tensor
-) -> Tensor | None:
+Array = np.ndarray[Any, Any]
+
+
+def _bordered_solve(a: Array, b: Array, base: Array, factor: Array, free: Array) -> Array | None:
     """``x`` with ``A_FF x_F = -b_F`` and 0 elsewhere for the free set ``F`` (bool), from the
     Cholesky factor of ``A_SS`` on an earlier free set ``S`` (``base``, bool) rather than a new
     factorisation of ``A_FF``.
@@ -249,27 +249,29 @@ def _bordered_solve(
     and is solved through the Schur complement ``M - C^T A_SS^{-1} C`` (size ``|D| + |R|``):
     one triangular solve with ``|D| + |R| + 1`` right-hand sides, ``O(|S|^2 (|D| + |R|))``
     instead of ``O(|F|^3)``. None where that small system is numerically singular."""
-    n = b.shape[0]
-    base_index = base.nonzero().flatten()
-    added = (free & ~base).nonzero().flatten()
-    removed_at = (~free[base_index]).nonzero().flatten()  # positions of R within S
-    d, r = added.numel(), removed_at.numel()
-    border = torch.zeros(base_index.numel(), d + r + 1, dtype=b.dtype, device=b.device)
+    base_index = np.flatnonzero(base)
+    added = np.flatnonzero(free & ~base)
+    removed_at = np.flatnonzero(~free[base_index])  # positions of R within S
+    d, r = added.size, removed_at.size
+    border = np.zeros((base_index.size, d + r + 1))
     # A is symmetric: gather the d added rows (d x n), not the |S| base rows (|S| x n, the
     # larger copy: 0.36 against 0.02 ms at |S| = 480, d = 20, n = 1000)
-    border[:, :d] = submatrix(A, added, base_index).T
-    border[removed_at, d + torch.arange(r, device=b.device)] = 1.0
+    border[:, :d] = host_submatrix(a, added, base_index).T
+    border[removed_at, d + np.arange(r)] = 1.0
     border[:, -1] = -b[base_index]
-    solved = solve_with_factor(border, factor)
+    solved = host_solve_with_factor(border, factor)
     coupling, particular = border[:, :-1], solved[:, -1]
     schur = -coupling.T @ solved[:, :-1]
-    schur[:d, :d] += submatrix(A, added)
+    schur[:d, :d] += host_submatrix(a, added)
     rhs = -coupling.T @ particular
     rhs[:d] -= b[added]
-    z, info = torch.linalg.solve_ex(schur, rhs)
-    if int(info) != 0 or not bool(torch.isfinite(z).all()):
+    try:
+        z = np.linalg.solve(schur, rhs)
+    except np.linalg.LinAlgError:
         return None
-    x = torch.zeros(n, dtype=b.dtype, device=b.device)
+    if not np.isfinite(z).all():
+        return None
+    x = np.zeros_like(b)
     x[base_index] = particular - solved[:, :-1] @ z
     x[added] = z[:d]
     x[~free] = 0.0  # x_R is zero to rounding by the constraint: make it exact
@@ -280,68 +282,82 @@ class _RowFactor:
     """One row's free-set factorisation, kept across its iterations (see
     :func:`_solve_row`): the free set ``base`` it was taken on and its Cholesky factor."""
 
-    __slots__ = ("base", "factor")
+    __slots__ = ("base", "factor", "size")
 
     def __init__(self) -> None:
-        self.base: Tensor | None = None
-        self.factor: Tensor | None = None
+        self.base: Array | None = None
+        self.factor: Array | None = None
+        self.size = 0
 
 
-def _solve_row(A: Tensor, b: Tensor, free: Tensor, kept: _RowFactor) -> Tensor | None:
+def _solve_row(a: Array, b: Array, free: Array, kept: _RowFactor) -> Array | None:
     """``x`` with ``A_FF x_F = -b_F`` on the free set ``F`` and 0 elsewhere, from the factor
     of an earlier iteration's set (:func:`_bordered_solve`) while the sets differ in at most
     ``1/_REFACTOR_SHARE`` of its size, else from a new factorisation (kept for the next
     iterations). None where the free system is numerically singular."""
-    size = int(free.sum())
-    if size == 0:
-        return torch.zeros_like(b)
+    index = np.flatnonzero(free)
+    if index.size == 0:
+        return np.zeros_like(b)
     if kept.factor is not None and kept.base is not None:
-        changed = int((free ^ kept.base).sum())
-        if changed * _REFACTOR_SHARE <= max(int(kept.base.sum()), 1):
-            solution = _bordered_solve(A, b, kept.base, kept.factor, free)
+        changed = np.count_nonzero(free ^ kept.base)
+        if changed * _REFACTOR_SHARE <= max(kept.size, 1):
+            solution = _bordered_solve(a, b, kept.base, kept.factor, free)
             if solution is not None:
                 return solution
-    index = free.nonzero().flatten()
-    kept.factor = cholesky_or_none(submatrix(A, index))
+    kept.factor = host_cholesky_or_none(host_submatrix(a, index))
     if kept.factor is None:
         return None
-    kept.base = free.clone()
-    solution = torch.zeros_like(b)
-    solution[index] = solve_with_factor(-b[index].unsqueeze(1), kept.factor).squeeze(1)
+    kept.base, kept.size = free.copy(), index.size
+    solution = np.zeros_like(b)
+    solution[index] = host_solve_with_factor(-b[index, None], kept.factor)[:, 0]
     return solution
 
 
 def _nonneg_qp_rowwise(A: Tensor, B: Tensor, active: Tensor, *, max_iter: int) -> Tensor:
     """:func:`batched_nonneg_qp`'s primal-dual active-set iteration with each row's free-set
     system solved on its own (:func:`_solve_row`: at its own size, from the factor of an
-    earlier iteration while its set changes little), the rows in lockstep: every iteration
-    solves the rows whose sets have not settled, then reads all their multipliers
-    ``mu = X A + B`` in one ``k x n x n`` product (row by row, ``k`` matrix-vector products
-    that each read all of ``A``, were 26% of the time at T = 1000). A row stops as soon as
-    its own set settles. Returns the last iterates: the caller's KKT check tells a converged
-    row from one that is not (iteration cap, or a numerically singular free system, where the
-    row's iterate is left as it was)."""
-    x = torch.zeros_like(B)
-    active = active.clone()
-    factors = [_RowFactor() for _ in range(B.shape[0])]
-    live = torch.arange(B.shape[0], device=B.device)
+    earlier iteration while its set changes little), in NumPy on the host (one ``n x n`` copy
+    where ``A`` is elsewhere; ~1-3 us per small operation against 5-10 us of torch dispatch,
+    ~15 of them per row and iteration). The rows go in lockstep, ``_LOCKSTEP_ROWS`` at a
+    time: every iteration solves the rows whose sets have not settled, then reads all their
+    multipliers ``mu = X A + B`` in one product (row by row, one matrix-vector product each,
+    every one reading all of ``A``, they were 26% of the time at T = 1000); a row stops as
+    soon as its own set settles. Returns the last iterates: the caller's KKT check tells a
+    converged row from one that is not (iteration cap, or a numerically singular free system,
+    where the row's iterate is left as it was)."""
+    a = A.detach().cpu().numpy()
+    rows = B.detach().cpu().numpy()
+    x = np.zeros_like(rows)
+    guess = active.cpu().numpy()
+    with blas_threads_like_torch():
+        for start in range(0, rows.shape[0], _LOCKSTEP_ROWS):
+            chunk = slice(start, start + _LOCKSTEP_ROWS)
+            x[chunk] = _lockstep(a, rows[chunk], guess[chunk].copy(), max_iter)
+    return torch.from_numpy(x).to(B.device)
+
+
+def _lockstep(a: Array, rows: Array, active: Array, max_iter: int) -> Array:
+    x = np.zeros_like(rows)
+    factors = [_RowFactor() for _ in range(rows.shape[0])]
+    live = np.arange(rows.shape[0])
     for _ in range(max_iter):
         solved: list[int] = []
         for position, row in enumerate(live.tolist()):
-            solution = _solve_row(A, B[row], ~active[row], factors[row])
+            solution = _solve_row(a, rows[row], ~active[row], factors[row])
             if solution is not None:
                 x[row] = solution
                 solved.append(position)
         live = live[solved]
-        if not live.numel():
+        if not live.size:
             break
         rows_active = active[live]
-        multipliers = torch.where(rows_active, x[live] @ A + B[live], torch.zeros_like(B[live]))
-        new_active = (multipliers - x[live]) > 0
-        moving = (new_active != rows_active).any(dim=1)
+        current = x[live]
+        multipliers = np.where(rows_active, current @ a + rows[live], 0.0)
+        new_active = (multipliers - current) > 0
+        moving = (new_active != rows_active).any(axis=1)
         active[live] = new_active
         live = live[moving]
-        if not live.numel():
+        if not live.size:
             break
     return x
 

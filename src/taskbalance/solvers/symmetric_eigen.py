@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from taskbalance.solvers.host_threads import blas_threads_like_torch
+
 __all__ = ["TRIDIAGONAL_FROM", "truncated_inverse_sqrt"]
 
 TRIDIAGONAL_FROM = 256
@@ -47,7 +49,8 @@ def truncated_inverse_sqrt(
     if gramian.device.type == "cpu" and n >= TRIDIAGONAL_FROM and _HAS_SCIPY:
         matrix = np.asfortranarray(gramian.detach().numpy(), dtype=np.float64)
         if np.isfinite(matrix).all():
-            values, result = _tridiagonal_path(matrix, vector.detach().numpy(), relative_cutoff)
+            with blas_threads_like_torch():
+                values, result = _tridiagonal_path(matrix, vector.detach().numpy(), relative_cutoff)
             return torch.from_numpy(values), torch.from_numpy(result)
     eigenvalues, vectors = torch.linalg.eigh(gramian)
     kept = eigenvalues > relative_cutoff * eigenvalues.max().clamp_min(0)
