@@ -33,7 +33,8 @@ def blas_threads_like_torch() -> Iterator[None]:
         yield
         return
     if _controller is None:
-        import scipy.linalg  # noqa: F401 (load SciPy's BLAS before looking for it)
+        if importlib.util.find_spec("scipy") is not None:
+            import scipy.linalg  # noqa: F401 (load SciPy's BLAS before looking for it)
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
