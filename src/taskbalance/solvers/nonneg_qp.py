@@ -282,12 +282,11 @@ class _RowFactor:
     """One row's free-set factorisation, kept across its iterations (see
     :func:`_solve_row`): the free set ``base`` it was taken on and its Cholesky factor."""
 
-    __slots__ = ("base", "factor", "size")
+    __slots__ = ("base", "factor")
 
     def __init__(self) -> None:
         self.base: Array | None = None
         self.factor: Array | None = None
-        self.size = 0
 
 
 def _solve_row(a: Array, b: Array, free: Array, kept: _RowFactor) -> Array | None:
@@ -299,15 +298,15 @@ def _solve_row(a: Array, b: Array, free: Array, kept: _RowFactor) -> Array | Non
     if index.size == 0:
         return np.zeros_like(b)
     if kept.factor is not None and kept.base is not None:
-        changed = np.count_nonzero(free ^ kept.base)
-        if changed * _REFACTOR_SHARE <= max(kept.size, 1):
+        changed = int(np.count_nonzero(free ^ kept.base))
+        if changed * _REFACTOR_SHARE <= max(int(np.count_nonzero(kept.base)), 1):
             solution = _bordered_solve(a, b, kept.base, kept.factor, free)
             if solution is not None:
                 return solution
     kept.factor = host_cholesky_or_none(host_submatrix(a, index))
     if kept.factor is None:
         return None
-    kept.base, kept.size = free.copy(), index.size
+    kept.base = free.copy()
     solution = np.zeros_like(b)
     solution[index] = host_solve_with_factor(-b[index, None], kept.factor)[:, 0]
     return solution
@@ -525,7 +524,7 @@ def _solve_free_sets_numpy(
         pivots = np.abs(np.diagonal(factor, axis1=1, axis2=2))
         unreliable = ~(pivots.min(axis=1) > PIVOT_RATIO * pivots.max(axis=1))
     except np.linalg.LinAlgError:  # some row's system is singular: find which, one by one
-        unreliable = np.array([not _positive_definite(m) for m in system])
+        unreliable = np.array([host_cholesky_or_none(m) is None for m in system])
     usable = ~unreliable
     if usable.any():
         try:
@@ -546,14 +545,6 @@ def _solve_free_sets_numpy(
         np.put_along_axis(kept, order[usable], values, axis=1)  # (padding lands on active: 0)
         x[usable] = kept
     return x, unreliable
-
-
-def _positive_definite(matrix: np.ndarray[Any, Any]) -> bool:
-    try:
-        pivots = np.abs(np.diagonal(np.linalg.cholesky(matrix)))
-    except np.linalg.LinAlgError:
-        return False
-    return bool(pivots.min() > PIVOT_RATIO * pivots.max())
 
 
 def _exact_rows(G: Tensor, linear: Tensor, x: Tensor, rows: list[int]) -> None:
