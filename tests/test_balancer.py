@@ -263,7 +263,7 @@ def test_update_every_reuses_the_last_weights_with_one_ordinary_backward(
             assert [c["batched"] for c in spy.calls] == [False, False, False, True]
             assert not infos[-1].reused_weights
         else:
-            assert spy.calls == [{"batched": False, "numel": 1}]
+            assert spy.calls == [{"batched": False, "numel": 3}]  # the stacked losses, w
             assert infos[-1].reused_weights
             assert infos[-1].task_grad_norms is None
             assert infos[-1].weights is not None

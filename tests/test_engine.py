@@ -129,9 +129,36 @@ def test_loss_weighting_runs_exactly_one_ordinary_backward(
     spy = AutogradSpy(monkeypatch)
     _, losses = task_losses(model, x, y)
     info = balancer.backward(losses)
-    assert spy.calls == [{"batched": False, "numel": 1}]
+    # (the stacked losses, with the weights as their output gradient: one vector-Jacobian
+    # product, the backward of sum_i w_i L_i without forming it)
+    assert spy.calls == [{"batched": False, "numel": 3}]
     assert info.task_grad_norms is None
     assert info.cosines is None
+
+
+@pytest.mark.parametrize("name", ["ew", "fixed"])
+def test_loss_weights_fed_as_the_losses_output_gradient_are_neither_changed_nor_misapplied(
+    name: str,
+) -> None:
+    """The weights are the cotangent of the stacked losses: a loss listed several times gets
+    its gradient accumulated from several of their entries, which must not write into them."""
+    model = TwoLevelNet(2)
+    x, y = regression_problem(2)
+    hparams = {"weights": [1.0, 2.0, 3.0, 0.5]} if name == "fixed" else {}
+    balancer = Balancer(methods.create(name, **hparams), model.trunk.parameters())
+    _, (a, b) = task_losses(model, x, y)
+    info = balancer.backward([a, b, a, a])
+    weights = [1.0, 1.0, 1.0, 1.0] if name == "ew" else hparams["weights"]
+    assert info.weights is not None
+    assert info.weights.tolist() == weights
+    written = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    _, (a, b) = task_losses(model, x, y)
+    ((weights[0] + weights[2] + weights[3]) * a + weights[1] * b).backward()
+    expected = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(written) == len(expected)
+    for got, want in zip(written, expected, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("engine", ["jacobian", "gramian"])
@@ -179,9 +206,9 @@ def test_gradient_methods_call_autograd_at_the_cost_floor_of_each_level(
     # parameter level without it: one batched backward of the stacked losses. Jacobian
     # path: each head's own gradient first (one small backward each), so that the batched
     # backward is the graph's last; Gram path: J^T w and the heads' gradients are one
-    # ordinary backward of sum_i w_i L_i
+    # ordinary backward of sum_i w_i L_i (of the stacked losses, w as their output gradient)
     if engine == "gramian":
-        expected = [{"batched": True, "numel": num_tasks}, head_only]
+        expected = [{"batched": True, "numel": num_tasks}, to_head_outputs]
     else:
         expected = [head_only] * num_tasks + [{"batched": True, "numel": num_tasks}]
     assert calls("parameters", False) == expected

@@ -408,8 +408,12 @@ class Balancer:
 
     def _refresh_trainable(self) -> None:
         """Follow parameters frozen or unfrozen since the last step."""
-        names, params = self._trainable()
-        if [id(p) for p in params] != [id(p) for p in self.shared_params]:
+        current = self.shared_params
+        trainable = [p for p in self._declared_params if p.requires_grad]
+        if len(trainable) != len(current) or any(
+            p is not q for p, q in zip(trainable, current, strict=True)
+        ):
+            names, params = self._trainable()
             logger.info(
                 "shared parameters now trainable: %d of %d", len(params), len(self._declared_params)
             )
@@ -1146,13 +1150,15 @@ class Balancer:
                 combination = Combination(weights=combination.weights / factor)
                 unscale = unscale * factor
         if combination.weights is not None and grads is None:
-            # loss weighting (or reused weights): one ordinary backward of sum_i w_i L_i
-            applied = to_device(combination.weights, device, stacked.dtype)
+            # loss weighting (or reused weights): one ordinary backward of sum_i w_i L_i, the
+            # weights fed to it as the losses' output gradient
+            applied = _as_loss_gradient(combination.weights, stacked)
             if scales is not None:
                 applied = applied * to_device(scales, device, stacked.dtype)
             return _grad(
-                (applied * stacked).sum(),
+                stacked,
                 self.shared_params + task_params,
+                grad_output=applied,
                 retain_graph=False,
                 unscale=unscale,
             )
@@ -1172,11 +1178,14 @@ class Balancer:
                 )
                 head_params, head_grads = head_pass.weighted(applied, unscale / factor, factor)
                 return trunk_params + head_params, trunk_grads + head_grads
-            objective = (applied * stacked).sum()
             through_losses = isinstance(grads, GramianGradients) and not separable
             if self.level == "representation" or through_losses:
                 return _grad(
-                    objective, self.shared_params + task_params, retain_graph=False, unscale=unscale
+                    stacked,
+                    self.shared_params + task_params,
+                    grad_output=applied,
+                    retain_graph=False,
+                    unscale=unscale,
                 )
             reached = self._reached_shared(stacked)
             shared = grads.combine(weights)
@@ -1186,7 +1195,7 @@ class Balancer:
                 head_params, head_grads = head_pass.weighted(applied, unscale / factor, factor)
             else:
                 head_params, head_grads = _grad(
-                    objective, task_params, retain_graph=False, unscale=unscale
+                    stacked, task_params, grad_output=applied, retain_graph=False, unscale=unscale
                 )
             kept = [(p, g) for p, g in zip(self.shared_params, shared, strict=True) if reached(p)]
             return [p for p, _ in kept] + head_params, [g for _, g in kept] + head_grads
@@ -1203,8 +1212,9 @@ class Balancer:
             head_params, head_grads = head_pass.weighted(row_factor, unscale)
         else:
             head_params, head_grads = _grad(
-                (row_factor * stacked).sum(),
+                stacked,
                 task_params,
+                grad_output=row_factor,
                 retain_graph=not at_parameters,
                 unscale=unscale,
             )
@@ -1286,6 +1296,14 @@ class Balancer:
             f"Balancer({self.method!r}, level={self.level!r}, transforms={self.transforms!r}, "
             f"shared_params={len(self.shared_params)} tensors)"
         )
+
+
+def _as_loss_gradient(weights: Tensor, stacked: Tensor) -> Tensor:
+    """``weights`` as the output gradient of the stacked losses: on their device, in their
+    dtype (the tensor itself where it already is; autograd does not write to it)."""
+    if weights.device == stacked.device and weights.dtype == stacked.dtype:
+        return weights
+    return to_device(weights, stacked.device, stacked.dtype)
 
 
 def _grad(

@@ -18,6 +18,17 @@ __all__ = ["depends_on", "leaves_by_root", "reachable_leaves"]
 Edge = tuple[int, int]
 
 
+def _accumulate_grad_type() -> type[Any]:
+    """The type of the node that ends the graph at a leaf tensor (its ``variable``)."""
+    leaf = torch.zeros(1, requires_grad=True)
+    return type(leaf.expand(1).grad_fn.next_functions[0][0])  # type: ignore[union-attr]
+
+
+# comparing a node's type with it is ~2x cheaper than asking every node for a ``variable``
+# attribute that all but the leaves lack
+_ACCUMULATE_GRAD = _accumulate_grad_type()
+
+
 def _edges(tensors: Sequence[torch.Tensor]) -> set[Edge]:
     return {(id(t.grad_fn), t.output_nr) for t in tensors if t.grad_fn is not None}
 
@@ -45,8 +56,8 @@ def _walk(
         if id(node) in seen:
             continue
         seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
+        if type(node) is _ACCUMULATE_GRAD:
+            variable = node.variable
             if id(variable) not in found_ids:
                 found.append(variable)
                 found_ids.add(id(variable))
@@ -108,8 +119,8 @@ def leaves_by_root(
                 continue
             seen.add(id(node))
             stack.append((node, True))
-            variable = getattr(node, "variable", None)
-            if isinstance(variable, torch.Tensor):
+            if type(node) is _ACCUMULATE_GRAD:
+                variable = node.variable
                 if variable is not stop_at:
                     leaves.append((node, variable))
                 continue
@@ -120,7 +131,7 @@ def leaves_by_root(
     for node in reversed(postorder):  # parents before children
         mask = masks.get(id(node), 0)
         disjoint = disjoint and mask & (mask - 1) == 0
-        if getattr(node, "variable", None) is not None:
+        if type(node) is _ACCUMULATE_GRAD:
             continue
         for child, slot in node.next_functions:
             if child is not None and (id(child), slot) not in stops:

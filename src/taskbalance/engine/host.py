@@ -94,11 +94,11 @@ def fetch(*tensors: Tensor) -> list[Tensor]:
         return []
     device = everything[0].device
     if device.type == "cpu":
-        host = [t.detach().to(torch.float64, copy=True) for t in everything]
+        host = [_detached(t).to(torch.float64, copy=True) for t in everything]
     else:
         # MPS has no float64: pack in float32 there (exact for float32 and smaller inputs)
         packing = torch.float32 if device.type == "mps" else torch.float64
-        packed = torch.cat([t.detach().reshape(-1).to(device, packing) for t in everything])
+        packed = torch.cat([_detached(t).reshape(-1).to(device, packing) for t in everything])
         flat = packed.to("cpu").to(torch.float64)
         pieces = torch.split(flat, [t.numel() for t in everything])
         host = [piece.view(t.shape) for piece, t in zip(pieces, everything, strict=True)]
@@ -110,6 +110,12 @@ def fetch(*tensors: Tensor) -> list[Tensor]:
             fetched[key] = copy
         pending.clear()
     return host[: len(tensors)]
+
+
+def _detached(tensor: Tensor) -> Tensor:
+    """``tensor`` cut from the graph (itself where it is in none: a detach is an operation,
+    ~10 us right after a backward)."""
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def to_device(tensor: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:

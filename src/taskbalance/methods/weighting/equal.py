@@ -24,5 +24,8 @@ class EqualWeighting(Method):
     reference = "Baseline: linear scalarisation with unit weights."
 
     def combine(self, ctx: Context) -> Combination:
-        device = ctx.losses.device if ctx.losses is not None else None
-        return Combination(weights=torch.ones(ctx.num_tasks, dtype=torch.float64, device=device))
+        if ctx.losses is None:
+            return Combination(weights=torch.ones(ctx.num_tasks, dtype=torch.float64))
+        # (in the losses' dtype: 1 is exact in every float type, and nothing is converted)
+        weights = torch.ones(ctx.num_tasks, dtype=ctx.losses.dtype, device=ctx.losses.device)
+        return Combination(weights=weights)
