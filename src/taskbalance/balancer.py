@@ -798,8 +798,8 @@ class Balancer:
             combination = Combination(weights=comm.same_everywhere(combination.weights))
         if self.update_every > 1 and combination.weights is not None:
             weights = combination.weights
-            if scales is not None:
-                weights = weights * to_device(scales, weights.device, weights.dtype)
+            if scales is not None:  # (in float64: weights may come in the losses' dtype)
+                weights = weights.to(torch.float64) * to_device(scales, weights.device)
             self._cached_weights = weights.detach().clone()
         return combination
 
