@@ -141,24 +141,28 @@ def test_loss_weights_fed_as_the_losses_output_gradient_are_neither_changed_nor_
     name: str,
 ) -> None:
     """The weights are the cotangent of the stacked losses: a loss listed several times gets
-    its gradient accumulated from several of their entries, which must not write into them."""
+    its gradient accumulated from several of their entries, which must not write into them,
+    nor into the weights a later ``update_every`` step reuses."""
     model = TwoLevelNet(2)
     x, y = regression_problem(2)
     hparams = {"weights": [1.0, 2.0, 3.0, 0.5]} if name == "fixed" else {}
-    balancer = Balancer(methods.create(name, **hparams), model.trunk.parameters())
-    _, (a, b) = task_losses(model, x, y)
-    info = balancer.backward([a, b, a, a])
+    balancer = Balancer(methods.create(name, **hparams), model.trunk.parameters(), update_every=2)
     weights = [1.0, 1.0, 1.0, 1.0] if name == "ew" else hparams["weights"]
-    assert info.weights is not None
-    assert info.weights.tolist() == weights
-    written = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.zero_grad(set_to_none=True)
-    _, (a, b) = task_losses(model, x, y)
-    ((weights[0] + weights[2] + weights[3]) * a + weights[1] * b).backward()
-    expected = [p.grad for p in model.parameters() if p.grad is not None]
-    assert len(written) == len(expected)
-    for got, want in zip(written, expected, strict=True):
-        torch.testing.assert_close(got, want)
+    for step in range(3):  # computed, reused, computed
+        model.zero_grad(set_to_none=True)
+        _, (a, b) = task_losses(model, x, y)
+        info = balancer.backward([a, b, a, a])
+        assert info.reused_weights == (step == 1)
+        assert info.weights is not None
+        assert info.weights.tolist() == weights
+        written = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        _, (a, b) = task_losses(model, x, y)
+        ((weights[0] + weights[2] + weights[3]) * a + weights[1] * b).backward()
+        expected = [p.grad for p in model.parameters() if p.grad is not None]
+        assert len(written) == len(expected)
+        for got, want in zip(written, expected, strict=True):
+            torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("engine", ["jacobian", "gramian"])
