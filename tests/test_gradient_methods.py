@@ -244,13 +244,13 @@ def test_power_equation_warm_start_gives_the_cold_solution_in_fewer_iterations(
     # nearly Pareto-stationary (0 almost in the convex hull): large weights, many cold steps
     J = torch.stack([base[0], base[1], -(base[0] + base[1]) + 1e-3 * base[2]])
     iterations: list[int] = []
-    original = power_equation._phi
+    original = power_equation._newton_direction
 
-    def counting(G: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
+    def counting(hessian: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         iterations[-1] += 1
-        return original(G, w, p)
+        return original(hessian, residual)
 
-    power_equation._phi = counting  # type: ignore[assignment]
+    power_equation._newton_direction = counting  # type: ignore[assignment]
     try:
         for step in range(5):
             moved = J + 1e-4 * step * random_jacobian(100 + step, 3, 20)
@@ -260,7 +260,7 @@ def test_power_equation_warm_start_gives_the_cold_solution_in_fewer_iterations(
             cold = aggregate(name, moved)
             torch.testing.assert_close(warm, cold, rtol=1e-6, atol=1e-9)
     finally:
-        power_equation._phi = original  # type: ignore[assignment]
+        power_equation._newton_direction = original  # type: ignore[assignment]
     warm_counts, cold_counts = iterations[2::2], iterations[3::2]  # after the first step
     assert sum(warm_counts) < 0.7 * sum(cold_counts)
     fresh = methods.create(name)
@@ -288,6 +288,47 @@ def test_power_equation_stops_at_the_rounding_floor(monkeypatch: pytest.MonkeyPa
     assert len(steps) < 30
     target = 1 / w
     assert float((G @ w - target).abs().max() / target.abs().max()) <= 1e-6
+
+
+@settings(deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    spread=st.floats(0.0, 10.0),  # decades between the smallest and the largest gradient norm
+    p=st.sampled_from([1.0, 0.5, 2.0]),
+)
+def test_power_equation_solves_every_task_to_its_own_accuracy(
+    seed: int, spread: float, p: float
+) -> None:
+    """``G w = w^-p`` holds for each task relative to its own ``w_i^-p``, however far apart the
+    gradients' norms are, down to the rounding of ``(G w)_i`` itself (scaled by the largest
+    diagonal entry alone, a task 10^4 times smaller than another was left 160% off)."""
+    from taskbalance.solvers.power_equation import solve_power_equation
+
+    J = random_jacobian(seed, 6, 10)
+    J = J * torch.logspace(-spread / 2, spread / 2, 6, dtype=torch.float64)[:, None]
+    G = J @ J.T
+    w = solve_power_equation(G, p)
+    target = w ** (-p)
+    rounding = torch.finfo(torch.float64).eps * (G.abs() @ w) / target
+    assert bool((((G @ w - target).abs() / target) <= 1e-6 + 100 * rounding).all())
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 10_000), exponents=st.lists(st.floats(-6, 6), min_size=4, max_size=4))
+def test_nash_mtl_weights_scale_inversely_with_each_task_gradient(
+    seed: int, exponents: list[float]
+) -> None:
+    """Nash-MTL's bargaining solution is covariant: ``g_i -> s_i g_i`` gives
+    ``alpha_i -> alpha_i / s_i`` (the same update, whose utilities keep ``alpha_i g_i . d = 1``)."""
+    from taskbalance.solvers.power_equation import solve_power_equation
+
+    J = random_jacobian(seed, 4, 9)
+    scales = 10.0 ** torch.tensor(exponents, dtype=torch.float64)
+    w = solve_power_equation(J @ J.T)
+    scaled = J * scales[:, None]
+    torch.testing.assert_close(
+        solve_power_equation(scaled @ scaled.T), w / scales, rtol=1e-8, atol=0
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 8.0])
@@ -447,6 +488,59 @@ def test_cagrad_two_task_closed_form_equals_the_search(seed: int, c: float, kind
     assert objective(closed) == pytest.approx(objective(search), abs=1e-8)
     if kind in ("random", "tiny"):
         torch.testing.assert_close(closed, search, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4])
+def test_cagrad_with_a_zero_gradient_is_the_optimum_nearest_the_mean(seed: int) -> None:
+    """A task with a zero gradient puts the origin in the hull and makes the dual optimum
+    ``g_w* = 0``, where ``g_0 + c |g_0| g_w* / |g_w*|`` is undefined (the paper's code then
+    returns ``g_0``, which here hurts a task). The optimum value is 0 and the optimum nearest
+    to ``g_0`` is the projection of ``g_0`` onto ``{d : J d >= 0}`` (NNLS reference)."""
+    J = random_jacobian(seed, 4, 8)
+    J[0] = 0.0
+    J[1] = -0.6 * J[2] + 0.3 * J[1]
+    g0, c = J.mean(dim=0), 0.5
+    mu, _ = nnls(J.T.numpy(), -g0.numpy())
+    nearest = g0 + J.T @ torch.from_numpy(mu)
+    assert float((J @ g0).min()) < 0  # the mean hurts a task
+    assert float((nearest - g0).norm()) <= c * float(g0.norm())  # the ball reaches level 0
+    d = aggregate(methods.create("cagrad", c=c, rescale=0), J)
+    torch.testing.assert_close(d, nearest, rtol=1e-9, atol=1e-12)
+    assert float((J @ d).min()) >= -1e-12
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    seed=st.integers(0, 10_000),
+    num_tasks=st.integers(2, 8),
+    spread=st.floats(0.0, 8.0),  # decades between the smallest and the largest gradient norm
+    c=st.sampled_from([0.1, 0.5, 0.9, 1.5]),
+)
+def test_cagrad_update_is_certified_optimal_at_any_spread_of_gradient_norms(
+    seed: int, num_tasks: int, spread: float, c: float
+) -> None:
+    """Weak duality certifies the update: for any ``w`` on the simplex,
+    ``F(w) = g_w . g_0 + c |g_0| |g_w| >= t* >= min_i g_i . d`` for every ``d`` in the ball, so
+    ``d`` in the ball with every ``g_i . d >= F(w)`` (to each task's own rounding) is the
+    optimum; ``w`` is read off the update's own weights. Where the gradients' norms span
+    decades the closed-form recovery through ``1 / |g_w*|`` missed the smallest tasks'
+    improvement by up to 50%."""
+    J = random_jacobian(seed, num_tasks, 12)
+    J[1::2] = J[1::2] - 0.7 * J[0::2][: J[1::2].shape[0]]
+    J = J * torch.logspace(-spread / 2, spread / 2, num_tasks, dtype=torch.float64)[:, None]
+    G = J @ J.T
+    g0 = J.mean(dim=0)
+    radius = c * float(g0.norm())
+    d = aggregate(methods.create("cagrad", c=c, rescale=0), J)
+    assert float((d - g0).norm()) <= radius * (1 + 1e-8)
+    # the certificate from the update itself: d = g_0 + J^T mu with mu >= 0, and at the
+    # optimum w = mu / sum(mu) is the dual optimum (d - g_0 = c |g_0| g_w / |g_w|)
+    mu = weights("cagrad", J, c=c, rescale=0) - 1.0 / num_tasks
+    assert float(mu.min()) >= -1e-12 * float(mu.abs().max())
+    w = mu.clamp_min(0) / mu.clamp_min(0).sum()
+    dual_value = float(w @ (J @ g0) + radius * (w @ G @ w).clamp_min(0).sqrt())
+    size = J.norm(dim=1) * d.norm()
+    assert float(((dual_value - J @ d) / size).max()) <= 1e-6
 
 
 def test_cagrad_moves_against_the_mean_when_the_origin_is_in_the_hull() -> None:
