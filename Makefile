@@ -27,7 +27,15 @@ demo: data
 demo-digits: $(STAMP)
 	$(PY) -m taskbalance.demo --out runs/demo
 
-test: data
+# the tests also compare our methods with TorchJD's and LibMTL's on the same inputs
+# (tests/test_reference_libraries.py), so they install both (benchmark-only extras)
+REFERENCES := $(VENV)/.references
+$(REFERENCES): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
+	$(PIP) install --quiet --no-deps LibMTL==1.1.5
+	touch $(REFERENCES)
+
+test: data $(REFERENCES)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
@@ -52,9 +60,7 @@ docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs serve
 
 # speed side by side with TorchJD 0.18 and LibMTL 1.1.5 (benchmark-only installs), ~20 minutes
-bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
-	$(PIP) install --quiet --no-deps LibMTL==1.1.5
+bench: $(REFERENCES)
 	$(PY) benchmarks/step_time.py --compare --tasks 2 3 10 40 --warmup 3 --repeats 10 \
 		--engines gramian --memory ew mgda upgrad graddrop floor:gramian floor:jacobian \
 		--out benchmarks/results/step_time_compare.json
@@ -64,9 +70,7 @@ bench: $(STAMP)
 
 # the same speed and memory comparison on CUDA (CUDA events, max_memory_allocated), TorchJD and
 # LibMTL beside ours, into benchmarks/results/gpu/; says so and exits 2 without a CUDA device
-bench-gpu: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
-	$(PIP) install --quiet --no-deps LibMTL==1.1.5
+bench-gpu: $(REFERENCES)
 	$(PY) benchmarks/gpu.py
 
 # every benchmark, every entry, 3 seeds: regenerates the tables in benchmarks/results/
