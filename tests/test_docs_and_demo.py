@@ -25,6 +25,11 @@ def test_aggregate_validates_its_input() -> None:
         aggregate("mgda", torch.tensor([[1.0, float("nan")]]))
     with pytest.raises(TypeError, match="tensor"):
         aggregate("ew", [[1.0]])  # type: ignore[arg-type]
+    # MGDA of two orthogonal unit gradients is (0.5, 0.5): an integer result would read (0, 0)
+    with pytest.raises(TypeError, match=r"floating-point tensor, got torch.int64.*double\(\)"):
+        aggregate("mgda", torch.tensor([[1, 0], [0, 1]]))
+    with pytest.raises(TypeError, match=r"got torch\.complex64"):
+        aggregate("pcgrad", torch.ones(2, 2, dtype=torch.complex64))
     with pytest.raises(ValueError, match="2 losses for 3 tasks"):
         aggregate("loss_ratio", torch.ones(3, 2), losses=[1.0, 2.0])
 

@@ -1,6 +1,7 @@
 """Stateful and non-linear loss-weighting methods against their formulas."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -48,10 +49,43 @@ def test_learned_scales_converge_to_their_fixed_point(name: str, fixed_point: fl
     )
 
 
-def test_uw_handles_negative_losses() -> None:
-    method = methods.create("uw")
-    for _ in range(10):
-        assert torch.isfinite(weights_of(method, ctx([-2.0, 1.0]))).all()
+@pytest.mark.parametrize("name", ["uw", "imtl_l"])
+def test_learned_scales_warn_once_that_a_negative_loss_has_no_optimal_scale(name: str) -> None:
+    """``0.5 (e^-s L + s)`` and ``e^s L - s`` are unbounded below in ``s`` for ``L < 0``: the
+    negative task's weight keeps growing (here over 2000 steps) while that of the task with
+    ``L = 1`` stays at its optimum (``s = 0``), so a negative loss is reported, once."""
+    method = methods.create(name, lr=0.01)
+    with pytest.warns(UserWarning, match=r"task\(s\) \[0\] is negative.*grows without bound"):
+        first = weights_of(method, ctx([-2.0, 1.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once per instance
+        for _ in range(2000):
+            last = weights_of(method, ctx([-2.0, 1.0]))
+    assert torch.isfinite(last).all()
+    assert float(last[0] / first[0]) > 1e5
+    assert float(last[1] / first[1]) == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["dwa", "db_mtl", "gradnorm", "moco", "loss_ratio", "gls"])
+def test_methods_whose_formula_needs_the_losses_sign_refuse_negative_losses(name: str) -> None:
+    """Logs and ratios of losses (DB-MTL's log L, GradNorm's and DWA's L(t)/L(0), MoCo's
+    L_i g_i / |g_i|) read a negative loss backwards: refused with the alternatives."""
+    J = torch.tensor([[1.0, 0.0], [0.5, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"needs non-negative losses.*'ew', 'rlw', 'stch'"):
+        aggregate(name, J, losses=[0.5, -0.25])
+
+
+def test_famo_refuses_losses_below_their_minimum() -> None:
+    """FAMO balances ``log(L_i - L*_i)``: a loss below ``L*`` (default 0) is refused rather
+    than clamped to a gap of 1e-8 (weight ~1e8); with a lower bound given it is used."""
+    J = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"task\(s\) \[1\] is below its minimum L\*"):
+        aggregate(methods.create("famo"), J, losses=[0.5, -0.25])
+    bounded = methods.create("famo", min_losses=[0.0, -1.0])
+    torch.testing.assert_close(
+        aggregate(bounded, J, losses=[0.5, -0.25]),
+        torch.tensor([1 / 0.5, 1 / 0.75], dtype=torch.float64) / (1 / 0.5 + 1 / 0.75),
+    )
 
 
 def test_rlw_is_a_seeded_softmax_of_gaussians() -> None:

@@ -72,6 +72,12 @@ def combine_jacobian(
     method = resolve_method(method)
     if not isinstance(jacobian, Tensor):
         raise TypeError(f"jacobian must be a tensor, got {type(jacobian).__name__}")
+    if not jacobian.is_floating_point():
+        # (an integer update would be the real one truncated; a complex one has no order)
+        raise TypeError(
+            f"jacobian must be a real floating-point tensor, got {jacobian.dtype}: "
+            "convert it first, e.g. jacobian.double()"
+        )
     if jacobian.ndim != 2 or jacobian.shape[0] < 1:
         raise ValueError(
             f"jacobian must have shape (T, P) with one row per task, got {tuple(jacobian.shape)}"

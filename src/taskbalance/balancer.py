@@ -49,7 +49,14 @@ from taskbalance.distributed import (
 from taskbalance.engine.gramian import in_float64_range, in_safe_range, representable_factor
 from taskbalance.engine.graph import depends_on, leaves_by_root, reachable_leaves
 from taskbalance.engine.heads import HeadGradients, head_backwards
-from taskbalance.engine.host import defer, deferred, fetch, step_reads, to_device
+from taskbalance.engine.host import (
+    STEP_LOSSES,
+    defer,
+    deferred,
+    fetch,
+    step_reads,
+    to_device,
+)
 from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.linear_heads import LinearHeads, linear_heads
@@ -603,7 +610,7 @@ class Balancer:
         self._validate_step(stacked, reps, loss_scale)
         # the losses' finiteness is read with the step's first host read (the Gram matrix,
         # or the update's norm), or before a method with state sees them
-        defer("losses", detached)
+        defer(STEP_LOSSES, detached)
         self._losses_checked = False
         local_comm = comm is not None and not comm.is_global
         if loss_scale != 1.0:
@@ -739,7 +746,7 @@ class Balancer:
         if self._losses_checked:
             return None
         self._losses_checked = True
-        flags = [math.isfinite(value) for value in deferred("losses").tolist()]  # host copy
+        flags = [math.isfinite(value) for value in deferred(STEP_LOSSES).tolist()]  # host copy
         finite = all(flags)
         if comm is not None and not comm.is_global:
             finite = not comm.any(not finite)
@@ -785,7 +792,7 @@ class Balancer:
             self.method,
             grads,
             num_tasks=len(names),
-            losses=deferred("losses").to(detached.dtype) if on_host else detached,
+            losses=deferred(STEP_LOSSES).to(detached.dtype) if on_host else detached,
             metrics=metrics,
             step=self.step,
             task_names=names,

@@ -31,7 +31,19 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["add_observer", "defer", "deferred", "fetch", "step_reads", "to_device"]
+__all__ = [
+    "STEP_LOSSES",
+    "add_observer",
+    "already_fetched",
+    "defer",
+    "deferred",
+    "fetch",
+    "step_reads",
+    "to_device",
+]
+
+STEP_LOSSES = "losses"
+"""Key under which a balancing step defers its detached losses (``(T,)``)."""
 
 # called with ("fetch", host copies) or ("send", device copies): benchmarks count transfers
 _observers: list[Callable[[str, list[Tensor]], None]] = []
@@ -82,6 +94,14 @@ def deferred(key: str) -> Tensor:
     fetch()
     assert fetched is not None
     return fetched[key]
+
+
+def already_fetched(key: str) -> Tensor | None:
+    """The host copy of the tensor deferred under ``key`` if a fetch of this step has already
+    carried it, else None (never reads the device: for checks that are free on a host copy
+    and would cost a sync on the device)."""
+    fetched = _fetched.get()
+    return None if fetched is None else fetched.get(key)
 
 
 def fetch(*tensors: Tensor) -> list[Tensor]:

@@ -12,6 +12,7 @@ from taskbalance.methods._validation import check_fraction, check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.gradient._gram import row_norms, weighted_sum_of_rows
 from taskbalance.methods.registry import register
+from taskbalance.methods.weighting._losses import non_negative_losses
 
 _EPS = 1e-8
 
@@ -56,7 +57,8 @@ class DBMTL(Method):
 
     def combine(self, ctx: Context) -> Combination:
         J = ctx.require_jacobian(self.name)
-        losses = ctx.require_losses(self.name).to(J.device, torch.float64)
+        # log(L_i) has no gradient to take for a negative loss (LibMTL's log(L + 1e-8) is NaN)
+        losses = non_negative_losses(ctx, self.name).to(J.device)
         if self.buffer is None:
             self.buffer = torch.zeros_like(J)
         elif self.buffer.shape != J.shape:
@@ -67,7 +69,7 @@ class DBMTL(Method):
         self.steps += 1
         beta = self.beta / self.steps**self.beta_sigma
         # m <- beta m + (1 - beta) g_i / L_i, in place and without a T x P temporary
-        row_factor = (1 - beta) / (losses.clamp_min(0) + _EPS).to(J.dtype)
+        row_factor = (1 - beta) / (losses + _EPS).to(J.dtype)
         self.buffer.mul_(beta).addcmul_(J, row_factor.unsqueeze(1))
         norms = row_norms(self.buffer)
         scale = torch.where(norms > 0, norms.max() / torch.where(norms > 0, norms, 1.0), 0.0)

@@ -12,6 +12,7 @@ from taskbalance.methods._adam import AdamState, adam_step
 from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
+from taskbalance.methods.weighting._losses import non_negative_losses
 
 _FLOOR = 1e-4
 
@@ -65,7 +66,8 @@ class GradNorm(Method):
 
     def combine(self, ctx: Context) -> Combination:
         G = ctx.require_gramian(self.name).to(torch.float64)
-        losses = ctx.require_losses(self.name).to(G.device, torch.float64)
+        # the inverse training rate L_i(t) / L_i(0) reads a negative loss's progress backwards
+        losses = non_negative_losses(ctx, self.name).to(G.device)
         num_tasks = ctx.num_tasks
         if self.task_weights is None or self.initial_losses is None or self.adam is None:
             self.task_weights = torch.ones(num_tasks, dtype=torch.float64, device=G.device)

@@ -14,6 +14,7 @@ from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.gradient._gram import row_norms
 from taskbalance.methods.registry import register
+from taskbalance.methods.weighting._losses import non_negative_losses
 
 
 @register
@@ -75,7 +76,8 @@ class MoCo(Method):
 
     def combine(self, ctx: Context) -> Combination:
         J = ctx.require_jacobian(self.name)
-        losses = ctx.require_losses(self.name).to(J.device, J.dtype)
+        # L_i g_i / |g_i| points against g_i for a negative loss
+        losses = non_negative_losses(ctx, self.name).to(J.device, J.dtype)
         num_tasks = J.shape[0]
         if self.tracked is None or self.task_weights is None:
             self.tracked = torch.zeros_like(J)

@@ -5,18 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from taskbalance.engine.host import STEP_LOSSES, already_fetched
 from taskbalance.methods.base import Context
 
 __all__ = ["check_num_tasks", "non_negative_losses"]
 
 
 def non_negative_losses(ctx: Context, method: str) -> Tensor:
-    """The step's losses in float64; ``ValueError`` if any is negative."""
+    """The step's losses in float64; ``ValueError`` if any is negative.
+
+    The sign is read from the host copy of the losses where the balancing step has already
+    fetched it (methods that work on the device, e.g. on the Jacobian: no extra sync)."""
     losses = ctx.require_losses(method).to(torch.float64)
-    if bool((losses < 0).any()):
+    host = already_fetched(STEP_LOSSES)
+    signs = host if host is not None and host.shape == losses.shape else losses
+    if bool((signs < 0).any()):
         raise ValueError(
-            f"{method} needs non-negative losses, got {losses.tolist()}; "
-            "use 'ew', 'uw' or 'stch' for losses that can be negative"
+            f"{method} needs non-negative losses, got {losses.tolist()}; for losses that can "
+            "be negative use a method that does not need their sign: 'ew', 'rlw', 'stch' or a "
+            "gradient method such as 'upgrad' or 'mgda' (or shift each loss by a lower bound)"
         )
     return losses
 

@@ -11,7 +11,7 @@ from taskbalance.engine.needs import Need
 from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
-from taskbalance.methods.weighting._losses import check_num_tasks
+from taskbalance.methods.weighting._losses import check_num_tasks, non_negative_losses
 
 
 @register
@@ -71,7 +71,8 @@ class DynamicWeightAverage(Method):
         self.period_count = 0
 
     def combine(self, ctx: Context) -> Combination:
-        losses = ctx.require_losses(self.name).to(torch.float64)
+        # (the ratio of two negative period means reads an improvement as a slowdown)
+        losses = non_negative_losses(ctx, self.name)
         check_num_tasks(self.name, self.period_sum, ctx.num_tasks)
         if self.history is not None and self.periods_done >= 2:
             older, last = self.history[0], self.history[1]

@@ -77,7 +77,16 @@ class FAMO(Method):
                     f"famo: {len(self.min_losses)} min_losses for {losses.numel()} tasks"
                 )
             floor = torch.tensor(self.min_losses, dtype=losses.dtype, device=losses.device)
-        return (losses - floor).clamp_min(0) + _EPS
+        below = (losses < floor).nonzero().flatten().tolist()
+        if below:
+            # a gap clamped to 0 would give those tasks the weight 1 / 1e-8 (and log 1e-8)
+            raise ValueError(
+                f"famo: the loss of task(s) {below} is below its minimum L* "
+                f"(losses {losses.tolist()}, min_losses {floor.tolist()}); FAMO balances "
+                "log(L_i - L*_i), so L* must be a lower bound of each loss: pass "
+                "min_losses=[...] (e.g. for losses that can be negative)"
+            )
+        return losses - floor + _EPS
 
     def update(self, new_losses: Tensor | Sequence[float]) -> None:
         """Move the task logits using the losses measured after the optimizer step."""

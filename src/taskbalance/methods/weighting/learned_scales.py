@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from typing import Any
 
@@ -25,6 +26,12 @@ class LearnedScaleWeighting(Method):
 
     ``s`` lives inside the method, not in the user's optimizer (no weight decay or schedule
     from it); its Adam state is checkpointed with the method.
+
+    Both objectives have their optimum at ``s_i = +-log L_i``, which exists only for a
+    positive (average) loss: while a loss stays negative its weight grows without bound (by a
+    factor ``~exp(lr)`` per step). A negative loss is therefore reported once per method
+    instance with a ``UserWarning`` (occasional negative losses with a positive average, e.g.
+    a Gaussian negative log-likelihood, are fine).
     """
 
     family = "loss weighting"
@@ -35,6 +42,7 @@ class LearnedScaleWeighting(Method):
         self.lr = check_positive(self.name, "lr", lr)
         self.log_scales: Tensor | None = None
         self.adam: AdamState | None = None
+        self._warned_negative = False
 
     def hparams(self) -> dict[str, Any]:
         return {"lr": self.lr}
@@ -53,6 +61,18 @@ class LearnedScaleWeighting(Method):
         if self.log_scales is None or self.adam is None:
             self.log_scales = torch.zeros_like(losses)
             self.adam = AdamState.zeros_like(self.log_scales)
+        if not self._warned_negative and bool((losses < 0).any()):
+            self._warned_negative = True
+            negative = (losses < 0).nonzero().flatten().tolist()
+            warnings.warn(
+                f"{self.name}: the loss of task(s) {negative} is negative "
+                f"({losses.tolist()}); the learned scale's optimum log L exists only for "
+                "positive losses, so while a loss stays negative its weight grows without "
+                "bound. Shift such losses by a lower bound, or use a method that does not "
+                "need their sign ('ew', 'rlw', 'stch' or a gradient method)",
+                UserWarning,
+                stacklevel=2,
+            )
         weights = self.weights_from(self.log_scales)
         gradient = self.objective_gradient(self.log_scales, losses)
         self.log_scales = adam_step(self.log_scales, gradient, self.adam, lr=self.lr)
@@ -66,7 +86,7 @@ class UncertaintyWeighting(LearnedScaleWeighting):
     Objective ``sum_i 0.5 (exp(-s_i) L_i + s_i)`` with ``s_i = log sigma_i^2`` learned (init 0),
     so the model's gradient is that of ``sum_i w_i L_i`` with ``w_i = 0.5 exp(-s_i)`` and
     ``dObj/ds_i = 0.5 (1 - exp(-s_i) L_i)`` (optimum ``s_i = log L_i``: every weighted loss
-    tends to 1/2). Works with negative losses (the objective stays well defined).
+    tends to 1/2). Negative losses: see :class:`LearnedScaleWeighting`.
 
     Scale: weights start at 0.5 each (the paper's and LibMTL's ``1 / (2 sigma^2)``).
 
