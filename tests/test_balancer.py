@@ -244,6 +244,14 @@ def test_state_dict_round_trip_gives_identical_next_steps() -> None:
         assert torch.equal(a, b)
 
 
+def test_load_state_dict_says_what_a_balancer_state_is() -> None:
+    """A method's own state (or anything else) given to the Balancer is refused by name."""
+    model = TwoLevelNet(3)
+    balancer = Balancer("uw", model.trunk.parameters())
+    with pytest.raises(ValueError, match=r"not a Balancer state: missing \['method', 'step'"):
+        balancer.load_state_dict(balancer.method.state_dict())
+
+
 def test_update_every_reuses_the_last_weights_with_one_ordinary_backward(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

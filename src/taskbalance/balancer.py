@@ -1284,6 +1284,13 @@ class Balancer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = sorted(_STATE_KEYS - set(state))
+        if missing:
+            raise ValueError(
+                f"not a Balancer state: missing {missing} (got keys {sorted(state)}); pass what "
+                "Balancer.state_dict() returned (a method's own state goes to "
+                "balancer.method.load_state_dict)"
+            )
         transforms = cast(list[dict[str, Any]], state["transforms"])
         if len(transforms) != len(self.transforms):
             raise ValueError(
@@ -1303,6 +1310,10 @@ class Balancer:
             f"Balancer({self.method!r}, level={self.level!r}, transforms={self.transforms!r}, "
             f"shared_params={len(self.shared_params)} tensors)"
         )
+
+
+_STATE_KEYS = frozenset({"method", "transforms", "step", "task_names"})
+"""Keys every :meth:`Balancer.state_dict` has (``cached_weights`` is optional: older states)."""
 
 
 def _as_loss_gradient(weights: Tensor, stacked: Tensor) -> Tensor:
