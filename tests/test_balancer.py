@@ -244,6 +244,18 @@ def test_state_dict_round_trip_gives_identical_next_steps() -> None:
         assert torch.equal(a, b)
 
 
+def test_transforms_and_monitor_are_checked_when_the_balancer_is_made() -> None:
+    from taskbalance.transforms import ClipGlobalNorm
+
+    model = TwoLevelNet(3)
+    with pytest.raises(TypeError, match=r"a list of taskbalance transforms, got ClipGlobalNorm"):
+        Balancer("ew", model.trunk.parameters(), transforms=ClipGlobalNorm(1.0))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got int"):
+        Balancer("ew", model.trunk.parameters(), transforms=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="HealthMonitor or None, got str"):
+        Balancer("ew", model.trunk.parameters(), monitor="yes")  # type: ignore[arg-type]
+
+
 def test_load_state_dict_says_what_a_balancer_state_is() -> None:
     """A method's own state (or anything else) given to the Balancer is refused by name."""
     model = TwoLevelNet(3)

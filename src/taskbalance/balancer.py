@@ -375,6 +375,11 @@ class Balancer:
                 "has no meaning for representation gradients (their coordinates are the samples "
                 "of each batch): use level='parameters'"
             )
+        if isinstance(transforms, Transform) or not isinstance(transforms, Iterable):
+            raise TypeError(
+                f"transforms must be a list of taskbalance transforms, got "
+                f"{type(transforms).__name__}: e.g. transforms=[ClipGlobalNorm(1.0)]"
+            )
         self.transforms = list(transforms)
         for transform in self.transforms:
             if not isinstance(transform, Transform):
@@ -400,6 +405,10 @@ class Balancer:
         self.update_every = update_every
         self._cached_weights: Tensor | None = None
         self._model: MultiTaskModel | None = None
+        if monitor is not None and not isinstance(monitor, HealthMonitor):
+            raise TypeError(
+                f"monitor must be a taskbalance HealthMonitor or None, got {type(monitor).__name__}"
+            )
         self.monitor = monitor
         self.step = 0
         self._skips = 0
