@@ -594,7 +594,11 @@ def test_cagrad_support_steps_reach_the_searched_optimum(
     def objective(w: torch.Tensor) -> float:
         return float(w @ b) + rho * max(float(w @ Gs @ w), 0.0) ** 0.5
 
-    assert objective(fast) <= objective(plain) + 1e-9
+    # where 0 is (nearly) in the gradients' convex hull, |g_w| = sqrt(w^T G w) of a quadratic
+    # form that cancels to rounding, ~sqrt(T eps) for unit-diagonal G: weights equal to 6e-15
+    # read objectives 1.7e-9 and 2.7e-9 apart (seed 2562, T = 3, dim 2, c = 2)
+    floor = rho * (4 * num_tasks * torch.finfo(torch.float64).eps) ** 0.5
+    assert objective(fast) <= objective(plain) + 1e-9 + floor
     assert float(fast.min()) >= 0
     assert float(fast.sum()) == pytest.approx(1.0)
 
