@@ -8,7 +8,10 @@ from torch import Tensor
 from taskbalance.engine.host import STEP_LOSSES, already_fetched
 from taskbalance.methods.base import Context
 
-__all__ = ["check_num_tasks", "non_negative_losses"]
+__all__ = ["SIGN_FREE_METHODS", "check_num_tasks", "non_negative_losses"]
+
+SIGN_FREE_METHODS = "'ew', 'rlw', 'stch' or a gradient method such as 'upgrad' or 'mgda'"
+"""The methods to suggest for losses that can be negative (they do not need the losses' sign)."""
 
 
 def non_negative_losses(ctx: Context, method: str) -> Tensor:
@@ -22,8 +25,8 @@ def non_negative_losses(ctx: Context, method: str) -> Tensor:
     if bool((signs < 0).any()):
         raise ValueError(
             f"{method} needs non-negative losses, got {losses.tolist()}; for losses that can "
-            "be negative use a method that does not need their sign: 'ew', 'rlw', 'stch' or a "
-            "gradient method such as 'upgrad' or 'mgda' (or shift each loss by a lower bound)"
+            f"be negative use a method that does not need their sign: {SIGN_FREE_METHODS} "
+            "(or shift each loss by a lower bound)"
         )
     return losses
 

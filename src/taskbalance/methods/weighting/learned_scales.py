@@ -14,7 +14,7 @@ from taskbalance.methods._adam import AdamState, adam_step
 from taskbalance.methods._validation import check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
-from taskbalance.methods.weighting._losses import check_num_tasks
+from taskbalance.methods.weighting._losses import SIGN_FREE_METHODS, check_num_tasks
 
 __all__ = ["IMTLL", "LearnedScaleWeighting", "UncertaintyWeighting"]
 
@@ -69,7 +69,7 @@ class LearnedScaleWeighting(Method):
                 f"({losses.tolist()}); the learned scale's optimum log L exists only for "
                 "positive losses, so while a loss stays negative its weight grows without "
                 "bound. Shift such losses by a lower bound, or use a method that does not "
-                "need their sign ('ew', 'rlw', 'stch' or a gradient method)",
+                f"need their sign: {SIGN_FREE_METHODS}",
                 UserWarning,
                 stacklevel=2,
             )
