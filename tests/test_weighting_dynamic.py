@@ -75,6 +75,24 @@ def test_methods_whose_formula_needs_the_losses_sign_refuse_negative_losses(name
         aggregate(name, J, losses=[0.5, -0.25])
 
 
+@pytest.mark.parametrize("name", ["db_mtl", "moco", "dwa"])
+def test_a_balancing_step_refuses_negative_losses_before_writing_grad(name: str) -> None:
+    """In a step the sign is read from the losses' host copy (Jacobian methods run on the
+    device: no extra read); the refusal comes before anything reaches ``.grad``."""
+    from torch import nn
+
+    from taskbalance import Balancer
+
+    torch.manual_seed(0)
+    trunk, heads = nn.Linear(4, 3), nn.ModuleList(nn.Linear(3, 1) for _ in range(2))
+    balancer = Balancer(name, trunk.parameters(), task_params=heads.parameters())
+    z = trunk(torch.randn(5, 4))
+    losses = [heads[0](z).pow(2).mean(), heads[1](z).pow(2).mean() - 10.0]
+    with pytest.raises(ValueError, match="needs non-negative losses"):
+        balancer.backward(losses)
+    assert all(p.grad is None for p in trunk.parameters())
+
+
 def test_famo_refuses_losses_below_their_minimum() -> None:
     """FAMO balances ``log(L_i - L*_i)``: a loss below ``L*`` (default 0) is refused rather
     than clamped to a gap of 1e-8 (weight ~1e8); with a lower bound given it is used."""
