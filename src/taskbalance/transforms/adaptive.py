@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from taskbalance.transforms.base import CombinedTransform, PerTaskTransform, global_norm, positive
+from taskbalance.transforms.base import (
+    HALF_DTYPES,
+    CombinedTransform,
+    PerTaskTransform,
+    global_norm,
+    positive,
+)
 
 __all__ = ["AGC", "AutoClip", "AutoClipPerTask"]
 
@@ -28,14 +34,19 @@ class _NormHistory:
         self.history: Tensor | None = None  # (n, k)
 
     def threshold(self, norms: Tensor) -> Tensor:
-        """Record ``norms`` (``(k,)``) and return the percentile of each column so far."""
+        """Record ``norms`` (``(k,)``) and return the percentile of each column so far.
+
+        A norm that is not finite (a step the balancer will skip) is kept as NaN, which the
+        percentile ignores: it neither lowers the threshold (as a 0 would) nor raises it; a
+        column with no finite norm yet has a NaN threshold, so its update is not finite and
+        the step is skipped."""
         row = norms.detach().to(torch.float64).reshape(1, -1)
-        row = torch.where(torch.isfinite(row), row, torch.zeros_like(row))
+        row = torch.where(torch.isfinite(row), row, torch.nan)
         if self.history is None or self.history.shape[1] != row.shape[1]:
             self.history = row
         else:
             self.history = torch.cat([self.history, row])[-self.max_history :]
-        return torch.quantile(self.history, self.percentile / 100.0, dim=0)
+        return torch.nanquantile(self.history, self.percentile / 100.0, dim=0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": None if self.history is None else self.history.clone()}
@@ -80,7 +91,7 @@ class AutoClip(_WithHistory, CombinedTransform):
         total = global_norm(grads)
         threshold = self._history.threshold(total.reshape(1))[0]
         factor = torch.clamp(threshold / (total + _EPS), max=1.0)
-        return [g * factor.to(g.dtype) for g in grads]
+        return [g * factor for g in grads]  # (a 0-dim factor keeps each gradient's dtype)
 
     def __repr__(self) -> str:
         return f"AutoClip(percentile={self._history.percentile})"
@@ -109,13 +120,41 @@ class AutoClipPerTask(_WithHistory, PerTaskTransform):
 
 def unitwise_norm(x: Tensor) -> Tensor:
     """Norm per output unit (over all dimensions but the first) for matrices and kernels,
-    the whole norm for vectors and scalars, broadcastable against ``x``."""
+    the whole norm for vectors and scalars, broadcastable against ``x``; float32 for
+    half-precision ``x`` (whose norms overflow at 65504), else ``x``'s dtype."""
+    dtype = torch.float32 if x.dtype in HALF_DTYPES else None
     norms: Tensor
     if x.ndim <= 1:
-        norms = torch.linalg.vector_norm(x).expand_as(x)
+        norms = torch.linalg.vector_norm(x, dtype=dtype).expand(x.shape)
     else:
-        norms = torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+        norms = torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=dtype)
     return norms
+
+
+def _exact_unitwise_norm(x: Tensor) -> Tensor:
+    """:func:`unitwise_norm` in float64 from each unit's largest entry: finite wherever the
+    unit's norm is (squares of entries beyond ~1e19 overflow float32), NaN where ``x`` is."""
+    dims = tuple(range(x.ndim)) if x.ndim <= 1 else tuple(range(1, x.ndim))
+    wide = x.detach().to(torch.float64)
+    peak = wide.abs().amax(dim=dims, keepdim=True)
+    unit = torch.where(peak > 0, peak, 1.0)
+    norms: Tensor = torch.linalg.vector_norm(wide / unit, dim=dims, keepdim=True) * unit
+    return norms.expand(x.shape) if x.ndim <= 1 else norms
+
+
+def _unitwise_norms(tensors: list[Tensor]) -> list[Tensor]:
+    """:func:`unitwise_norm` of each tensor, recomputed exactly (:func:`_exact_unitwise_norm`)
+    where one overflowed: one host read per call."""
+    norms = [unitwise_norm(t) for t in tensors]
+    if not norms:
+        return norms
+    peaks = torch.stack([n.amax().to(torch.float64) for n in norms])
+    if bool(torch.isfinite(peaks).all()):
+        return norms
+    return [
+        n if bool(torch.isfinite(n).all()) else _exact_unitwise_norm(t)
+        for n, t in zip(norms, tensors, strict=True)
+    ]
 
 
 class AGC(CombinedTransform):
@@ -140,12 +179,14 @@ class AGC(CombinedTransform):
         self.eps = positive("eps", eps)
 
     def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+        weight_norms = _unitwise_norms([p.detach() for p in params])
+        grad_norms = _unitwise_norms(grads)
         clipped = []
-        for g, p in zip(grads, params, strict=True):
-            max_norm = self.clipping * unitwise_norm(p.detach()).clamp_min(self.eps)
-            grad_norm = unitwise_norm(g)
+        for g, weight_norm, grad_norm in zip(grads, weight_norms, grad_norms, strict=True):
+            max_norm = self.clipping * weight_norm.clamp_min(self.eps)
             factor = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-30), 1.0)
-            clipped.append(g * factor.to(g.dtype))
+            # (in the factor's precision: a half-precision factor would flush small ones to 0)
+            clipped.append((g * factor).to(g.dtype))
         return clipped
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ from torch import Tensor
 from taskbalance.engine.needs import Need
 
 __all__ = [
+    "HALF_DTYPES",
     "CombinedTransform",
     "PerTaskTransform",
     "Transform",
@@ -43,7 +44,8 @@ def positive(name: str, value: float) -> float:
     return float(value)
 
 
-_HALF = (torch.float16, torch.bfloat16)
+# half-precision dtypes, whose norms are taken in float32 (float16 overflows at 65504)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def fast_global_norm(tensors: Sequence[Tensor]) -> Tensor:
@@ -53,15 +55,15 @@ def fast_global_norm(tensors: Sequence[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
     first = tensors[0].dtype
-    if first not in _HALF and all(t.dtype == first for t in tensors):
+    if first not in HALF_DTYPES and all(t.dtype == first for t in tensors):
         # the usual case, with as few operations as possible (each small one costs ~10x its
         # warm time right after a backward: measured 100 us for the general path's extras)
         common: Tensor = torch.linalg.vector_norm(
             torch.stack(torch._foreach_norm(list(tensors))), dtype=torch.float64
         )
         return common
-    low_precision = [t for t in tensors if t.dtype in _HALF]
-    regular = [t for t in tensors if t.dtype not in _HALF]
+    low_precision = [t for t in tensors if t.dtype in HALF_DTYPES]
+    regular = [t for t in tensors if t.dtype not in HALF_DTYPES]
     norms: list[Tensor] = list(torch._foreach_norm(regular)) if regular else []
     # half-precision norms overflow at 65504: take them in float32
     norms += [torch.linalg.vector_norm(t, dtype=torch.float32) for t in low_precision]

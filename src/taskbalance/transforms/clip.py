@@ -17,7 +17,9 @@ class ClipGlobalNorm(CombinedTransform):
 
     ``g <- g * min(1, max_norm / (||g|| + 1e-6))`` with ``||g||`` the norm of all gradients
     together: the same rule as ``torch.nn.utils.clip_grad_norm_``, applied after the tasks are
-    combined (so it bounds the step, whatever the method).
+    combined (so it bounds the step, whatever the method). The factor multiplies the gradients
+    in its own precision, so half-precision gradients are scaled down by factors below
+    float16's smallest number (~6e-8) instead of being zeroed.
     """
 
     def __init__(self, max_norm: float) -> None:
@@ -26,7 +28,7 @@ class ClipGlobalNorm(CombinedTransform):
     def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
         total = global_norm(grads)
         factor = torch.clamp(self.max_norm / (total + _EPS), max=1.0)
-        return [g * factor.to(g.dtype) for g in grads]
+        return [g * factor for g in grads]  # (a 0-dim factor keeps each gradient's dtype)
 
     def __repr__(self) -> str:
         return f"ClipGlobalNorm(max_norm={self.max_norm})"
@@ -55,7 +57,10 @@ class ClipPerTaskNorm(PerTaskTransform):
 class ClipValue(CombinedTransform):
     """Clamp every gradient entry to ``[-clip_value, clip_value]`` (after combining).
 
-    The rule of ``torch.nn.utils.clip_grad_value_``. Changes the direction of the update;
+    The rule of ``torch.nn.utils.clip_grad_value_``, with one difference: an entry that is
+    ``inf`` (an overflowed gradient) stays ``inf``, so the balancer skips the step (or, with a
+    ``GradScaler``, lets the scaler see the overflow and lower its scale) instead of writing
+    ``+-clip_value`` as if the gradient had been finite. Changes the direction of the update;
     prefer norm clipping unless individual coordinates explode.
     """
 
@@ -63,7 +68,13 @@ class ClipValue(CombinedTransform):
         self.clip_value = positive("clip_value", clip_value)
 
     def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-        return [g.clamp(-self.clip_value, self.clip_value) for g in grads]
+        return [self._clamp(g) for g in grads]
+
+    def _clamp(self, g: Tensor) -> Tensor:
+        if self.clip_value >= torch.finfo(g.dtype).max:
+            return g  # (no finite entry of this dtype exceeds it)
+        clamped = g.clamp(-self.clip_value, self.clip_value)
+        return torch.where(torch.isinf(g), g, clamped)  # (NaN stays NaN through clamp)
 
     def __repr__(self) -> str:
         return f"ClipValue(clip_value={self.clip_value})"
