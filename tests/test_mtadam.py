@@ -1,6 +1,8 @@
 """MTAdam against a direct transcription of the paper's algorithm."""
 
+import copy
 import io
+import logging
 
 import pytest
 import torch
@@ -109,3 +111,71 @@ def test_validation() -> None:
     _, losses = task_losses(model, x, y)
     with pytest.raises(ValueError, match="must stay the same"):
         optimizer.step(losses[:1])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lr": float("nan")},
+        {"lr": -1.0},
+        {"eps": float("nan")},
+        {"weight_decay": float("inf")},
+        {"betas": (0.9, float("nan"), 0.9)},
+    ],
+)
+def test_non_finite_or_negative_hyperparameters_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        MTAdam(TwoLevelNet(2).parameters(), **bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ranks", [[1.0, float("nan")], [1.0, -1.0], [float("inf"), 1.0]])
+def test_ranks_that_are_not_finite_and_non_negative_are_refused(ranks: list[float]) -> None:
+    model = TwoLevelNet(2)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = regression_problem(2)
+    _, losses = task_losses(model, x, y)
+    with pytest.raises(ValueError, match="ranks must be finite"):
+        MTAdam(model.parameters()).step(losses, ranks=ranks)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+class _InfGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("inf"))
+
+
+@pytest.mark.parametrize("broken", ["nan loss", "inf gradient"])
+def test_a_non_finite_step_is_skipped_without_touching_parameters_or_state(
+    broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = regression_problem(2)
+    model = TwoLevelNet(2)
+    optimizer = MTAdam(model.parameters(), lr=1e-2)
+    _, losses = task_losses(model, x, y)
+    optimizer.step(losses)  # one good step, so that there is state to keep
+    params = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(optimizer.state_dict())
+    _, losses = task_losses(model, x, y)
+    if broken == "nan loss":
+        losses = [losses[0], losses[1] * float("nan")]
+    else:
+        blown: torch.Tensor = _InfGradient.apply(losses[1])  # type: ignore[no-untyped-call]
+        losses = [losses[0], blown]
+    with caplog.at_level(logging.WARNING, logger="taskbalance.optim.mtadam"):
+        optimizer.step(losses)
+    assert optimizer.skipped_steps == 1
+    assert "MTAdam step skipped" in caplog.text
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), params, strict=True))
+    after = optimizer.state_dict()["state"]
+    for key, entry in state["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(after[key][name], value), name
+    _, losses = task_losses(model, x, y)
+    optimizer.step(losses)  # and training goes on
+    assert all(bool(p.isfinite().all()) for p in model.parameters())
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), params, strict=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -9,10 +11,21 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.jacobian import task_jacobian
+from taskbalance.transforms.base import global_norm
 
 __all__ = ["MTAdam"]
 
+logger = logging.getLogger(__name__)
+
 _NORM_FLOOR = 1e-10
+
+
+def _non_negative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 class MTAdam(torch.optim.Optimizer):
@@ -36,6 +49,11 @@ class MTAdam(torch.optim.Optimizer):
     :func:`taskbalance.engine.task_jacobian`); ``.grad`` is not used. The state (per-term
     moments, running norms, step) is in ``state_dict()``.
 
+    A step whose loss terms or gradients are not all finite is skipped, as the balancer
+    skips one: parameters and state are left untouched, a warning is logged (at the first
+    skip and every 100th), and :attr:`skipped_steps` counts them. Checking costs one host read
+    of the gradients' norm per step.
+
     Args:
         params: parameters or parameter groups.
         lr: learning rate.
@@ -58,16 +76,14 @@ class MTAdam(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        if lr < 0:
-            raise ValueError(f"invalid learning rate: {lr}")
-        if eps < 0:
-            raise ValueError(f"invalid eps: {eps}")
-        if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
+        lr = _non_negative("lr", lr)
+        eps = _non_negative("eps", eps)
+        weight_decay = _non_negative("weight_decay", weight_decay)
+        if len(betas) != 3 or not all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be three numbers in [0, 1), got {betas}")
-        if weight_decay < 0:
-            raise ValueError(f"invalid weight_decay: {weight_decay}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
+        self.skipped_steps = 0
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -80,7 +96,8 @@ class MTAdam(torch.optim.Optimizer):
 
         Args:
             losses: the loss terms, in a fixed order (the first is the default anchor).
-            ranks: optional relative importance of each term (default all 1).
+            ranks: optional relative importance of each term (default all 1): finite and
+                ``>= 0`` (a rank of 0 leaves its term out of the update).
             closure: re-evaluates the model and returns the loss (as in ``torch.optim``).
         """
         loss = None
@@ -99,9 +116,14 @@ class MTAdam(torch.optim.Optimizer):
         )
         if rank_tensor.shape != (num_terms,):
             raise ValueError(f"got {rank_tensor.numel()} ranks for {num_terms} loss terms")
+        if not bool((torch.isfinite(rank_tensor) & (rank_tensor >= 0)).all()):
+            raise ValueError(f"ranks must be finite numbers >= 0, got {rank_tensor.tolist()}")
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         with torch.enable_grad():
             blocks, _ = task_jacobian(stacked, params)
+        if not math.isfinite(float(global_norm([stacked.detach(), *blocks]))):
+            self._skip(stacked.detach())
+            return loss
         gradients = dict(zip(map(id, params), blocks, strict=True))
         for group in self.param_groups:
             beta1, beta2, beta3 = group["betas"]
@@ -110,6 +132,18 @@ class MTAdam(torch.optim.Optimizer):
                     continue
                 self._update(p, gradients[id(p)], rank_tensor, group, beta1, beta2, beta3)
         return loss
+
+    def _skip(self, losses: Tensor) -> None:
+        """Leave parameters and state as they are, and say so."""
+        self.skipped_steps += 1
+        if self.skipped_steps == 1 or self.skipped_steps % 100 == 0:
+            bad = [i for i, ok in enumerate(torch.isfinite(losses).tolist()) if not ok]
+            reason = f"non-finite loss term(s) {bad}" if bad else "non-finite gradient"
+            logger.warning(
+                "MTAdam step skipped (%s); parameters and state unchanged (%d skipped so far)",
+                reason,
+                self.skipped_steps,
+            )
 
     def _update(
         self,
