@@ -38,3 +38,20 @@ def float32_gramian(J: Tensor) -> Tensor:
     """The Gram matrix as the engine computes it, in float32 (returned in float64):
     indefinite at ~1e-7 of its scale when there are more tasks than dimensions."""
     return (J.to(torch.float32) @ J.to(torch.float32).T).to(torch.float64)
+
+
+class _InfGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        return torch.full_like(grad, float("inf"))
+
+
+def overflowing_gradient(x: Tensor) -> Tensor:
+    """``x`` itself, whose backward overflows: every entry of the gradient flowing back through
+    it is ``inf`` (what a float16 backward that overflowed produces)."""
+    out: Tensor = _InfGradient.apply(x)  # type: ignore[no-untyped-call]
+    return out

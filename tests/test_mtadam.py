@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from helpers import TwoLevelNet, regression_problem, task_losses
+from helpers import TwoLevelNet, overflowing_gradient, regression_problem, task_losses
 from taskbalance.optim import MTAdam
 
 
@@ -139,16 +139,6 @@ def test_ranks_that_are_not_finite_and_non_negative_are_refused(ranks: list[floa
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
-class _InfGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(grad, float("inf"))
-
-
 @pytest.mark.parametrize("broken", ["nan loss", "inf gradient"])
 def test_a_non_finite_step_is_skipped_without_touching_parameters_or_state(
     broken: str, caplog: pytest.LogCaptureFixture
@@ -164,8 +154,7 @@ def test_a_non_finite_step_is_skipped_without_touching_parameters_or_state(
     if broken == "nan loss":
         losses = [losses[0], losses[1] * float("nan")]
     else:
-        blown: torch.Tensor = _InfGradient.apply(losses[1])  # type: ignore[no-untyped-call]
-        losses = [losses[0], blown]
+        losses = [losses[0], overflowing_gradient(losses[1])]
     with caplog.at_level(logging.WARNING, logger="taskbalance.optim.mtadam"):
         optimizer.step(losses)
     assert optimizer.skipped_steps == 1

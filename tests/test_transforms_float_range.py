@@ -6,21 +6,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from helpers import overflowing_gradient
 from taskbalance import Balancer
 from taskbalance.transforms import AGC, AutoClip, ClipGlobalNorm, ClipValue, Transform
-
-
-class _InfGradient(torch.autograd.Function):
-    """Identity whose backward overflows: every entry of the incoming gradient is ``inf``
-    (what a float16 backward that overflowed produces)."""
-
-    @staticmethod
-    def forward(ctx: object, x: Tensor) -> Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: object, grad: Tensor) -> Tensor:
-        return torch.full_like(grad, float("inf"))
 
 
 def _agc_reference(g: Tensor, p: Tensor, clipping: float, eps: float) -> Tensor:
@@ -109,8 +97,7 @@ def test_an_overflowed_gradient_is_never_clipped_into_a_written_update(
     transform: Transform, method: str
 ) -> None:
     layer = nn.Linear(3, 1)
-    blown: Tensor = _InfGradient.apply(layer.weight)  # type: ignore[no-untyped-call]
-    overflowing = blown.sum() * 0 + layer.weight.sum()
+    overflowing = overflowing_gradient(layer.weight).sum() * 0 + layer.weight.sum()
     other = layer.weight.pow(2).sum()
     balancer = Balancer(method, [layer.weight], transforms=[transform])
     info = balancer.backward([overflowing, other])
@@ -123,8 +110,7 @@ def test_an_overflowed_gradient_under_value_clipping_reaches_the_grad_scaler() -
     # optimizer step and lowers the scale (value clipping turned it into +-1 before)
     layer = nn.Linear(3, 1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    blown: Tensor = _InfGradient.apply(layer.weight)  # type: ignore[no-untyped-call]
-    overflowing = blown.sum() * 0 + layer.weight.sum()
+    overflowing = overflowing_gradient(layer.weight).sum() * 0 + layer.weight.sum()
     info = Balancer("ew", [layer.weight], transforms=[ClipValue(1.0)]).backward(
         [overflowing, layer.weight.pow(2).sum()], scaler=scaler
     )
