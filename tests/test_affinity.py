@@ -38,6 +38,62 @@ def test_lookahead_affinity_matches_its_definition_and_restores_the_parameters()
     assert float(Z[1, 1]) > 0
 
 
+def _two_task_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([1.0, -2.0], requires_grad=True), torch.tensor([[1.0, 0.5], [0.2, 1.0]])
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf")])
+def test_lookahead_step_sizes_that_are_not_positive_and_finite_are_refused(lr: float) -> None:
+    theta, _ = _two_task_problem()
+    with pytest.raises(ValueError, match="lr"):
+        lookahead_affinity([theta], lambda: [theta.sum() ** 2, theta.sum() ** 2], lr)
+    with pytest.raises(ValueError, match="lr"):
+        LookaheadAffinity([theta], lr)
+
+
+def test_lookahead_affinity_refuses_negative_losses() -> None:
+    # 1 - after / before reads backwards for a negative loss (a decrease looks like harm)
+    theta, x = _two_task_problem()
+    with pytest.raises(ValueError, match="losses >= 0"):
+        lookahead_affinity([theta], lambda: [(x[0] @ theta) ** 2, -((x[1] @ theta) ** 2)], 0.1)
+
+
+def test_lookahead_affinity_onto_a_solved_task_is_zero() -> None:
+    theta, x = _two_task_problem()
+
+    def losses() -> list[torch.Tensor]:
+        # task 1's loss is exactly 0 at theta (and stays 0 for any step: its gradient is 0)
+        return [(x[0] @ theta - 1.0) ** 2, (x[1] @ theta - float(x[1] @ theta.detach())) ** 2]
+
+    Z = lookahead_affinity([theta], losses, 0.1)
+    assert torch.equal(Z[:, 1], torch.zeros(2, dtype=torch.float64))
+    assert float(Z[0, 0]) > 0
+
+
+def test_a_non_finite_measurement_is_left_out_of_the_running_mean(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    theta, x = _two_task_problem()
+    broken = {"now": False}
+
+    def losses() -> list[torch.Tensor]:
+        second = (x[1] @ theta + 1.0) ** 2
+        return [(x[0] @ theta - 1.0) ** 2, second * float("nan") if broken["now"] else second]
+
+    tracker = LookaheadAffinity([theta], lr=0.1)
+    good = tracker.measure(losses)
+    broken["now"] = True
+    with caplog.at_level("WARNING", logger="taskbalance.health.affinity"):
+        bad = tracker.measure(losses)
+    assert not bool(bad.isfinite().all())
+    assert "left out of the mean" in caplog.text
+    assert (tracker.count, tracker.skipped) == (1, 1)
+    torch.testing.assert_close(tracker.matrix, good)
+    restored = LookaheadAffinity([theta], lr=0.1)
+    restored.load_state_dict(tracker.state_dict())
+    assert (restored.count, restored.skipped) == (1, 1)
+
+
 def test_grouping_search_is_exact_for_small_t() -> None:
     generator = torch.Generator().manual_seed(0)
     A = torch.randn(5, 5, generator=generator, dtype=torch.float64)

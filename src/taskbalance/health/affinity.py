@@ -18,8 +18,11 @@ agglomeration beyond.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
@@ -35,7 +38,17 @@ __all__ = [
     "suggest_groups",
 ]
 
+logger = logging.getLogger(__name__)
+
 _EXACT_LIMIT = 10
+
+
+def _look_ahead_rate(lr: float) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, int | float):
+        raise TypeError(f"lr must be a number, got {type(lr).__name__}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr (the look-ahead step size) must be a finite number > 0, got {lr!r}")
+    return float(lr)
 
 
 def lookahead_affinity(
@@ -45,17 +58,28 @@ def lookahead_affinity(
 ) -> Tensor:
     """One TAG measurement: ``Z[i, j] = 1 - L_j(theta - lr g_i) / L_j(theta)``.
 
+    A relative loss change needs losses ``>= 0`` (negative ones are refused); where
+    ``L_j(theta) = 0`` (task ``j`` already solved) the column is 0. The losses must be a
+    deterministic function of the parameters (the same batch, dropout off: ``model.eval()``),
+    else the affinity measures the noise between calls.
+
     Args:
         shared_params: the shared parameters ``theta`` (restored exactly afterwards).
         losses_fn: computes the task losses on a fixed batch with the current parameters.
         lr: the look-ahead step size (use the training learning rate).
     """
+    lr = _look_ahead_rate(lr)
     params = list(shared_params)
     losses = losses_fn()
     values = list(losses.values()) if isinstance(losses, Mapping) else list(losses)
     stacked = torch.stack([v.reshape(()) for v in values])
-    blocks, _ = task_jacobian(stacked, params)
     before = stacked.detach().to(torch.float64)
+    if bool((before < 0).any()):
+        raise ValueError(
+            f"the look-ahead affinity is a relative loss decrease and needs losses >= 0, got "
+            f"{before.tolist()}: shift each loss by a lower bound (e.g. L - L_min) first"
+        )
+    blocks, _ = task_jacobian(stacked, params)
     num_tasks = stacked.shape[0]
     affinity = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
     originals = [p.detach().clone() for p in params]
@@ -73,8 +97,9 @@ def lookahead_affinity(
                 after = torch.stack([v.reshape(()) for v in after_values]).to(torch.float64)
                 for p, original in zip(params, originals, strict=True):
                     p.copy_(original)
-            safe = torch.where(before != 0, before, torch.ones_like(before))
-            affinity[i] = (1 - after / safe).cpu()
+            solved = before == 0
+            safe = torch.where(solved, torch.ones_like(before), before)
+            affinity[i] = torch.where(solved, 0.0, 1 - after / safe).cpu()
     finally:
         with torch.no_grad():
             for p, original in zip(params, originals, strict=True):
@@ -86,17 +111,28 @@ class LookaheadAffinity:
     """Running mean of TAG look-ahead affinities (see :func:`lookahead_affinity`).
 
     Call :meth:`measure` every few training steps (before ``optimizer.step()``), then read
-    :attr:`matrix` and pass it to :func:`suggest_groups`.
+    :attr:`matrix` and pass it to :func:`suggest_groups`. A measurement that is not finite
+    (a loss that overflowed before or after the look-ahead step) is returned but left out of
+    the mean, with a warning: one bad batch does not poison the running mean for good.
     """
 
     def __init__(self, shared_params: Iterable[Tensor], lr: float) -> None:
         self.shared_params = list(shared_params)
-        self.lr = float(lr)
+        self.lr = _look_ahead_rate(lr)
         self.total: Tensor | None = None
         self.count = 0
+        self.skipped = 0
 
     def measure(self, losses_fn: Callable[[], Sequence[Tensor] | Mapping[str, Tensor]]) -> Tensor:
         affinity = lookahead_affinity(self.shared_params, losses_fn, self.lr)
+        if not bool(torch.isfinite(affinity).all()):
+            self.skipped += 1
+            logger.warning(
+                "look-ahead affinity measurement not finite (a loss overflowed or is NaN): "
+                "left out of the mean (%d left out so far)",
+                self.skipped,
+            )
+            return affinity
         self.total = affinity if self.total is None else self.total + affinity
         self.count += 1
         return affinity
@@ -108,11 +144,12 @@ class LookaheadAffinity:
         return self.total / self.count
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count}
+        return {"total": self.total, "count": self.count, "skipped": self.skipped}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.total = state["total"]
         self.count = int(state["count"])
+        self.skipped = int(state.get("skipped", 0))
 
 
 @dataclass(frozen=True)
@@ -173,9 +210,14 @@ def rank_groupings(
     count = matrix.shape[0]
     if count > _EXACT_LIMIT:
         return [suggest_groups(matrix, budget, labels)]
+
+    @cache
+    def block_score(members: tuple[int, ...]) -> float:  # (2^T blocks, B_T partitions)
+        return _group_score(matrix, members)
+
     scored = []
     for partition in _partitions(list(range(count)), budget):
-        score = sum(_group_score(matrix, block) for block in partition)
+        score = sum(block_score(tuple(block)) for block in partition)
         scored.append((score, partition))
     scored.sort(key=lambda item: -item[0])
     return [
