@@ -1,5 +1,6 @@
 """Architectures: contract, gradient flow, training with several methods, paper details."""
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +18,7 @@ from taskbalance.models import (
     MultiTaskModel,
     SoftSharing,
 )
+from taskbalance.models.soft import nuclear_norm
 
 TASKS = ("a", "b")
 
@@ -222,6 +224,40 @@ def test_soft_sharing_regularisers_match_their_formulas(name: str) -> None:
     torch.testing.assert_close(model.regularisation().detach(), 0.5 * expected)
     model.regularisation().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_trace_norm_gradient_is_the_true_gradient_where_the_stack_has_full_rank() -> None:
+    torch.manual_seed(0)
+    stacked = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    (ours,) = torch.autograd.grad(nuclear_norm(stacked), stacked)
+    (torchs,) = torch.autograd.grad(torch.linalg.matrix_norm(stacked, ord="nuc"), stacked)
+    torch.testing.assert_close(ours, torchs, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(nuclear_norm, (stacked,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_trace_norm_gives_identical_columns_identical_gradients(dtype: torch.dtype) -> None:
+    # columns initialised identically (a rank-1 stack 1 theta^T): the minimal-norm
+    # subgradient is theta / (sqrt(T) |theta|) for every column; U V^T over all singular
+    # vectors pushed each column in its own arbitrary direction
+    torch.manual_seed(0)
+    base = nn.Linear(3, 2).to(dtype)
+    model = SoftSharing(
+        {t: copy.deepcopy(base) for t in "xyz"}, regulariser="trace_norm", strength=1.0
+    )
+    model.regularisation().backward()
+    for name, theta in base.named_parameters():
+        expected = theta.detach() / (3**0.5 * theta.detach().norm())
+        for column in model.columns.values():
+            grad = dict(column.named_parameters())[name].grad
+            assert grad is not None
+            torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trace_norm_of_zero_columns_has_zero_gradient() -> None:
+    zero = torch.zeros(4, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(nuclear_norm(zero), zero)
+    assert torch.equal(grad, torch.zeros(4, 5))
 
 
 def test_soft_sharing_validates_its_columns() -> None:

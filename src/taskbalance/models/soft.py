@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from taskbalance._validation import check_choice
 from taskbalance.models.contract import MultiTaskModel
@@ -14,6 +15,39 @@ from taskbalance.models.contract import MultiTaskModel
 __all__ = ["Regulariser", "SoftSharing"]
 
 Regulariser = Literal["l2_to_mean", "pairwise_l2", "trace_norm"]
+
+
+class _NuclearNorm(torch.autograd.Function):
+    """``|X|_* = sum_i sigma_i(X)``, whose backward is the minimal-norm subgradient
+    ``U_r V_r^T`` over the singular values above the rank tolerance
+    ``max(T, P) eps sigma_max`` (where the nuclear norm is differentiable, its gradient).
+
+    ``torch.linalg.matrix_norm(X, "nuc")`` back-propagates ``U V^T`` over *all* singular
+    vectors, including those of zero singular values, whose directions are arbitrary: on
+    columns initialised identically (a rank-1 stack) it pushed each column in a different
+    random direction of norm ~1, raising the rank the regulariser is meant to lower."""
+
+    @staticmethod
+    def forward(ctx: Any, stacked: Tensor) -> Tensor:
+        u, sigma, vh = torch.linalg.svd(stacked, full_matrices=False)
+        tolerance = sigma.max() * max(stacked.shape) * torch.finfo(stacked.dtype).eps
+        ctx.save_for_backward(u * (sigma > tolerance).to(u.dtype), vh)
+        total: Tensor = sigma.sum()
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        u, vh = ctx.saved_tensors
+        subgradient: Tensor = grad * (u @ vh)
+        return subgradient
+
+
+def nuclear_norm(stacked: Tensor) -> Tensor:
+    """The nuclear norm of a matrix, with the minimal-norm subgradient (see
+    :class:`_NuclearNorm`)."""
+    norm: Tensor = _NuclearNorm.apply(stacked)  # type: ignore[no-untyped-call]
+    return norm
 
 
 class SoftSharing(MultiTaskModel):
@@ -36,6 +70,8 @@ class SoftSharing(MultiTaskModel):
     * ``"pairwise_l2"``: ``sum_{s<t} |theta_s - theta_t|^2``;
     * ``"trace_norm"``: the nuclear norm of the ``T x P`` stack of the ``theta_t`` (a convex
       surrogate of its rank: encourages the columns to share a low-dimensional subspace).
+      Where the stack is rank-deficient (columns initialised identically) its gradient is
+      the minimal-norm subgradient ``U_r V_r^T``: identical columns get identical gradients.
 
     Data flow: ``x -> column_t -> prediction_t`` for every task; the only interaction is the
     regulariser. No parameter is used by two tasks' predictions, so for the balancer all
@@ -91,7 +127,7 @@ class SoftSharing(MultiTaskModel):
                 differences = stacked.unsqueeze(0) - stacked.unsqueeze(1)
                 term = differences.pow(2).sum() / 2
             else:
-                term = torch.linalg.matrix_norm(stacked, ord="nuc")
+                term = nuclear_norm(stacked)
             total = total.to(term) + term
         return self.strength * total
 
