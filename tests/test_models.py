@@ -332,3 +332,12 @@ def test_mmoe_gates_need_feature_vectors() -> None:
         experts, {"a": nn.Linear(4, 1)}, gate_features=16, gate_input=lambda x: x.flatten(1)
     )
     assert model(torch.randn(3, 1, 4, 4))["a"].shape == (3, 1)
+
+
+def test_model_hyperparameters_are_validated_when_the_model_is_made() -> None:
+    with pytest.raises(ValueError, match="strength must be a finite"):
+        SoftSharing({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)}, strength=float("inf"))
+    with pytest.raises(ValueError, match="self_weight"):  # one block: no stitch unit to check it
+        CrossStitch({"a": [nn.Linear(2, 2)], "b": [nn.Linear(2, 2)]}, self_weight=float("nan"))
+    with pytest.raises(ValueError, match="gate_features"):
+        MMoE([nn.Linear(2, 2)], {"a": nn.Linear(2, 1)}, gate_features=0)

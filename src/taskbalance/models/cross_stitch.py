@@ -62,6 +62,8 @@ class CrossStitch(MultiTaskModel):
         self_weight: float = 0.9,
     ) -> None:
         super().__init__(tuple(columns))
+        if not 0 < self_weight <= 1:  # (checked here too: one block has no stitch unit)
+            raise ValueError(f"self_weight must be in (0, 1], got {self_weight}")
         depths = {task: len(blocks) for task, blocks in columns.items()}
         if len(set(depths.values())) != 1 or 0 in depths.values():
             raise ValueError(

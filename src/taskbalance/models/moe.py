@@ -64,6 +64,15 @@ class MMoE(MultiTaskModel):
         super().__init__(tuple(towers))
         if not experts:
             raise ValueError("MMoE needs at least one expert")
+        if (
+            isinstance(gate_features, bool)
+            or not isinstance(gate_features, int)
+            or gate_features < 1
+        ):
+            raise ValueError(
+                f"gate_features must be the (positive) width of what the gates read, got "
+                f"{gate_features!r}"
+            )
         self.experts = nn.ModuleList(experts)
         self.gates = nn.ModuleDict({t: nn.Linear(gate_features, len(experts)) for t in towers})
         self.towers = nn.ModuleDict(dict(towers))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, get_args
 
@@ -95,8 +96,8 @@ class SoftSharing(MultiTaskModel):
     ) -> None:
         super().__init__(tuple(columns))
         check_choice(regulariser, get_args(Regulariser), "regulariser")
-        if not strength >= 0:
-            raise ValueError(f"strength must be >= 0, got {strength!r}")
+        if not (math.isfinite(strength) and strength >= 0):
+            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
         self.columns = nn.ModuleDict(dict(columns))
         self.regulariser = regulariser
         self.strength = float(strength)
