@@ -159,6 +159,60 @@ def test_multi_input_sampling_proportions(strategy: str, expected: float) -> Non
         assert float(inputs[0, 0]) == (1.0 if task == "large" else 0.0)
 
 
+def _loader(rows: int, batch_size: int = 4, drop_last: bool = False) -> DataLoader:  # type: ignore[type-arg]
+    data = TensorDataset(torch.zeros(rows, 1), torch.zeros(rows))
+    return DataLoader(data, batch_size=batch_size, drop_last=drop_last)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": float("nan")}, "temperature must be a finite"),
+        ({"temperature": 0.0}, "temperature must be a finite"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive int"),
+        ({"steps_per_epoch": -3}, "steps_per_epoch must be a positive int"),
+    ],
+)
+def test_sampler_settings_are_validated(options: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MultiTaskSampler({"a": _loader(8)}, **options)  # type: ignore[arg-type]
+
+
+def test_sampler_refuses_an_empty_loader_and_a_loader_that_cannot_restart() -> None:
+    with pytest.raises(ValueError, match=r"task\(s\) \['b'\] are empty"):
+        MultiTaskSampler({"a": _loader(8), "b": _loader(0)}, strategy="round_robin")
+    # 3 rows, batches of 4 without the last: no batch at all (it was a bare StopIteration)
+    sampler = MultiTaskSampler(
+        {"a": _loader(8), "b": _loader(3, drop_last=True)}, strategy="round_robin"
+    )
+    with pytest.raises(ValueError, match="task 'b' gave no batch"):
+        list(sampler)
+    one_shot = iter([(torch.zeros(2, 1), torch.zeros(2))] * 2)
+    sampler = MultiTaskSampler(
+        {"a": _loader(8), "b": one_shot}, strategy="round_robin", steps_per_epoch=10
+    )
+    with pytest.raises(ValueError, match="task 'b' gave no batch"):
+        list(sampler)
+
+
+def test_round_robin_takes_loaders_without_a_length() -> None:
+    def stream() -> object:
+        class Stream:
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                return iter([(torch.ones(2, 1), torch.ones(2))] * 3)
+
+        return Stream()
+
+    sampler = MultiTaskSampler(
+        {"a": _loader(8), "b": stream()},  # type: ignore[dict-item]
+        strategy="round_robin",
+        steps_per_epoch=12,
+    )
+    assert [task for task, _ in sampler] == ["a", "b"] * 6
+    with pytest.raises(ValueError, match="works only with strategy='round_robin'"):
+        MultiTaskSampler({"a": _loader(8), "b": stream()}, strategy="proportional")  # type: ignore[dict-item]
+
+
 def test_multi_input_training_runs_with_one_task_per_step() -> None:
     data = dataset(64)
     x, a, b = data.tensors

@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["check_choice", "run_folder", "suggest"]
+__all__ = ["check_choice", "is_positive_int", "run_folder", "suggest"]
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -26,6 +26,11 @@ def check_choice(value: str, choices: Iterable[str], what: str) -> str:
             f"Available: {', '.join(options)}."
         )
     return value
+
+
+def is_positive_int(value: object) -> bool:
+    """Whether ``value`` is an ``int`` >= 1 (``True`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def run_folder(label: str) -> str:

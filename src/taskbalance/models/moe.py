@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from taskbalance._validation import is_positive_int
 from taskbalance.models.contract import MultiTaskModel
 
 __all__ = ["PLE", "MMoE"]
@@ -64,11 +65,7 @@ class MMoE(MultiTaskModel):
         super().__init__(tuple(towers))
         if not experts:
             raise ValueError("MMoE needs at least one expert")
-        if (
-            isinstance(gate_features, bool)
-            or not isinstance(gate_features, int)
-            or gate_features < 1
-        ):
+        if not is_positive_int(gate_features):
             raise ValueError(
                 f"gate_features must be the (positive) width of what the gates read, got "
                 f"{gate_features!r}"

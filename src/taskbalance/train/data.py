@@ -12,6 +12,7 @@ Batches the trainer understands:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from taskbalance._validation import check_choice
+from taskbalance._validation import check_choice, is_positive_int
 
 __all__ = ["Batch", "MultiTaskSampler", "unpack_batch"]
 
 Strategy = Literal["round_robin", "proportional", "temperature"]
+
+_EXHAUSTED = object()
 
 
 @dataclass
@@ -79,14 +82,30 @@ class MultiTaskSampler:
         if not loaders:
             raise ValueError("MultiTaskSampler needs at least one loader")
         check_choice(strategy, ("round_robin", "proportional", "temperature"), "strategy")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        if steps_per_epoch is not None and not is_positive_int(steps_per_epoch):
+            raise ValueError(
+                f"steps_per_epoch must be a positive int (or None: every loader's batches), "
+                f"got {steps_per_epoch!r}"
+            )
         self.loaders = dict(loaders)
         self.strategy = strategy
         self.temperature = float(temperature)
         self.seed = seed
         self.epoch = 0
-        self.sizes = {task: self._size(loader) for task, loader in self.loaders.items()}
+        # (round robin needs no sizes: any re-iterable loader will do, given steps_per_epoch)
+        self.sizes = (
+            {}
+            if strategy == "round_robin" and steps_per_epoch is not None
+            else {task: self._size(loader) for task, loader in self.loaders.items()}
+        )
+        empty = [task for task, size in self.sizes.items() if size == 0]
+        if empty:
+            raise ValueError(
+                f"the loader(s) of task(s) {empty} are empty: a drawn task would have no batch "
+                "to give; leave those tasks out or give them data"
+            )
         self.steps_per_epoch = steps_per_epoch or sum(
             self._batches(loader) for loader in self.loaders.values()
         )
@@ -101,7 +120,11 @@ class MultiTaskSampler:
     @staticmethod
     def _batches(loader: Iterable[Any]) -> int:
         if not hasattr(loader, "__len__"):
-            raise ValueError("loaders without a length need steps_per_epoch")
+            raise ValueError(
+                "a loader without a length (no __len__, no sized .dataset) works only with "
+                "strategy='round_robin' and steps_per_epoch=N; proportional and temperature "
+                "sampling weigh tasks by their dataset sizes"
+            )
         return len(loader)  # type: ignore[arg-type]
 
     def probabilities(self) -> dict[str, float]:
@@ -136,5 +159,11 @@ class MultiTaskSampler:
                 batch = next(iterators[task])
             except StopIteration:
                 iterators[task] = iter(self.loaders[task])
-                batch = next(iterators[task])
+                batch = next(iterators[task], _EXHAUSTED)
+                if batch is _EXHAUSTED:
+                    raise ValueError(
+                        f"the loader of task {task!r} gave no batch after a restart (a "
+                        "one-shot iterator, or a dataset smaller than its batch size with "
+                        "drop_last=True?): pass a DataLoader or another re-iterable loader"
+                    ) from None
             yield task, batch
