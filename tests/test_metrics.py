@@ -53,6 +53,31 @@ def test_mean_rank_and_pareto_front() -> None:
     assert pareto_front(table, higher) == ["ew", "mgda"]
 
 
+@pytest.mark.parametrize("lower_is_better", [False, True])
+def test_a_diverged_method_ranks_last_and_is_not_on_the_pareto_front(
+    lower_is_better: bool,
+) -> None:
+    # NaN compares false with everything: it was never dominated (so on the front) and sorted
+    # anywhere (mean rank 2.5 of 4, ahead of a method that trained badly)
+    nan = float("nan")
+    good, bad = (0.1, 0.9) if lower_is_better else (0.9, 0.1)
+    table = {
+        "good": {"a/x": good, "b/x": good},
+        "diverged": {"a/x": nan, "b/x": nan},
+        "bad": {"a/x": bad, "b/x": bad},
+        "half": {"a/x": good, "b/x": nan},
+    }
+    directions = {"a/x": not lower_is_better, "b/x": not lower_is_better}
+    assert pareto_front(table, directions) == ["good"]
+    ranks = mean_rank(table, directions)
+    assert ranks["good"] == 1.25  # tied with "half" on a/x (1.5), first on b/x (1)
+    assert ranks["diverged"] == 3.75  # last on a/x (4), tied last on b/x with "half" (3.5)
+    assert ranks["bad"] == 2.5  # 3 and 2
+    assert ranks["half"] == 2.5  # 1.5 and 3.5
+    only = {"diverged": {"a/x": nan, "b/x": nan}, "also": {"a/x": nan, "b/x": nan}}
+    assert pareto_front(only, directions) == ["diverged", "also"]
+
+
 def test_binary_miou_on_logits() -> None:
     from taskbalance.metrics import binary_miou
 

@@ -54,6 +54,32 @@ def test_pareto_figure_with_many_metrics_uses_parallel_coordinates(tmp_path: Pat
     assert (tmp_path / "p.png").exists()
 
 
+@pytest.mark.parametrize("metrics", [3, 6])  # scatter panels, parallel coordinates
+def test_a_diverged_entry_is_named_not_drawn_and_never_on_the_front(
+    tmp_path: Path, metrics: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    directions = {f"t{i}/accuracy": True for i in range(metrics)}
+    points = {
+        "good": dict.fromkeys(directions, 0.9),
+        "diverged": dict.fromkeys(directions, float("nan")),
+        "bad": {k: 0.1 if i else 0.95 for i, k in enumerate(directions)},
+    }
+    titles: list[str] = []
+    original = Figure.suptitle
+
+    def record(self: Figure, text: str, **options: object) -> object:
+        titles.append(text)
+        return original(self, text, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Figure, "suptitle", record)
+    front = pareto_figure(points, directions, tmp_path / "p.png")
+    assert sorted(front) == ["bad", "good"]
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert "not drawn, a metric is not finite: diverged" in " ".join(titles).replace("\n", " ")
+
+
 def test_pareto_figure_with_one_metric_draws_nothing(tmp_path: Path) -> None:
     front = pareto_figure({"a": {"m": 1.0}, "b": {"m": 2.0}}, {"m": True}, tmp_path / "p.png")
     assert front == ["b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -177,13 +178,26 @@ def delta_m(
     return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
+def _comparable(value: float, higher_is_better: bool) -> float:
+    """``value`` oriented so that larger is better, a NaN (a run that diverged, or a metric
+    that could not be computed) as the worst possible value."""
+    if math.isnan(value):
+        return -math.inf
+    return value if higher_is_better else -value
+
+
 def mean_rank(
     table: dict[str, dict[str, float]], higher_is_better: dict[str, bool]
 ) -> dict[str, float]:
-    """Average rank of each method (row) over the metrics (1 = best; ties share the mean rank)."""
+    """Average rank of each method (row) over the metrics (1 = best; ties share the mean rank;
+    a NaN ranks last, tied with any other NaN)."""
     ranks: dict[str, list[float]] = {method: [] for method in table}
     for key, higher in higher_is_better.items():
-        values = sorted(((row[key], method) for method, row in table.items()), reverse=higher)
+        values = sorted(
+            ((_comparable(row[key], higher), method) for method, row in table.items()),
+            key=lambda item: item[0],
+            reverse=True,
+        )
         position = 0
         while position < len(values):
             end = position
@@ -199,17 +213,21 @@ def mean_rank(
 def pareto_front(
     table: dict[str, dict[str, float]], higher_is_better: dict[str, bool]
 ) -> list[str]:
-    """Methods whose metrics no other method matches or beats everywhere and beats somewhere."""
+    """Methods whose metrics no other method matches or beats everywhere and beats somewhere
+    (a NaN counts as the worst value: a diverged run is on the front only if every method
+    diverged)."""
+    oriented = {
+        m: [_comparable(row[k], up) for k, up in higher_is_better.items()]
+        for m, row in table.items()
+    }
 
-    def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
-        better_or_equal = all(
-            (a[k] >= b[k]) if up else (a[k] <= b[k]) for k, up in higher_is_better.items()
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and any(
+            x > y for x, y in zip(a, b, strict=True)
         )
-        strictly = any((a[k] > b[k]) if up else (a[k] < b[k]) for k, up in higher_is_better.items())
-        return better_or_equal and strictly
 
     return [
         m
-        for m, row in table.items()
-        if not any(dominates(o, row) for n, o in table.items() if n != m)
+        for m, row in oriented.items()
+        if not any(dominates(o, row) for n, o in oriented.items() if n != m)
     ]

@@ -75,8 +75,13 @@ def pareto_figure(
     metrics.
     """
     metrics = list(directions)
-    table = {name: {m: float(values[m]) for m in metrics} for name, values in points.items()}
-    front = pareto_front(table, dict(directions))
+    everything = {name: {m: float(values[m]) for m in metrics} for name, values in points.items()}
+    front = pareto_front(everything, dict(directions))
+    # an entry with a metric that is not finite (a diverged run) cannot be placed: it is named
+    # in the caption instead (a NaN label also throws the label placement off for the others)
+    table = {
+        name: row for name, row in everything.items() if all(math.isfinite(v) for v in row.values())
+    }
     if len(metrics) < 2 or not table:
         return front
     plt = pyplot()
@@ -84,6 +89,9 @@ def pareto_figure(
         f"Pareto front over all {len(metrics)} metrics (red: no other entry is at least as "
         "good on every metric and better on one)"
     )
+    if len(table) < len(everything):
+        missing = ", ".join(name for name in everything if name not in table)
+        caption += f"; not drawn, a metric is not finite: {missing}"
     pairs = list(itertools.combinations(metrics, 2))
     if len(metrics) <= MAX_PANEL_METRICS:
         columns = min(3, len(pairs))
