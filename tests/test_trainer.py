@@ -241,6 +241,21 @@ def test_amp_is_skipped_cleanly_on_cpu(caplog: pytest.LogCaptureFixture) -> None
     assert trainer.global_step == 6
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"patience": 0}, "patience"),
+        ({"patience": 2.5}, "patience"),
+        ({"min_delta": float("nan")}, "min_delta"),
+        ({"min_delta": -0.1}, "min_delta"),
+    ],
+)
+def test_early_stopping_settings_are_validated(options: dict[str, float], message: str) -> None:
+    # a negative patience stopped after the first epoch, a NaN min_delta never improved
+    with pytest.raises(ValueError, match=message):
+        EarlyStopping("mean_loss", "min", **options)  # type: ignore[arg-type]
+
+
 def test_early_stopping_restores_the_best_model_and_logs(tmp_path: Path) -> None:
     trainer = trainer_for(
         "ew", run_dir=tmp_path, early_stopping=EarlyStopping("mean_loss", "min", patience=2)
