@@ -217,3 +217,21 @@ def test_monitor_state_round_trip() -> None:
     restored.load_state_dict(monitor.state_dict())
     assert restored.state_dict()["checks"] == 4
     torch.testing.assert_close(restored.mean_cosines(), monitor.mean_cosines())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"patience": 0},
+        {"warmup_checks": 2.5},
+        {"vanishing_ratio": float("nan")},
+        {"exploding_factor": 0.5},
+        {"dominance_share": 0.0},
+        {"starvation_fraction": 1.0},
+        {"conflict_cosine": -2.0},
+    ],
+)
+def test_thresholds_out_of_their_range_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        HealthThresholds(**bad)  # type: ignore[arg-type]
+    HealthThresholds(dominance_share=1.0, starvation_fraction=0.0)  # the warnings turned off

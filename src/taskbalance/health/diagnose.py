@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from taskbalance._validation import is_positive_int
 
 __all__ = ["Diagnosis", "HealthThresholds"]
 
@@ -35,6 +38,32 @@ class HealthThresholds:
     conflict_cosine: float = -0.1
     patience: int = 10
     repeat_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_checks", "patience", "repeat_every"):
+            if not is_positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        # name: (low, high, low allowed, high allowed); 1 turns the dominance warning off,
+        # 0 the starvation one
+        bounds = {
+            "vanishing_ratio": (0.0, 1.0, False, False),
+            "exploding_factor": (1.0, math.inf, False, False),
+            "dominance_share": (0.0, 1.0, False, True),
+            "starvation_fraction": (0.0, 1.0, True, False),
+        }
+        for name, (low, high, low_ok, high_ok) in bounds.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            above = value >= low if low_ok else value > low
+            below = value <= high if high_ok else value < high
+            if not (math.isfinite(value) and above and below):
+                interval = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+                raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+        if not -1.0 <= self.conflict_cosine <= 1.0:
+            raise ValueError(
+                f"conflict_cosine must be a cosine in [-1, 1], got {self.conflict_cosine!r}"
+            )
 
 
 @dataclass(frozen=True)
