@@ -59,7 +59,8 @@ def floats_sent(
     if config == "ddp:sum":
         total = all_reduce(shared + heads)
     elif config.endswith("~local"):
-        total = all_reduce(shared + heads + 1)  # the averaged gradient (+ a skip flag)
+        # the averaged gradient (+ a skip flag), whether the method raised on a rank
+        total = all_reduce(shared + heads + 1) + all_reduce(1)
     elif config == "ew":
         total = all_reduce(tasks) + all_reduce(shared + heads)
     elif config.endswith("@repr"):  # losses, Gram matrix, weights, gradients

@@ -161,6 +161,32 @@ def run_local_rank(rank: int, world: int, port: int, out: str) -> None:
     exit_cleanly()
 
 
+def run_local_refusal_rank(rank: int, world: int, port: int, out: str) -> None:
+    """``distributed="local"`` with ``gls``, rank 1's losses negative at the second step: its
+    method refuses them, and rank 0 must stop too instead of waiting at the gradients'
+    all-reduce. Each rank writes the error it stopped with."""
+    join_group(rank, world, port)
+    try:
+        net = Net()
+        share = GLOBAL_BATCH // world
+        balancer = Balancer("gls", net.trunk.parameters(), distributed="local")
+        try:
+            for step, (x, y) in enumerate(batches()):
+                x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+                z, pred = net(x)
+                losses = task_losses(pred, y)
+                if rank == 1 and step == 1:
+                    losses = {t: -loss for t, loss in losses.items()}
+                balancer.backward(losses, representation=z)
+            message = "finished"
+        except Exception as error:  # (what the test reads)
+            message = f"{type(error).__name__} at step {balancer.step}: {error}"
+        (Path(out) / f"refusal{rank}.txt").write_text(message)
+    finally:
+        leave_group()
+    exit_cleanly()
+
+
 def run_fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
     """FSDP-sharded shared parameters must be refused with a clear error, before any step."""
     from torch.distributed.fsdp import fully_shard

@@ -5,6 +5,7 @@ concatenated batches."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,51 @@ def test_local_mode_keeps_ranks_equal_and_is_an_approximation(tmp_path: Path) ->
         assert torch.equal(p, q)
     exact = worker.run_single(("mgda", "parameters", {}))
     assert any(not torch.allclose(p, q, atol=1e-6) for p, q in zip(local[0], exact, strict=True))
+
+
+def test_a_refusal_on_one_rank_in_local_mode_stops_every_rank(tmp_path: Path) -> None:
+    # each rank's method sees its own losses: rank 1's are refused, and rank 0 must not be
+    # left waiting at the gradients' all-reduce (no torchrun / mp.spawn to kill it)
+    context = mp.start_processes(
+        worker.run_local_refusal_rank,
+        args=(2, free_port(), str(tmp_path)),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank is still waiting: the refusal did not reach every rank")
+    refused = (tmp_path / "refusal1.txt").read_text()
+    assert refused.startswith("ValueError at step 1"), refused
+    assert "needs non-negative losses" in refused
+    stopped = (tmp_path / "refusal0.txt").read_text()
+    assert stopped.startswith("RuntimeError at step 1"), stopped
+    assert "raised on another rank" in stopped
+
+
+def test_any_runs_on_the_groups_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NCCL reduces only CUDA tensors: the flag must be made on the group's device (it was
+    # always a CPU tensor, so distributed="local" failed at its first step on NCCL)
+    import torch.distributed as dist
+
+    class ReducedError(Exception):
+        pass
+
+    seen: list[torch.device] = []
+
+    def all_reduce(tensor: torch.Tensor, **_: object) -> None:
+        seen.append(tensor.device)
+        raise ReducedError
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(Communicator, "device", property(lambda self: torch.device("meta")))
+    with pytest.raises(ReducedError):
+        Communicator("local", 2).any(True)
+    assert seen == [torch.device("meta")]
 
 
 def test_fsdp_shards_are_refused_with_a_clear_error(tmp_path: Path) -> None:

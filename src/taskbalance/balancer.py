@@ -807,7 +807,11 @@ class Balancer:
             task_names=names,
             level=self.level,
         )
-        combination = unnormalise(self.method, self.method(ctx), ctx)
+        if comm is not None and not comm.is_global:
+            # each rank's own losses: a refusal on one rank stops every rank
+            combination = comm.together(lambda: unnormalise(self.method, self.method(ctx), ctx))
+        else:  # (one process, or the same inputs on every rank: all raise alike)
+            combination = unnormalise(self.method, self.method(ctx), ctx)
         if comm is not None and comm.is_global and combination.weights is not None:
             # every rank computed the same weights from the same inputs; rank 0's are
             # applied everywhere so that the ranks' parameters stay bit-identical

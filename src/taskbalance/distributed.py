@@ -31,10 +31,12 @@ specific parameters, ``R`` processes; all-reduces of float32/float64 buffers):
 
 ``distributed="local"`` balances each rank's batch on its own (cheaper: no loss, Jacobian or
 Gram exchange) and averages the resulting gradients: an approximation (the mean of per-rank
-combinations is not the combination of the global batch). The gradients are written to
-``.grad`` by the balancer itself, averaged here: DDP's reducer is not used (the balancer never
-calls ``backward`` on the model), so a model needs no wrapper at all, and DDP's ``no_sync``
-has no effect on it (every balancer step exchanges; accumulation stays exact).
+combinations is not the combination of the global batch; where one rank's method raises,
+e.g. refusing its own losses, every rank raises: :meth:`Communicator.together`). The
+gradients are written to ``.grad`` by the balancer itself, averaged here: DDP's reducer is
+not used (the balancer never calls ``backward`` on the model), so a model needs no wrapper
+at all, and DDP's ``no_sync`` has no effect on it (every balancer step exchanges;
+accumulation stays exact).
 
 FSDP-sharded parameters are refused with a clear error (their gradients are shards: the Gram
 matrix would need the shards' partial Gram matrices, not implemented yet).
@@ -44,9 +46,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -70,6 +72,8 @@ __all__ = [
 ]
 
 DistributedMode = Literal["auto", "global", "local", "off"]
+
+_Result = TypeVar("_Result")
 
 
 def _initialised() -> bool:
@@ -194,10 +198,29 @@ class Communicator:
         return kept_params, kept_grads
 
     def any(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank (so that every rank takes the same branch)."""
-        value = torch.tensor([1.0 if flag else 0.0])
+        """Whether ``flag`` holds on any rank (so that every rank takes the same branch).
+        On the group's device: NCCL cannot reduce a CPU tensor."""
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item() > 0)
+
+    def together(self, compute: Callable[[], _Result]) -> _Result:
+        """``compute()`` on this rank, and whether it raised on any rank (one scalar
+        all-reduce): where it raised, every rank raises (that rank its own error, the others
+        a ``RuntimeError`` pointing to it) instead of the others waiting at the next
+        collective (``distributed="local"``: each rank's method sees its own losses, so one
+        rank's losses can be refused, e.g. a negative loss for ``gls``)."""
+        try:
+            result = compute()
+        except Exception:
+            self.any(True)
+            raise
+        if self.any(False):
+            raise RuntimeError(
+                "the balancing method raised on another rank (its error is in that rank's "
+                "output); every rank stops with it instead of waiting at the next collective"
+            )
+        return result
 
 
 # ----------------------------------------------------------------- processes (the trainer's)
