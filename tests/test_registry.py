@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 import taskbalance
@@ -48,6 +49,15 @@ def test_bad_hyperparameter_values_are_rejected() -> None:
         methods.create("pcgrad", reduction="max")
     with pytest.raises(ValueError, match="finite and >= 0"):
         methods.create("fixed", weights=[1.0, -2.0])
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "graddrop", "gradvac", "rlw"])
+@pytest.mark.parametrize("seed", [2.5, float("inf"), float("nan"), True])
+def test_seeds_must_be_whole_numbers(method: str, seed: object) -> None:
+    # 2.5 was truncated to 2 silently, inf raised an OverflowError
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        methods.create(method, seed=seed)
+    assert methods.create(method, seed=np.int64(3)).seed == 3  # type: ignore[attr-defined]
 
 
 def test_every_method_declares_family_needs_and_reference() -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 
-__all__ = ["check_fraction", "check_positive"]
+__all__ = ["check_fraction", "check_positive", "check_seed"]
 
 
 def check_positive(method: str, name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -21,3 +22,11 @@ def check_fraction(method: str, name: str, value: float) -> float:
     if value >= 1:
         raise ValueError(f"{method}: {name} must be in [0, 1), got {value!r}")
     return value
+
+
+def check_seed(method: str, seed: object) -> int:
+    """A random seed: a whole number, NumPy's included (``2.5`` was truncated to 2, ``inf``
+    an ``OverflowError``)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"{method}: seed must be a whole number, got {seed!r}")
+    return int(seed)

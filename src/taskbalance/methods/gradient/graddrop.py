@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.needs import Need
-from taskbalance.methods._validation import check_fraction
+from taskbalance.methods._validation import check_fraction, check_seed
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 
@@ -53,7 +53,7 @@ class GradDrop(Method):
 
     def __init__(self, leak: float = 0.0, seed: int = 0) -> None:
         self.leak = check_fraction(self.name, "leak", leak)
-        self.seed = int(seed)
+        self.seed = check_seed("graddrop", seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def hparams(self) -> dict[str, Any]:

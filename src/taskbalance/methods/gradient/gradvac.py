@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.needs import Need
-from taskbalance.methods._validation import check_positive
+from taskbalance.methods._validation import check_positive, check_seed
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 
@@ -96,7 +96,7 @@ class GradVac(Method):
                 f"gradvac: granularity must be 'model' or 'layer', got {granularity!r}"
             )
         self.granularity = granularity
-        self.seed = int(seed)
+        self.seed = check_seed("gradvac", seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.targets: Tensor | None = None  # (layers, T, T)
         if granularity == "layer":

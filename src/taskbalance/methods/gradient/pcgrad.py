@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.needs import Need
+from taskbalance.methods._validation import check_seed
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 
@@ -54,7 +55,7 @@ class PCGrad(Method):
     def __init__(self, seed: int = 0, reduction: Literal["sum", "mean"] = "sum") -> None:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"pcgrad: reduction must be 'sum' or 'mean', got {reduction!r}")
-        self.seed = int(seed)
+        self.seed = check_seed("pcgrad", seed)
         self.reduction = reduction
         self.generator = torch.Generator().manual_seed(self.seed)
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from taskbalance.engine.needs import Need
+from taskbalance.methods._validation import check_seed
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 
@@ -33,7 +34,7 @@ class RandomLossWeighting(Method):
     state_attributes = ("generator",)
 
     def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+        self.seed = check_seed("rlw", seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def hparams(self) -> dict[str, Any]:
