@@ -310,6 +310,9 @@ def test_trainer_validates_its_inputs() -> None:
         Task("a", "hinge")
     with pytest.raises(ValueError, match="unknown metrics"):
         Task("a", "mse", ["acc"])
+    for weight in (-1.0, float("nan"), float("inf")):  # -1 maximised the loss with ew
+        with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+            Task("a", "mse", weight=weight)
     with pytest.raises(ValueError, match="shared_params"):
         Trainer(nn.Linear(2, 2), [Task("a", "mse")], "ew")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -59,6 +60,14 @@ class Task:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
+        weight = self.weight
+        if isinstance(weight, bool) or not (
+            isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0
+        ):
+            # (a negative weight would maximise the loss, a NaN one skip every step)
+            raise ValueError(
+                f"task {self.name!r}: weight must be a finite number >= 0, got {weight!r}"
+            )
         if isinstance(self.loss, str):
             if self.loss not in LOSSES:
                 raise ValueError(
