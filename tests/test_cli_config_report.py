@@ -399,3 +399,20 @@ def test_train_picks_one_thread_for_small_models() -> None:
         assert choose_threads(torch.nn.Linear(64, 64), 2) == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"name": "x", "runs": []}', "lists no runs"),
+        ('{"name": "x"', "is not valid JSON"),
+    ],
+)
+def test_report_of_a_broken_summary_names_the_file(
+    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "summary.json").write_text(content)
+    assert main(["report", str(tmp_path)]) != 0
+    error = capsys.readouterr().err
+    assert message in error
+    assert "summary.json" in error

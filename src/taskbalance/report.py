@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from taskbalance._validation import run_folder
 from taskbalance.plots import (
@@ -481,6 +481,19 @@ pre { background: #f6f6f6; padding: 0.8em; }
 """
 
 
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A comparison's ``summary.json``, or a ``ValueError`` that names the file and what is
+    wrong with it (a truncated write, a hand edit, a run that recorded nothing)."""
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): was its run interrupted?") from None
+    runs = summary.get("runs") if isinstance(summary, dict) else None
+    if not isinstance(runs, list) or not runs:
+        raise ValueError(f"{path} lists no runs: nothing to report")
+    return cast(dict[str, Any], summary)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Render ``report.html`` for a run or comparison directory; returns its path."""
     root = Path(run_dir)
@@ -492,7 +505,7 @@ def write_report(run_dir: str | Path) -> Path:
     if (root / "suite.json").exists():
         title, sections = _suite_sections(root)
     elif summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+        summary = _read_summary(summary_path)
         title = summary.get("name", title)
         if (root / "results.json").exists() and summary.get("benchmark"):
             sections.append(_benchmark_section(root, root, link=False))
