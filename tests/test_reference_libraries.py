@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -338,3 +339,41 @@ def test_learned_weightings_first_step_equals_libmtl(libmtl: ModuleType, name: s
 
     pairs = compare_with_libmtl(libmtl, name, 3, hparams, steps=1, prepare=prepare)
     assert max(differences(pairs)) < FLOAT32
+
+
+def test_dwa_equals_libmtl_over_epochs(libmtl: ModuleType) -> None:
+    """DWA over five epochs of three batches: both weight by the ratio of the last two
+    epochs' mean losses from the third epoch on (LibMTL's trainer fills
+    ``train_loss_buffer[:, e]`` with epoch ``e``'s mean batch losses; ours keeps the same
+    means and closes a period at ``end_epoch``)."""
+    num_tasks, epochs, batches = 3, 5, 3
+    ours_model = Model(num_tasks)
+    their_model = copy.deepcopy(ours_model)
+    balancer = Balancer(
+        registry.create("dwa", temperature=2.0),
+        ours_model.trunk.parameters(),
+        task_params=ours_model.heads.parameters(),
+    )
+    weighting, kwargs = libmtl.harness("dwa", their_model.trunk, num_tasks)
+    weighting.train_loss_buffer = np.zeros((num_tasks, epochs))
+    generator = torch.Generator().manual_seed(2)
+    for epoch in range(epochs):
+        weighting.epoch = epoch
+        epoch_losses = []
+        for _ in range(batches):
+            x = torch.randn(16, 5, generator=generator, dtype=torch.float64)
+            ys = [
+                (epoch + 1.0) ** -(i + 1)
+                * torch.randn(16, generator=generator, dtype=torch.float64)
+                for i in range(num_tasks)
+            ]  # losses that fall at different rates, so that the weights differ
+            for model in (ours_model, their_model):
+                model.zero_grad(set_to_none=True)
+            info = balancer.backward(ours_model.losses(x, ys))
+            theirs = weighting.backward(their_model.losses(x, ys), **kwargs)
+            assert info.weights is not None
+            np.testing.assert_allclose(info.weights.numpy(), theirs, rtol=1e-6, atol=0)
+            epoch_losses.append(ours_model.losses(x, ys).detach().numpy())
+        weighting.train_loss_buffer[:, epoch] = np.mean(epoch_losses, axis=0)
+        balancer.end_epoch()
+    assert not np.allclose(theirs, 1.0)  # the last epochs were weighted, not equal
