@@ -99,3 +99,27 @@ def test_multimnist_overlays_two_digits_with_a_left_mask() -> None:
     assert mask[8:, :].sum() == 0
     assert mask[:, 8:].sum() == 0
     assert bool((image[0][mask.bool()] > 0.25).all())  # the mask marks ink of the image
+
+
+def test_binary_task_metrics_read_logits_as_logits() -> None:
+    # logits of 0.1-0.9 all mean "positive"; a metric left to guess read them as
+    # probabilities and thresholded at 0.5 (accuracy 0.6 instead of 0.9)
+    from taskbalance import Task
+
+    task = Task("click", "binary_cross_entropy", ["accuracy", "auc", "f1"])
+    logits = torch.linspace(0.1, 0.9, 100)
+    target = torch.ones(100)
+    target[:10] = 0
+    results = task.evaluate(logits, target)
+    assert results["accuracy"] == pytest.approx(0.9)
+    assert results["auc"] == pytest.approx(1.0)
+    seen: list[torch.Tensor] = []
+
+    def own(prediction: torch.Tensor, _: torch.Tensor) -> float:
+        seen.append(prediction)
+        return 0.0
+
+    from taskbalance.metrics import Metric
+
+    Task("click", "binary_cross_entropy", {"own": Metric(own, True)}).evaluate(logits, target)
+    assert torch.equal(seen[0], logits)  # a metric of one's own gets the outputs as they are

@@ -34,6 +34,8 @@ def _l1(prediction: Tensor, target: Tensor) -> Tensor:
     return nn.functional.l1_loss(prediction.reshape(target.shape), target.float())
 
 
+_BUILTIN_METRICS = frozenset(METRICS.values())
+
 LOSSES: dict[str, LossFn] = {
     "cross_entropy": _cross_entropy,
     "binary_cross_entropy": _binary_cross_entropy,
@@ -98,12 +100,20 @@ class Task:
         return loss * self.weight if self.weight != 1.0 else loss
 
     def evaluate(self, prediction: Tensor, target: Tensor) -> dict[str, float]:
+        """The loss and the metrics on a whole evaluation set.
+
+        With the ``"binary_cross_entropy"`` loss the model outputs logits, and the built-in
+        metrics get their probabilities (``sigmoid``): left to guess, they read outputs that
+        all lie in ``[0, 1]`` as probabilities and thresholded logits of 0.1-0.9 at 0.5
+        instead of 0. A metric of your own gets the outputs as they are."""
         loss_fn = self.loss
         assert callable(loss_fn)
         assert isinstance(self.metrics, Mapping)
         with torch.no_grad():
             results = {"loss": float(loss_fn(prediction, target))}
-            results.update(
-                {name: metric(prediction, target) for name, metric in self.metrics.items()}
-            )
+            probabilities = torch.sigmoid(prediction) if loss_fn is _binary_cross_entropy else None
+            for name, metric in self.metrics.items():
+                builtin = probabilities is not None and metric in _BUILTIN_METRICS
+                given = probabilities if builtin and probabilities is not None else prediction
+                results[name] = metric(given, target)
         return results
