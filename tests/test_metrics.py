@@ -1,5 +1,7 @@
 """Metrics, Delta-m% (both definitions), mean rank and Pareto front on hand-computed cases."""
 
+import math
+
 import pytest
 import torch
 
@@ -123,3 +125,17 @@ def test_binary_task_metrics_read_logits_as_logits() -> None:
 
     Task("click", "binary_cross_entropy", {"own": Metric(own, True)}).evaluate(logits, target)
     assert torch.equal(seen[0], logits)  # a metric of one's own gets the outputs as they are
+
+
+@pytest.mark.parametrize("name", ["accuracy", "f1", "miou", "auc", "binary_miou", "mae", "mse"])
+def test_a_diverged_model_scores_nan_not_a_class(name: str) -> None:
+    # argmax / thresholds turned all-NaN logits into a class: 33% accuracy on three classes
+    from taskbalance.metrics import METRICS
+
+    binary = name in ("auc", "binary_miou", "mae", "mse")
+    target = torch.tensor([0, 1, 0, 1, 0, 1]) if binary else torch.tensor([0, 1, 2, 0, 1, 2])
+    prediction = torch.full((6,) if binary else (6, 3), float("nan"))
+    assert math.isnan(METRICS[name](prediction, target))
+    partly = torch.zeros_like(prediction)
+    partly[0] = float("nan")
+    assert math.isnan(METRICS[name](partly, target))

@@ -116,13 +116,31 @@ def _miou_of(predicted: Tensor, truth: Tensor) -> float:
     return sum(ious) / len(ious) if ious else float("nan")
 
 
-accuracy = Metric(_accuracy, higher_is_better=True)
+def _nan_for_nan_predictions(
+    fn: Callable[[Tensor, Tensor], float],
+) -> Callable[[Tensor, Tensor], float]:
+    """``fn``, but NaN wherever a prediction is NaN (a diverged model): argmax and
+    thresholds turn NaN into a class, so all-NaN logits read as, e.g., 33% accuracy and took
+    their place in tables and Pareto fronts as a real result. (The regression metrics
+    propagate NaN by themselves.)"""
+
+    def guarded(prediction: Tensor, target: Tensor) -> float:
+        if prediction.is_floating_point() and bool(torch.isnan(prediction).any()):
+            return math.nan
+        return fn(prediction, target)
+
+    guarded.__name__ = guarded.__qualname__ = fn.__name__
+    guarded.__doc__ = fn.__doc__
+    return guarded
+
+
+accuracy = Metric(_nan_for_nan_predictions(_accuracy), higher_is_better=True)
 mae = Metric(_mae, higher_is_better=False)
 mse = Metric(_mse, higher_is_better=False)
-auc = Metric(_auc, higher_is_better=True)
-f1 = Metric(_f1, higher_is_better=True)
-miou = Metric(_miou, higher_is_better=True)
-binary_miou = Metric(_binary_miou, higher_is_better=True)
+auc = Metric(_nan_for_nan_predictions(_auc), higher_is_better=True)
+f1 = Metric(_nan_for_nan_predictions(_f1), higher_is_better=True)
+miou = Metric(_nan_for_nan_predictions(_miou), higher_is_better=True)
+binary_miou = Metric(_nan_for_nan_predictions(_binary_miou), higher_is_better=True)
 
 METRICS = {
     "accuracy": accuracy,
