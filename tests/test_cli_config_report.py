@@ -416,3 +416,22 @@ def test_report_of_a_broken_summary_names_the_file(
     error = capsys.readouterr().err
     assert message in error
     assert "summary.json" in error
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        ({"val_fraction": 0.0}, "every split needs at least one row"),
+        ({"val_fraction": 0.5, "test_fraction": 0.6}, "every split needs at least one row"),
+        ({"val_fraction": 1.0}, r"must be in \[0, 1\)"),
+        ({"test_fraction": float("nan")}, r"must be in \[0, 1\)"),
+    ],
+)
+def test_dataset_splits_are_never_empty(fractions: dict[str, float], message: str) -> None:
+    # an empty training split trained nothing, an empty validation split gave NaN metrics
+    from taskbalance.datasets import digits
+
+    with pytest.raises(ValueError, match=message):
+        digits(**fractions)
+    data = digits()
+    assert min(len(data.train), len(data.val), len(data.test)) > 0

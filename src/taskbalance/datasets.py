@@ -62,12 +62,29 @@ class TensorTasks(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
         return self.x[index], {task: y[index] for task, y in self.targets.items()}
 
 
+def _split_sizes(rows: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int]:
+    """Validation and test sizes; every split must keep at least one row (an empty training
+    split trained nothing, an empty validation split made early stopping read NaN)."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not 0 <= value < 1:  # (NaN fails too)
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    n_val, n_test = round(val_fraction * rows), round(test_fraction * rows)
+    if n_val < 1 or rows - n_val - n_test < 1 or (test_fraction > 0 and n_test < 1):
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} of {rows} rows "
+            f"leave {rows - n_val - n_test} for training, {n_val} for validation and {n_test} "
+            "for testing: every split needs at least one row"
+        )
+    return n_val, n_test
+
+
 def _split(
     x: torch.Tensor, targets: dict[str, torch.Tensor], fractions: tuple[float, float], seed: int
 ) -> tuple[TensorTasks, TensorTasks, TensorTasks]:
+    n_val, n_test = _split_sizes(x.shape[0], *fractions)
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_test = round(fractions[1] * len(order))
-    n_val = round(fractions[0] * len(order))
     parts = [order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]]
     train, val, test = (TensorTasks(x[i], {t: y[i] for t, y in targets.items()}) for i in parts)
     return train, val, test
@@ -236,8 +253,8 @@ def census(seed: int = 0, val_fraction: float = 0.15) -> MultiTaskData:
     test_rows = _adult_rows((base / "adult.test").read_text())
     rows = train_rows + test_rows
     n_train = len(train_rows)
+    n_val, _ = _split_sizes(n_train, val_fraction)
     order = np.random.default_rng(seed).permutation(n_train)
-    n_val = round(val_fraction * n_train)
     fit = np.sort(order[n_val:])
     column = {name: [r[i] for r in rows] for i, name in enumerate(_ADULT_COLUMNS)}
     numeric = []
