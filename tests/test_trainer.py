@@ -357,3 +357,14 @@ def test_validation_metrics_feed_metric_based_methods() -> None:
         [history[0]["a/accuracy"], history[0]["b/accuracy"]], dtype=torch.float64
     )
     torch.testing.assert_close(method.last_metrics, expected)  # type: ignore[attr-defined]
+
+
+def test_an_epoch_without_batches_is_an_error_not_a_silent_no_op() -> None:
+    empty = DataLoader(dataset(n=0), batch_size=16, collate_fn=collate)
+    with pytest.raises(ValueError, match="gave no batch in epoch 1"):
+        trainer_for("ew").fit(empty, epochs=2)
+    # a one-shot iterator trains its epoch, then the next epoch has nothing left
+    trainer = trainer_for("ew")
+    with pytest.raises(ValueError, match="gave no batch in epoch 2"):
+        trainer.fit(iter(list(loader())), epochs=2)
+    assert trainer.global_step == 6

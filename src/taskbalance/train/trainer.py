@@ -311,6 +311,12 @@ class Trainer:
                     if self.run_dir is not None:
                         self.save_checkpoint(self.run_dir / "last.pt")
                     return self.history
+            if self.batch_in_epoch == 0:
+                raise ValueError(
+                    f"the training data gave no batch in epoch {self.epoch + 1}: an empty "
+                    "dataset, a one-shot iterator already used up, or drop_last=True with a "
+                    "dataset smaller than the batch size"
+                )
             stop = self._end_epoch(val)
         if self.restore_best and self._best_state is not None:
             self.core.load_state_dict(self._best_state)
