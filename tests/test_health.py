@@ -118,6 +118,28 @@ def test_opposite_targets_are_a_persistent_conflict() -> None:
     assert "conflict" in monitor.summary()
 
 
+def test_a_task_with_a_zero_gradient_and_the_stall_it_causes_are_named() -> None:
+    # a constant loss: its gradient is 0 from the first step, so its own baseline is 0 too
+    # and the relative vanishing rule never fired; MGDA then returns the zero update (the
+    # zero vector is in the hull) and training stopped without a word
+    model, x, y = model_and_data()
+    monitor = HealthMonitor(thresholds=THRESHOLDS, warn=False)
+    balancer = Balancer.for_model("mgda", model, monitor=monitor)
+    for _ in range(8):
+        predictions = model(x)
+        losses = {
+            "a": ((predictions["a"].squeeze(-1) - y) ** 2).mean(),
+            "b": predictions["b"].sum() * 0.0 + 1.0,
+        }
+        info = balancer.backward(losses)
+        assert info.grad_norm is not None
+        assert float(info.grad_norm) == 0.0
+    assert ("vanishing", "task 'b'") in kinds(monitor)
+    assert ("stalled", "the update") in kinds(monitor)
+    assert ("vanishing", "task 'a'") not in kinds(monitor)
+    assert "Pareto-stationary" in monitor.summary()
+
+
 def test_a_healthy_run_emits_no_warning() -> None:
     model, x, y = model_and_data()
     monitor = HealthMonitor(task_gradients=True, thresholds=THRESHOLDS)

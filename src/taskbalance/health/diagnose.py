@@ -70,7 +70,7 @@ class HealthThresholds:
 class Diagnosis:
     """One finding: what, about which task(s) or layer, at which step, and what to do."""
 
-    kind: str  # vanishing | exploding | dominating | starving | conflict
+    kind: str  # vanishing | exploding | dominating | starving | conflict | stalled
     subject: str  # "task 'depth'", "layer 'trunk.0.weight'", "tasks 'a' and 'b'"
     step: int
     detail: str
@@ -104,5 +104,10 @@ REMEDIES = {
     "conflict": (
         "Use a conflict-aware method (pcgrad, cagrad, upgrad) or give the two tasks separate "
         "branches (see taskbalance.health.suggest_groups)"
+    ),
+    "stalled": (
+        "Look for a task whose gradient is 0 (a constant loss, a dead head) and fix or drop it; "
+        "while it lasts, a method that keeps every task moving (ew, uw, cagrad, nash_mtl, "
+        "imtl_g) does not stop at such points"
     ),
 }

@@ -107,6 +107,7 @@ class HealthMonitor:
             positive = [n for n in norms if n > 0]
             record["norm_ratio"] = max(positive) / min(positive) if positive else math.nan
             found += self._task_norm_rules(names, norms, info.step)
+            found += self._stall_rule(info, norms)
             shares = self._shares(info)
             if shares is not None:
                 record["update_share"] = dict(zip(names, shares, strict=True))
@@ -185,6 +186,18 @@ class HealthMonitor:
                     "exploding", f"task {name!r}", step, "non-finite gradient norm", always=True
                 )
                 continue
+            # exactly 0 while another task's is not: its own baseline is 0 as well, so the
+            # relative rule below never fires for a task that was dead from the start
+            dead = norm == 0 and any(other > 0 for other in norms)
+            if self._persist(f"dead:{key}", dead):
+                found += self._raise(
+                    "vanishing",
+                    f"task {name!r}",
+                    step,
+                    "gradient is exactly 0 (a constant loss, a dead head, or labels that never "
+                    "vary): gradient methods treat it as solved",
+                    remedy="vanishing_task",
+                )
             baseline = self._baseline(key, norm)
             found += self._jump_rule(key, f"task {name!r}", norm, step)
             low = baseline is not None and norm < th.vanishing_ratio * baseline
@@ -198,6 +211,22 @@ class HealthMonitor:
                     remedy="vanishing_task",
                 )
         return found
+
+    def _stall_rule(self, info: StepInfo, norms: list[float]) -> list[Diagnosis]:
+        """The update written is exactly 0 while the tasks' gradients are not: a
+        Pareto-stationary point for the method (MGDA with a task whose gradient is 0, UPGrad
+        or MGDA with exactly opposite gradients), where training stops moving."""
+        update = None if info.grad_norm is None else float(info.grad_norm)
+        stalled = update == 0 and max(norms, default=0.0) > 0
+        if not self._persist("stalled", stalled):
+            return []
+        return self._raise(
+            "stalled",
+            "the update",
+            info.step,
+            f"the combined gradient is 0 while the largest task gradient norm is "
+            f"{max(norms):.3g}: the method sees a Pareto-stationary point and nothing moves",
+        )
 
     def _share_rules(
         self, names: tuple[str, ...], shares: list[float], step: int
