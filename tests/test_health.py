@@ -257,3 +257,22 @@ def test_thresholds_out_of_their_range_are_refused(bad: dict[str, float]) -> Non
     with pytest.raises(ValueError, match=next(iter(bad))):
         HealthThresholds(**bad)  # type: ignore[arg-type]
     HealthThresholds(dominance_share=1.0, starvation_fraction=0.0)  # the warnings turned off
+
+
+def test_without_a_monitor_a_stalled_update_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model, x, y = model_and_data()
+    balancer = Balancer.for_model("mgda", model)
+    with caplog.at_level(logging.WARNING, logger="taskbalance.balancer"):
+        for _ in range(3):
+            predictions = model(x)
+            balancer.backward(
+                {
+                    "a": ((predictions["a"].squeeze(-1) - y) ** 2).mean(),
+                    "b": predictions["b"].sum() * 0.0 + 1.0,
+                }
+            )
+    stalls = [r for r in caplog.records if "update is exactly 0" in r.message]
+    assert len(stalls) == 1
+    assert "['b']" in stalls[0].message

@@ -413,6 +413,7 @@ class Balancer:
         self.step = 0
         self._skips = 0
         self._warned_bypass = False
+        self._warned_stall = False
 
     def _trainable(self) -> tuple[tuple[str, ...], list[Tensor]]:
         pairs = [
@@ -700,6 +701,8 @@ class Balancer:
                 # are really inf or NaN make a step unusable)
                 reason = _non_finite_reason(params, param_grads, self)
                 return self._skip(names, detached, reason, weights=weights)
+        if float(norm_on_host) == 0.0 and grads is not None and not self._warned_stall:
+            self._warn_if_stalled(grads, names)
         self._write(params, param_grads, write_scale)
         info = StepInfo(
             task_names=names,
@@ -834,6 +837,24 @@ class Balancer:
                 p.grad = g
             else:
                 p.grad.add_(g)
+
+    def _warn_if_stalled(self, grads: RowScaledGradients, names: tuple[str, ...]) -> None:
+        """Once: the update is exactly 0 while some task's gradient is not (read from the
+        Gram matrix already on the host), a Pareto-stationary point for the method where
+        training stops moving, e.g. MGDA with a task whose loss is constant."""
+        diagonal = grads.raw_gramian.diagonal()
+        if not bool((diagonal > 0).any()):
+            return
+        self._warned_stall = True
+        zero = [name for name, d in zip(names, diagonal.tolist(), strict=True) if d == 0]
+        logger.warning(
+            "step %d: the %s update is exactly 0 while the task gradients are not%s: a "
+            "Pareto-stationary point for the method, where nothing moves (warned once; a "
+            "HealthMonitor reports it every time)",
+            self.step,
+            self.method.name,
+            f" (zero gradient: task(s) {zero})" if zero else "",
+        )
 
     def _layer_statistics(self, params: list[Tensor], grads: list[Tensor]) -> dict[str, Any]:
         """Per shared parameter: the norm of the update written and of the weights."""
