@@ -13,7 +13,8 @@ moving averages, random generators) is saved in Lightning checkpoints and restor
 Gradient clipping: Lightning's ``Trainer(gradient_clip_val=...)`` does not apply to manual
 optimisation; pass taskbalance transforms instead (``ClipGlobalNorm(v)`` is
 ``gradient_clip_val=v, gradient_clip_algorithm="norm"``; ``ClipValue(v)`` the ``"value"``
-algorithm), which also offer per-task clipping. Under ``strategy="ddp"`` the balancer
+algorithm, except that an overflowed entry stays ``inf`` so the step is skipped), which also
+offer per-task clipping. Under ``strategy="ddp"`` the balancer
 balances the global batch (:mod:`taskbalance.distributed`): nothing to change.
 
 Example::
