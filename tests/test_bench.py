@@ -63,6 +63,29 @@ def test_results_table_has_every_entry_and_statistic(tiny_run: tuple[Path, dict]
     assert (root / "delta_m.png").stat().st_size > 0
 
 
+def test_a_seed_that_diverged_is_named_in_the_tables(
+    tiny_run: tuple[Path, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    # the means skip a NaN seed: without a word the row read as a mean over every seed
+    import shutil
+
+    from taskbalance.bench.runner import render_results
+
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_run[0], root)
+    results = json.loads((root / "results.json").read_text())
+    results["rows"]["pcgrad"]["per_seed"]["task0/mae"][1] = float("nan")
+    results["rows"]["ew"]["metrics"]["task0/mae"]["mean"] = float("nan")  # every seed
+    (root / "results.json").write_text(json.dumps(results))
+    render_results(root)
+    markdown = (root / "results.md").read_text()
+    assert "| pcgrad (diverged: seed 1)" in markdown or "| pcgrad * (diverged: seed 1)" in markdown
+    page = write_report(root).read_text()
+    assert "(diverged: seed 1)" in page
+    assert "<b>nan" not in page  # the best of a column is the best finite value
+
+
 def test_delta_m_uses_single_task_runs_of_each_seed(tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
     root, summary = tiny_run
     baselines = {}

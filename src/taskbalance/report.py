@@ -305,6 +305,34 @@ def mean_std(stat: dict[str, float], spec: str, seeds: int) -> str:
     return text if seeds < 2 else f"{text} ± {format(stat['std'], spec.lstrip('+'))}"
 
 
+def diverged_seeds(row: dict[str, Any]) -> list[int]:
+    """The seeds of a benchmark row whose test metrics are not all finite (a run that
+    diverged): its mean and std are over the other seeds, which the tables must say."""
+    per_seed: dict[str, list[float]] = row.get("per_seed", {})
+    count = max((len(values) for values in per_seed.values()), default=0)
+    return [
+        seed
+        for seed in range(count)
+        if any(not math.isfinite(values[seed]) for values in per_seed.values())
+    ]
+
+
+def diverged_label(row: dict[str, Any]) -> str:
+    """``" (diverged: seeds 0, 2)"`` for a row with diverged seeds, else ``""``."""
+    seeds = diverged_seeds(row)
+    return (
+        f" (diverged: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        if seeds
+        else ""
+    )
+
+
+def _best(values: list[float], higher: bool) -> float:
+    """The best finite value (NaN where there is none: then nothing is bold)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return (max if higher else min)(finite) if finite else math.nan
+
+
 def _benchmark_table(results: dict[str, Any]) -> str:
     """A benchmark's results.json as an HTML table: mean +/- std, Delta-m%, rank, step ratio."""
     directions = results["directions"]
@@ -321,11 +349,11 @@ def _benchmark_table(results: dict[str, Any]) -> str:
     step_header, step_note = step_time_column(results)
     columns += ["mean rank ↓", step_header]
     best = {
-        m: (max if directions[m] else min)(row["metrics"][m]["mean"] for row in rows_data.values())
+        m: _best([row["metrics"][m]["mean"] for row in rows_data.values()], directions[m])
         for m in metrics
     }
-    best_delta = max(row["delta_m"]["mean"] for row in rows_data.values())
-    best_rank = min(row["mean_rank"] for row in rows_data.values())
+    best_delta = _best([row["delta_m"]["mean"] for row in rows_data.values()], True)
+    best_rank = _best([row["mean_rank"] for row in rows_data.values()], False)
 
     def cell(text: str, bold: bool) -> str:
         return f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>"
@@ -346,7 +374,7 @@ def _benchmark_table(results: dict[str, Any]) -> str:
         cells.append(cell(f"{row['mean_rank']:.2f}", row["mean_rank"] == best_rank))
         ratio = row.get("step_ratio_to_ew")
         cells.append(cell("" if ratio is None else f"{ratio:.2f}", False))
-        label = html.escape(name) + (" *" if row.get("pareto") else "")
+        label = html.escape(name + (" *" if row.get("pareto") else "") + diverged_label(row))
         lines.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
     header = (
         "<tr><th>method</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"

@@ -206,7 +206,7 @@ def summarise(
 
 
 def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
-    from taskbalance.report import noise_verdict, step_time_column
+    from taskbalance.report import diverged_label, noise_verdict, step_time_column
 
     directions = summary["directions"]
     metrics = list(directions)
@@ -249,7 +249,8 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         cells.append(f"{row['mean_rank']:.2f}")
         ratio = row["step_ratio_to_ew"]
         cells.append("" if ratio is None else f"{ratio:.2f}")
-        lines.append(f"| {name}{' *' if row['pareto'] else ''} | " + " | ".join(cells) + " |")
+        label = f"{name}{' *' if row['pareto'] else ''}{diverged_label(row)}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "![Delta-m per method](delta_m.png)", "", "```", json.dumps(meta, indent=1)]
     lines.append("```")
     return "\n".join(lines) + "\n"
