@@ -341,3 +341,23 @@ def test_model_hyperparameters_are_validated_when_the_model_is_made() -> None:
         CrossStitch({"a": [nn.Linear(2, 2)], "b": [nn.Linear(2, 2)]}, self_weight=float("nan"))
     with pytest.raises(ValueError, match="gate_features"):
         MMoE([nn.Linear(2, 2)], {"a": nn.Linear(2, 1)}, gate_features=0)
+
+
+def test_a_forward_without_autograd_keeps_the_training_forwards_representation() -> None:
+    # a look at another batch under no_grad between the training forward and the backward
+    # replaced the remembered representation with one outside any graph, and the balancer
+    # refused the step ("representation must be a tensor attached to the graph")
+    torch.manual_seed(0)
+    model = HardSharing(nn.Linear(4, 8), {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+    x = torch.randn(16, 4)
+    model(x)
+    remembered = model.representation
+    with torch.no_grad():
+        model(torch.randn(4, 4))
+    assert model.representation is remembered
+    for level in ("parameters", "representation"):
+        out = model(x)
+        with torch.inference_mode():
+            model(torch.randn(4, 4))
+        balancer = Balancer.for_model("mgda", model, level=level)  # type: ignore[arg-type]
+        assert not balancer.backward({t: out[t].pow(2).mean() for t in out}).skipped

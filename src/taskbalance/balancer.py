@@ -210,7 +210,9 @@ def _check_representation_used(losses: Sequence[Tensor], representation: Sequenc
             "none of the losses depends on `representation`: pass the tensor the heads read "
             "in this forward pass (the trunk output the heads were applied to, not the output "
             "of another forward call; with torch.compile, compile the trunk, not the whole "
-            "model, or pass no representation)"
+            "model, or pass no representation). A model made with Balancer.for_model hands "
+            "over the representation of its last forward call: call balancer.backward before "
+            "the model's next forward with autograd on"
         )
 
 

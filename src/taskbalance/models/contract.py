@@ -30,6 +30,7 @@ from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from taskbalance._validation import suggest
@@ -79,8 +80,12 @@ class MultiTaskModel(nn.Module):
         return self._representation
 
     def remember(self, representation: Tensor) -> Tensor:
-        """Record ``representation`` as the shared features of this forward pass."""
-        self._representation = representation
+        """Record ``representation`` as the shared features of this forward pass. A forward
+        without autograd (``torch.no_grad()``, ``inference_mode``: a look at another batch
+        between a training forward and its ``balancer.backward``) keeps the training
+        forward's: its output cannot be back-propagated anyway."""
+        if torch.is_grad_enabled() and representation.requires_grad:
+            self._representation = representation
         return representation
 
     def check_task(self, task: str) -> str:
