@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.jacobian import task_jacobian
+from taskbalance.methods._validation import check_positive
 from taskbalance.transforms.base import global_norm
 
 __all__ = ["MTAdam"]
@@ -18,14 +19,6 @@ __all__ = ["MTAdam"]
 logger = logging.getLogger(__name__)
 
 _NORM_FLOOR = 1e-10
-
-
-def _non_negative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 class MTAdam(torch.optim.Optimizer):
@@ -76,9 +69,9 @@ class MTAdam(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        lr = _non_negative("lr", lr)
-        eps = _non_negative("eps", eps)
-        weight_decay = _non_negative("weight_decay", weight_decay)
+        lr = check_positive("MTAdam", "lr", lr, allow_zero=True)
+        eps = check_positive("MTAdam", "eps", eps, allow_zero=True)
+        weight_decay = check_positive("MTAdam", "weight_decay", weight_decay, allow_zero=True)
         if len(betas) != 3 or not all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be three numbers in [0, 1), got {betas}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}

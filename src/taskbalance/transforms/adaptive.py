@@ -179,8 +179,9 @@ class AGC(CombinedTransform):
         self.eps = positive("eps", eps)
 
     def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-        weight_norms = _unitwise_norms([p.detach() for p in params])
-        grad_norms = _unitwise_norms(grads)
+        # (weights and gradients together: one host read for the overflow check)
+        norms = _unitwise_norms([p.detach() for p in params] + list(grads))
+        weight_norms, grad_norms = norms[: len(params)], norms[len(params) :]
         clipped = []
         for g, weight_norm, grad_norm in zip(grads, weight_norms, grad_norms, strict=True):
             max_norm = self.clipping * weight_norm.clamp_min(self.eps)
