@@ -273,6 +273,36 @@ def test_without_a_monitor_a_stalled_update_is_logged_once(
                     "b": predictions["b"].sum() * 0.0 + 1.0,
                 }
             )
-    stalls = [r for r in caplog.records if "update is exactly 0" in r.message]
+    stalls = [r for r in caplog.records if "shared parameters is 0" in r.message]
     assert len(stalls) == 1
     assert "['b']" in stalls[0].message
+
+
+@pytest.mark.parametrize(
+    ("method", "case", "stalled"),
+    [
+        ("mgda", "zero gradient", True),
+        ("imtl_g", "zero gradient", True),  # its update is ~1e-16, not exactly 0
+        ("upgrad", "opposite", True),
+        ("mgda", "opposite", True),
+        ("nash_mtl", "zero gradient", False),
+        ("cagrad", "zero gradient", False),
+        ("upgrad", "zero gradient", False),
+        ("mgda", "healthy", False),
+        ("imtl_g", "healthy", False),
+    ],
+)
+def test_step_info_says_when_the_methods_combination_vanished(
+    method: str, case: str, stalled: bool
+) -> None:
+    model, x, y = model_and_data()
+    balancer = Balancer.for_model(method, model)
+    predictions = model(x)
+    a, b = (predictions[t].squeeze(-1) for t in ("a", "b"))
+    if case == "zero gradient":
+        losses = {"a": ((a - y) ** 2).mean(), "b": b.sum() * 0.0 + 1.0}
+    elif case == "opposite":
+        losses = {"a": a.mean(), "b": -a.mean() + 0.0 * b.sum()}
+    else:
+        losses = {"a": ((a - y) ** 2).mean(), "b": ((b + y) ** 2).mean()}
+    assert balancer.backward(losses).stalled is stalled

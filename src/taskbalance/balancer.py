@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -703,8 +704,10 @@ class Balancer:
                 # are really inf or NaN make a step unusable)
                 reason = _non_finite_reason(params, param_grads, self)
                 return self._skip(names, detached, reason, weights=weights)
-        if float(norm_on_host) == 0.0 and grads is not None and not self._warned_stall:
-            self._warn_if_stalled(grads, names)
+        stalled = grads is not None and _stalled(grads, combination, float(norm_on_host))
+        if stalled and not self._warned_stall:
+            assert grads is not None
+            self._warn_stalled(grads, names)
         self._write(params, param_grads, write_scale)
         info = StepInfo(
             task_names=names,
@@ -717,6 +720,7 @@ class Balancer:
             cosines=cosine_matrix(grads.cosine_gramian()) if grads is not None else None,
             grad_norm=total_norm,
             reused_weights=reuse,
+            stalled=stalled,
             **(self._layer_statistics(params, param_grads) if observing else {}),
         )
         if observing and self.monitor is not None:
@@ -840,19 +844,17 @@ class Balancer:
             else:
                 p.grad.add_(g)
 
-    def _warn_if_stalled(self, grads: RowScaledGradients, names: tuple[str, ...]) -> None:
-        """Once: the update is exactly 0 while some task's gradient is not (read from the
-        Gram matrix already on the host), a Pareto-stationary point for the method where
-        training stops moving, e.g. MGDA with a task whose loss is constant."""
-        diagonal = grads.raw_gramian.diagonal()
-        if not bool((diagonal > 0).any()):
-            return
+    def _warn_stalled(self, grads: RowScaledGradients, names: tuple[str, ...]) -> None:
+        """Once: the shared update vanished while some task's gradient did not (see
+        :attr:`StepInfo.stalled`); a HealthMonitor reports it on every observed step."""
         self._warned_stall = True
-        zero = [name for name, d in zip(names, diagonal.tolist(), strict=True) if d == 0]
+        zero = [
+            n for n, d in zip(names, grads.raw_gramian.diagonal().tolist(), strict=True) if d == 0
+        ]
         logger.warning(
-            "step %d: the %s update is exactly 0 while the task gradients are not%s: a "
-            "Pareto-stationary point for the method, where nothing moves (warned once; a "
-            "HealthMonitor reports it every time)",
+            "step %d: the %s update of the shared parameters is 0 while the task gradients "
+            "are not%s: a Pareto-stationary point for the method, where they stop moving "
+            "(warned once; a HealthMonitor reports it as 'stalled' on every observed step)",
             self.step,
             self.method.name,
             f" (zero gradient: task(s) {zero})" if zero else "",
@@ -1358,6 +1360,32 @@ def _as_loss_gradient(weights: Tensor, stacked: Tensor) -> Tensor:
     if weights.device == stacked.device and weights.dtype == stacked.dtype:
         return weights
     return to_device(weights, stacked.device, stacked.dtype)
+
+
+_STALL_RATIO = 1e-9
+"""A combination ``J^T w`` shorter than this fraction of ``|w|_1 max_i |g_i|`` is a stall:
+MGDA's exact zero, IMTL-G's ~1e-16 with a zero gradient (its weight goes to that task)."""
+
+
+def _stalled(grads: RowScaledGradients, combination: Combination, written_norm: float) -> bool:
+    """Whether the method's combination of the (row-scaled) task gradients vanished while
+    some task gradient did not. For weights on the host (every Gram method) it is read from
+    the Gram matrix already there, ``|J^T w|^2 = w^T G w`` (a ``T x T`` product in NumPy, no
+    device work); for a direction, only an update that is exactly 0 counts."""
+    gramian = grads.gramian
+    if gramian.device.type != "cpu":
+        return written_norm == 0.0 and bool((gramian.diagonal() > 0).any())
+    g = gramian.numpy()  # (the engine's host copy: no gradient, float64)
+    largest = float(g.diagonal().max(initial=0.0))
+    if not largest > 0:
+        return False  # (every task gradient is 0, or the Gram matrix is not finite)
+    weights = combination.weights
+    if weights is None or weights.device.type != "cpu":
+        return written_norm == 0.0
+    w = weights.detach().numpy().astype(np.float64, copy=False)
+    squared = float(w.dot(g.dot(w)))
+    reach = float(np.abs(w).sum()) * math.sqrt(largest)
+    return math.isfinite(squared) and squared <= (_STALL_RATIO * reach) ** 2
 
 
 def _grad(

@@ -48,6 +48,11 @@ class StepInfo:
         step: index of the step (counts steps that were not skipped).
         reused_weights: ``True`` on the in-between steps of ``Balancer(update_every=k)``,
             where the last weights were reused without per-task gradients.
+        stalled: ``True`` when a gradient method's combination of the task gradients is 0
+            (below 1e-9 of ``|w|_1 max_i |g_i|``) while some task
+            gradient is not: a Pareto-stationary point for the method, where the shared
+            parameters stop moving (MGDA or IMTL-G with a task whose gradient is 0, MGDA or
+            UPGrad with exactly opposite gradients).
         layer_names, layer_grad_norms, layer_weight_norms: per shared parameter tensor, the
             norm of the update written and of the weights (only on steps a
             :class:`~taskbalance.health.HealthMonitor` observes).
@@ -65,6 +70,7 @@ class StepInfo:
     skipped: bool = False
     reason: str | None = None
     reused_weights: bool = False
+    stalled: bool = False
     layer_names: tuple[str, ...] = ()
     layer_grad_norms: Tensor | None = None
     layer_weight_norms: Tensor | None = None

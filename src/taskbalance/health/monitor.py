@@ -213,19 +213,17 @@ class HealthMonitor:
         return found
 
     def _stall_rule(self, info: StepInfo, norms: list[float]) -> list[Diagnosis]:
-        """The update written is exactly 0 while the tasks' gradients are not: a
-        Pareto-stationary point for the method (MGDA with a task whose gradient is 0, UPGrad
-        or MGDA with exactly opposite gradients), where training stops moving."""
-        update = None if info.grad_norm is None else float(info.grad_norm)
-        stalled = update == 0 and max(norms, default=0.0) > 0
-        if not self._persist("stalled", stalled):
+        """The method's combination vanished while the tasks' gradients did not
+        (:attr:`StepInfo.stalled`): a Pareto-stationary point, where training stops."""
+        if not self._persist("stalled", info.stalled):
             return []
         return self._raise(
             "stalled",
             "the update",
             info.step,
-            f"the combined gradient is 0 while the largest task gradient norm is "
-            f"{max(norms):.3g}: the method sees a Pareto-stationary point and nothing moves",
+            f"the method's combination of the task gradients is 0 while the largest task "
+            f"gradient norm is {max(norms):.3g}: a Pareto-stationary point for the method, "
+            "where the shared parameters stop moving",
         )
 
     def _share_rules(
