@@ -66,6 +66,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             {"methods": [{"name": "mgda", "engine": "gram"}]},
             r"^methods\.0\.engine: Input should be 'auto', 'gramian' or 'jacobian'",
         ),
+        (
+            {"model": {"kind": "ple"}, "methods": [{"name": "mgda", "level": "representation"}]},
+            r"methods\.0\.level: the 'ple' model has no single shared representation",
+        ),
+        (
+            {"model": {"kind": "ple"}, "training": {"level": "representation"}},
+            r"training\.level: the 'ple' model has no single shared representation",
+        ),
     ],
 )
 def test_config_errors_name_the_key(config: dict, message: str) -> None:  # type: ignore[type-arg]

@@ -293,6 +293,14 @@ class RunConfig(Strict):
                 )
         count = len(chosen)
         for index, method in enumerate(self.methods):
+            if self.model.kind == "ple" and (method.level or self.training.level) == (
+                "representation"
+            ):
+                where = f"methods.{index}.level" if method.level else "training.level"
+                raise ValueError(
+                    f"{where}: the 'ple' model has no single shared representation (each "
+                    "task's tower reads its own gate's mixture); use level 'parameters'"
+                )
             weights = method.hparams.get("weights")
             if isinstance(weights, list) and len(weights) != count:
                 raise ValueError(
