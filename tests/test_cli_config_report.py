@@ -74,6 +74,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             {"model": {"kind": "ple"}, "training": {"level": "representation"}},
             r"training\.level: the 'ple' model has no single shared representation",
         ),
+        (
+            {"model": {"kind": "lenet"}},
+            r"model\.kind: 'lenet' is a convolutional trunk for image datasets \(multimnist\)",
+        ),
     ],
 )
 def test_config_errors_name_the_key(config: dict, message: str) -> None:  # type: ignore[type-arg]
@@ -342,11 +346,12 @@ def test_a_core_only_install_names_the_extra_to_install(tmp_path: Path) -> None:
 
 
 def test_described_tasks_match_the_loaded_datasets() -> None:
-    from taskbalance.datasets import describe_tasks, load_dataset
+    from taskbalance.datasets import IMAGE_DATASETS, describe_tasks, load_dataset
 
     for name, options in (("digits", {}), ("synthetic", {"num_tasks": 4}), ("multimnist", {})):
         data = load_dataset(name, **options)
         assert describe_tasks(name, options) == {t.name: tuple(t.metrics) for t in data.tasks}
+        assert ("image_shape" in data.info) == (name in IMAGE_DATASETS)
 
 
 def test_labels_with_separators_name_a_safe_folder() -> None:

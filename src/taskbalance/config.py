@@ -31,7 +31,7 @@ from pydantic import (
 
 from taskbalance import methods
 from taskbalance._validation import check_choice, run_folder, suggest
-from taskbalance.datasets import DATASETS, describe_tasks
+from taskbalance.datasets import DATASETS, IMAGE_DATASETS, describe_tasks
 from taskbalance.methods.registry import hyperparameters
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "method_label", "run_folder"]
@@ -291,6 +291,12 @@ class RunConfig(Strict):
                     f"{stopping.monitor!r}.{suggest(stopping.monitor, metrics)} "
                     f"Available: {', '.join(metrics)}"
                 )
+        if self.model.kind == "lenet" and self.data.dataset not in IMAGE_DATASETS:
+            raise ValueError(
+                f"model.kind: 'lenet' is a convolutional trunk for image datasets "
+                f"({', '.join(sorted(IMAGE_DATASETS))}); {self.data.dataset!r} is not one: use "
+                "'hard_sharing', 'mmoe' or 'ple'"
+            )
         count = len(chosen)
         for index, method in enumerate(self.methods):
             if self.model.kind == "ple" and (method.level or self.training.level) == (

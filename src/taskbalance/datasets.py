@@ -405,6 +405,11 @@ DATASETS: dict[str, Callable[..., MultiTaskData]] = {
 }
 
 
+IMAGE_DATASETS = frozenset({"multimnist"})
+"""The datasets whose inputs are images (``info["image_shape"]``): the ones the ``lenet``
+model of a run configuration can read (a test checks it against the loaded datasets)."""
+
+
 def describe_tasks(
     name: str, options: Mapping[str, Any] | None = None
 ) -> dict[str, tuple[str, ...]]:
