@@ -256,6 +256,32 @@ def test_transforms_and_monitor_are_checked_when_the_balancer_is_made() -> None:
         Balancer("ew", model.trunk.parameters(), monitor="yes")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"task_names": "ab"}, TypeError, "a list of strings"),  # was tasks 'a' and 'b'
+        ({"task_names": ["a", "a", "b"]}, ValueError, r"distinct, got \['a'\]"),
+        ({"update_every": True}, ValueError, "positive int"),
+        ({"batched": "no"}, TypeError, "True or False"),  # "no" is truthy
+    ],
+)
+def test_constructor_arguments_of_the_wrong_kind_are_refused(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    model = TwoLevelNet(3)
+    with pytest.raises(error, match=message):
+        Balancer("ew", model.trunk.parameters(), **options)  # type: ignore[arg-type]
+
+
+def test_monitor_flags_must_be_booleans() -> None:
+    from taskbalance.health import HealthMonitor
+
+    with pytest.raises(TypeError, match="True or False"):
+        HealthMonitor(task_gradients="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive int"):
+        HealthMonitor(every=True)
+
+
 def test_load_state_dict_says_what_a_balancer_state_is() -> None:
     """A method's own state (or anything else) given to the Balancer is refused by name."""
     model = TwoLevelNet(3)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from taskbalance._validation import check_choice
+from taskbalance._validation import check_choice, is_positive_int
 from taskbalance.distributed import (
     Communicator,
     DistributedMode,
@@ -174,6 +174,21 @@ def unnormalise(method: Method, combination: Combination, ctx: Context) -> Combi
         return Combination(weights=combination.weights * scale ** (degree - 1.0))
     assert combination.direction is not None
     return Combination(direction=combination.direction * scale**degree)
+
+
+def _checked_task_names(task_names: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``task_names`` as a tuple of distinct strings (a plain string is not a list of names:
+    ``"ab"`` read as tasks ``a`` and ``b``; a repeated name made the logs overwrite one task's
+    weight with another's)."""
+    if task_names is None or (not isinstance(task_names, str) and len(task_names) == 0):
+        return None
+    if isinstance(task_names, str) or not all(isinstance(n, str) for n in task_names):
+        raise TypeError(f"task_names must be a list of strings, got {task_names!r}")
+    names = tuple(task_names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"task_names must be distinct, got {repeated} more than once")
+    return names
 
 
 def _as_representations(representation: Any) -> tuple[Tensor, ...] | None:
@@ -395,7 +410,9 @@ class Balancer:
         shared_ids = {id(p) for p in self.shared_params}
         if self.task_params is not None and any(id(p) in shared_ids for p in self.task_params):
             raise ValueError("a tensor is listed both in shared_params and task_params")
-        self.task_names: tuple[str, ...] | None = tuple(task_names) if task_names else None
+        self.task_names: tuple[str, ...] | None = _checked_task_names(task_names)
+        if not isinstance(batched, bool):
+            raise TypeError(f"batched must be True or False, got {batched!r}")
         self.batched = batched
         check_choice(engine, get_args(EnginePath), "engine")
         self.engine: EnginePath = engine
@@ -403,7 +420,7 @@ class Balancer:
         # the vectorised backwards that have run without failing (only those may free the
         # graph as they go: a failure part-way would leave nothing for the fallback)
         self._vectorised: set[str] = set()
-        if not isinstance(update_every, int) or update_every < 1:
+        if not is_positive_int(update_every):
             raise ValueError(f"update_every must be a positive int, got {update_every!r}")
         self.update_every = update_every
         self._cached_weights: Tensor | None = None

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taskbalance._validation import is_positive_int
 from taskbalance.health.diagnose import REMEDIES, Diagnosis, HealthThresholds
 from taskbalance.step_info import StepInfo
 
@@ -60,8 +61,13 @@ class HealthMonitor:
         thresholds: HealthThresholds | None = None,
         warn: bool = True,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
+        if not is_positive_int(every):
             raise ValueError(f"every must be a positive int, got {every!r}")
+        if not isinstance(task_gradients, bool) or not isinstance(warn, bool):
+            raise TypeError(
+                f"task_gradients and warn must be True or False, got {task_gradients!r} and "
+                f"{warn!r}"
+            )
         self.every = every
         self.task_gradients = task_gradients
         self.thresholds = thresholds or HealthThresholds()
