@@ -310,6 +310,9 @@ def test_trainer_validates_its_inputs() -> None:
         Task("a", "hinge")
     with pytest.raises(ValueError, match="unknown metrics"):
         Task("a", "mse", ["acc"])
+    for name in ("", "a/b"):  # "a/b/accuracy" was read as task "a", metric "b/accuracy"
+        with pytest.raises(ValueError, match="without '/'"):
+            Task(name, "mse")
     for weight in (-1.0, float("nan"), float("inf")):  # -1 maximised the loss with ew
         with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
             Task("a", "mse", weight=weight)

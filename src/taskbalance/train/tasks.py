@@ -62,6 +62,9 @@ class Task:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            # (metrics are keyed "task/metric": a "/" in the name would be read as a metric)
+            raise ValueError(f"task name must be a non-empty string without '/', got {self.name!r}")
         weight = self.weight
         if isinstance(weight, bool) or not (
             isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0
