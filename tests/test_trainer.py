@@ -318,6 +318,11 @@ def test_trainer_validates_its_inputs() -> None:
             Task("a", "mse", weight=weight)
     with pytest.raises(ValueError, match="shared_params"):
         Trainer(nn.Linear(2, 2), [Task("a", "mse")], "ew")
+    from taskbalance.optim import MTAdam
+
+    model = make_model()
+    with pytest.raises(ValueError, match="MTAdam balances the loss terms itself"):
+        Trainer(model, TASKS, "ew", optimizer=MTAdam(model.parameters()))
 
 
 def test_float16_loss_scale_policy() -> None:

@@ -48,6 +48,7 @@ from taskbalance.balancer import Balancer, EnginePath, Level
 from taskbalance.health.monitor import HealthMonitor
 from taskbalance.methods.base import Method
 from taskbalance.models.contract import MultiTaskModel
+from taskbalance.optim.mtadam import MTAdam
 from taskbalance.train.callbacks import Callback, CSVLogger, EarlyStopping
 from taskbalance.train.checkpoint import (
     CheckpointError,
@@ -198,6 +199,12 @@ class Trainer:
             self.balancer = Balancer(method, shared_params, **common)
         else:
             raise ValueError("pass shared_params=... for a model that is not a MultiTaskModel")
+        if isinstance(optimizer, MTAdam):
+            raise ValueError(
+                "MTAdam balances the loss terms itself, from their per-parameter gradients "
+                "(optimizer.step(losses)), and ignores .grad: use it in your own loop instead "
+                "of the Trainer, or give the Trainer a torch.optim optimizer and a method"
+            )
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
