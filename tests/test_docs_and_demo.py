@@ -32,6 +32,11 @@ def test_aggregate_validates_its_input() -> None:
         aggregate("pcgrad", torch.ones(2, 2, dtype=torch.complex64))
     with pytest.raises(ValueError, match="2 losses for 3 tasks"):
         aggregate("loss_ratio", torch.ones(3, 2), losses=[1.0, 2.0])
+    # uw's first weights do not read the losses: a NaN loss went through unnoticed
+    with pytest.raises(ValueError, match="losses must be finite"):
+        aggregate("uw", torch.ones(3, 2), losses=[1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match="metrics must be finite"):
+        aggregate("dtp", torch.ones(3, 2), losses=[1.0, 1.0, 1.0], metrics=[0.5, float("inf"), 0.2])
 
 
 def test_demo_runs_and_writes_its_report(tmp_path: Path) -> None:

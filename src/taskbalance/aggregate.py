@@ -24,6 +24,10 @@ def _vector(values: Tensor | Sequence[float] | None, num_tasks: int, what: str) 
         raise ValueError(
             f"got {vector.numel()} {what} for {num_tasks} tasks (rows of the Jacobian)"
         )
+    if not bool(torch.isfinite(vector).all()):
+        # (the balancer skips such a step; a method given them would weight from NaN, or a
+        # stateful one keep it in its state)
+        raise ValueError(f"{what} must be finite, got {vector.tolist()}")
     return vector
 
 
