@@ -178,3 +178,11 @@ def test_planted_task_clusters_are_recovered(clusters: int) -> None:
     for affinity in (cosines, tag.matrix):
         grouping = suggest_groups(affinity, budget=clusters, names=names)
         assert set(grouping.groups) == planted, str(grouping)
+
+
+def test_grouping_inputs_are_validated() -> None:
+    affinity = torch.eye(3)
+    with pytest.raises(ValueError, match="distinct"):
+        rank_groupings(affinity, 2, names=["a", "a", "b"])  # groups read ('a', 'a', 'b')
+    with pytest.raises(ValueError, match="top must be"):
+        rank_groupings(affinity, 2, top=0)

@@ -197,6 +197,8 @@ def _check(affinity: Tensor, budget: int, names: Sequence[str] | None) -> tuple[
     labels = list(names) if names is not None else [f"task{i}" for i in range(count)]
     if len(labels) != count:
         raise ValueError(f"{len(labels)} names for {count} tasks")
+    if len(set(labels)) != count:
+        raise ValueError(f"task names must be distinct, got {labels}")
     if not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget must be a positive number of models, got {budget!r}")
     return matrix, labels
@@ -207,6 +209,8 @@ def rank_groupings(
 ) -> list[Grouping]:
     """The ``top`` best groupings into at most ``budget`` groups (exhaustive; T <= 10)."""
     matrix, labels = _check(affinity, budget, names)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ValueError(f"top must be a positive number of groupings, got {top!r}")
     count = matrix.shape[0]
     if count > _EXACT_LIMIT:
         return [suggest_groups(matrix, budget, labels)]
