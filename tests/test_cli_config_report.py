@@ -448,3 +448,12 @@ def test_dataset_splits_are_never_empty(fractions: dict[str, float], message: st
         digits(**fractions)
     data = digits()
     assert min(len(data.train), len(data.val), len(data.test)) > 0
+
+
+@pytest.mark.parametrize("option", ["num_tasks", "clusters", "samples", "features"])
+def test_synthetic_dataset_counts_are_validated(option: str) -> None:
+    # clusters=0 was a ZeroDivisionError, num_tasks=0 "stack expects a non-empty TensorList"
+    from taskbalance.datasets import synthetic
+
+    with pytest.raises(ValueError, match=f"synthetic: {option} must be a whole number"):
+        synthetic(**{option: 0})

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from taskbalance._validation import check_choice
+from taskbalance._validation import check_choice, is_positive_int
 from taskbalance.data_sources import require
 
 __all__ = ["DATASETS", "MultiTaskData", "TaskSpec", "load_dataset"]
@@ -124,6 +124,15 @@ def synthetic(
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
 ) -> MultiTaskData:
+    counts = {
+        "num_tasks": num_tasks,
+        "clusters": clusters,
+        "samples": samples,
+        "features": features,
+    }
+    for name, value in counts.items():
+        if not is_positive_int(value):
+            raise ValueError(f"synthetic: {name} must be a whole number >= 1, got {value!r}")
     generator = torch.Generator().manual_seed(seed)
     centers = torch.randn(clusters, features, generator=generator)
     membership = [t % clusters for t in range(num_tasks)]
