@@ -124,6 +124,19 @@ def test_a_task_without_labels_is_left_out_of_the_step() -> None:
     assert all(p.grad is None for p in model.heads["b"].parameters())
 
 
+def test_a_mask_for_a_task_without_targets_is_refused() -> None:
+    # a misspelt mask key ("bb") left task b unmasked: its placeholder labels trained as real
+    trainer = Trainer(make_model(), TASKS, "ew", seed=None)
+    x, a, b = dataset(16).tensors
+    batch = (x, {"a": a, "b": b}, {"bb": torch.zeros(16, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"masks for \['bb'\], which have no targets"):
+        trainer._train_batch(batch)
+    with pytest.raises(ValueError, match=r"masks for \['bb'\], which have no targets"):
+        trainer.evaluate([batch])
+    with pytest.raises(ValueError, match="not a task"):
+        trainer.evaluate([(x, {"a": a, "c": b})])  # (a KeyError before)
+
+
 def test_trainer_steps_on_the_gram_only_engine_like_on_the_jacobian() -> None:
     updates = []
     for engine in ("gramian", "jacobian"):

@@ -60,7 +60,7 @@ from taskbalance.train.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from taskbalance.train.data import unpack_batch
+from taskbalance.train.data import Batch, unpack_batch
 from taskbalance.train.tasks import Task
 from taskbalance.transforms.base import Transform
 
@@ -355,12 +355,9 @@ class Trainer:
         self.model.train()
         with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp):
             predictions = self.model(inputs)
+        self._check_batch(data)
         losses: dict[str, Tensor] = {}
         for name, target in data.targets.items():
-            if name not in self.tasks:
-                raise ValueError(
-                    f"the batch has targets for {name!r}, which is not a task ({list(self.tasks)})"
-                )
             mask = data.masks.get(name)
             loss = self.tasks[name].compute_loss(
                 predictions[name].float(),
@@ -396,6 +393,21 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_step_end(self, record)
         return True
+
+    def _check_batch(self, data: Batch) -> None:
+        """Targets only for tasks, masks only for targets (a misspelt mask key left its task
+        unmasked: placeholder labels were trained on, and evaluated, as real ones)."""
+        for name in data.targets:
+            if name not in self.tasks:
+                raise ValueError(
+                    f"the batch has targets for {name!r}, which is not a task ({list(self.tasks)})"
+                )
+        stray = [name for name in data.masks if name not in data.targets]
+        if stray:
+            raise ValueError(
+                f"the batch has masks for {stray}, which have no targets in it "
+                f"(targets: {list(data.targets)})"
+            )
 
     def _update_loss_scale(self, skipped: bool) -> None:
         """Dynamic loss scaling for float16 (GradScaler's policy)."""
@@ -455,6 +467,7 @@ class Trainer:
         targets: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
         for batch in loader:
             data = unpack_batch(batch)
+            self._check_batch(data)
             with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp):
                 output = self.model(_to(data.inputs, self.device))
             for name, target in data.targets.items():
