@@ -389,3 +389,22 @@ def test_an_epoch_without_batches_is_an_error_not_a_silent_no_op() -> None:
     with pytest.raises(ValueError, match="gave no batch in epoch 2"):
         trainer.fit(iter(list(loader())), epochs=2)
     assert trainer.global_step == 6
+
+
+def test_steps_csv_widens_its_header_for_keys_the_first_rows_lacked(tmp_path: Path) -> None:
+    # a first step without task b's labels (or a skipped first step: no weights) fixed the
+    # columns, and every later "loss/b" / "weight/b" was dropped from the log without a word
+    import csv
+
+    trainer = trainer_for("mgda", run_dir=tmp_path, log_every=1)
+    x, a, b = dataset(16).tensors
+    trainer.callbacks[0].on_fit_start(trainer)
+    trainer._train_batch((x, {"a": a, "b": b}, {"b": torch.zeros(16, dtype=torch.bool)}))
+    trainer._train_batch((x, {"a": a, "b": b}))
+    with (tmp_path / "steps.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 2
+    assert rows[0]["loss/b"] == ""  # (no labels for b in the first batch)
+    assert float(rows[1]["loss/b"]) > 0
+    assert float(rows[1]["weight/b"]) >= 0
+    assert float(rows[0]["loss/a"]) > 0

@@ -157,8 +157,28 @@ class CSVLogger(Callback):
                 with path.open("w", newline="") as stream:
                     csv.writer(stream).writerow(columns)
             self._columns[name] = columns
+        added = [key for key in row if key not in columns]
+        if added:
+            # a key the first rows lacked (a skipped first step has no weights, a task without
+            # labels in the first batch no loss): widen the header, the earlier rows blank there
+            columns = self._widen(path, columns + added)
+            self._columns[name] = columns
         with path.open("a", newline="") as stream:
-            csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore").writerow(row)
+            csv.DictWriter(stream, fieldnames=columns).writerow(row)
+
+    @staticmethod
+    def _widen(path: Path, columns: list[str]) -> list[str]:
+        """Rewrite ``path`` with the header ``columns`` (atomically: a kill leaves the old or
+        the new file, never half of one)."""
+        with path.open(newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        temporary = path.with_name(f".{path.name}.widen")
+        with temporary.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(path)
+        return columns
 
     def on_step_end(self, trainer: Trainer, record: dict[str, float]) -> None:
         if record["step"] % self.every == 0:
