@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable
 
-__all__ = ["check_choice", "is_positive_int", "run_folder", "suggest"]
+__all__ = ["check_choice", "finite_number", "is_positive_int", "run_folder", "suggest"]
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -26,6 +27,17 @@ def check_choice(value: str, choices: Iterable[str], what: str) -> str:
             f"Available: {', '.join(options)}."
         )
     return value
+
+
+def finite_number(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number ``> 0`` (``>= 0`` with ``allow_zero``);
+    ``TypeError`` for a non-number (``True`` is not 1), ``ValueError`` naming ``name`` else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
 def is_positive_int(value: object) -> bool:

@@ -19,7 +19,6 @@ agglomeration beyond.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taskbalance._validation import finite_number
 from taskbalance.engine.jacobian import task_jacobian
 
 __all__ = [
@@ -41,14 +41,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _EXACT_LIMIT = 10
-
-
-def _look_ahead_rate(lr: float) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, int | float):
-        raise TypeError(f"lr must be a number, got {type(lr).__name__}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr (the look-ahead step size) must be a finite number > 0, got {lr!r}")
-    return float(lr)
 
 
 def lookahead_affinity(
@@ -68,7 +60,7 @@ def lookahead_affinity(
         losses_fn: computes the task losses on a fixed batch with the current parameters.
         lr: the look-ahead step size (use the training learning rate).
     """
-    lr = _look_ahead_rate(lr)
+    lr = finite_number("lr (the look-ahead step size)", lr)
     params = list(shared_params)
     losses = losses_fn()
     values = list(losses.values()) if isinstance(losses, Mapping) else list(losses)
@@ -118,7 +110,7 @@ class LookaheadAffinity:
 
     def __init__(self, shared_params: Iterable[Tensor], lr: float) -> None:
         self.shared_params = list(shared_params)
-        self.lr = _look_ahead_rate(lr)
+        self.lr = finite_number("lr (the look-ahead step size)", lr)
         self.total: Tensor | None = None
         self.count = 0
         self.skipped = 0

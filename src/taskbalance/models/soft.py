@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, get_args
 
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from taskbalance._validation import check_choice
+from taskbalance._validation import check_choice, finite_number
 from taskbalance.models.contract import MultiTaskModel
 
 __all__ = ["Regulariser", "SoftSharing"]
@@ -96,8 +95,7 @@ class SoftSharing(MultiTaskModel):
     ) -> None:
         super().__init__(tuple(columns))
         check_choice(regulariser, get_args(Regulariser), "regulariser")
-        if not (math.isfinite(strength) and strength >= 0):
-            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+        finite_number("strength", strength, allow_zero=True)
         self.columns = nn.ModuleDict(dict(columns))
         self.regulariser = regulariser
         self.strength = float(strength)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskbalance._validation import is_positive_int
+from taskbalance._validation import finite_number, is_positive_int
 from taskbalance.distributed import is_main_process
 
 if TYPE_CHECKING:
@@ -56,10 +56,7 @@ class EarlyStopping:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if not is_positive_int(patience):
             raise ValueError(f"patience must be a whole number of epochs >= 1, got {patience!r}")
-        if isinstance(min_delta, bool) or not (
-            isinstance(min_delta, int | float) and math.isfinite(min_delta) and min_delta >= 0
-        ):
-            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+        finite_number("min_delta", min_delta, allow_zero=True)
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.best = math.inf if mode == "min" else -math.inf
         self.bad_epochs = 0

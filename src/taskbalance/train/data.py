@@ -12,7 +12,6 @@ Batches the trainer understands:
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from taskbalance._validation import check_choice, is_positive_int
+from taskbalance._validation import check_choice, finite_number, is_positive_int
 
 __all__ = ["Batch", "MultiTaskSampler", "unpack_batch"]
 
@@ -82,8 +81,7 @@ class MultiTaskSampler:
         if not loaders:
             raise ValueError("MultiTaskSampler needs at least one loader")
         check_choice(strategy, ("round_robin", "proportional", "temperature"), "strategy")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        finite_number("temperature", temperature)
         if steps_per_epoch is not None and not is_positive_int(steps_per_epoch):
             raise ValueError(
                 f"steps_per_epoch must be a positive int (or None: every loader's batches), "

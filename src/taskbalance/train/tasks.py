@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from taskbalance._validation import finite_number
 from taskbalance.metrics import METRICS, Metric
 
 __all__ = ["LOSSES", "Task"]
@@ -65,14 +65,8 @@ class Task:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             # (metrics are keyed "task/metric": a "/" in the name would be read as a metric)
             raise ValueError(f"task name must be a non-empty string without '/', got {self.name!r}")
-        weight = self.weight
-        if isinstance(weight, bool) or not (
-            isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0
-        ):
-            # (a negative weight would maximise the loss, a NaN one skip every step)
-            raise ValueError(
-                f"task {self.name!r}: weight must be a finite number >= 0, got {weight!r}"
-            )
+        # (a negative weight would maximise the loss, a NaN one skip every step)
+        finite_number(f"task {self.name!r}: weight", self.weight, allow_zero=True)
         if isinstance(self.loss, str):
             if self.loss not in LOSSES:
                 raise ValueError(

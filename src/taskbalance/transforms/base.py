@@ -14,7 +14,6 @@ stage (the chain). Every transform has ``state_dict`` / ``load_state_dict`` / ``
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from taskbalance._validation import finite_number
 from taskbalance.engine.needs import Need
 
 __all__ = [
@@ -37,11 +37,7 @@ __all__ = [
 
 def positive(name: str, value: float) -> float:
     """Validate a strictly positive finite hyperparameter."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return finite_number(name, value)
 
 
 # half-precision dtypes, whose norms are taken in float32 (float16 overflows at 65504)
