@@ -1,6 +1,8 @@
 """The benchmark runner: baselines, seeds, Delta-m, ranks, tables and the suite report."""
 
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,27 +65,103 @@ def test_results_table_has_every_entry_and_statistic(tiny_run: tuple[Path, dict]
     assert (root / "delta_m.png").stat().st_size > 0
 
 
+def _rerendered(source: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Path:  # type: ignore[type-arg]
+    """A copy of a benchmark folder whose results.json ``edit`` changed, tables re-rendered."""
+    import shutil
+
+    from taskbalance.bench.runner import render_results
+
+    root = tmp_path / source.name
+    shutil.copytree(source, root)
+    results = json.loads((root / "results.json").read_text())
+    edit(results)
+    (root / "results.json").write_text(json.dumps(results))
+    render_results(root)
+    return root
+
+
 def test_a_seed_that_diverged_is_named_in_the_tables(
     tiny_run: tuple[Path, dict],  # type: ignore[type-arg]
     tmp_path: Path,
 ) -> None:
     # the means skip a NaN seed: without a word the row read as a mean over every seed
-    import shutil
+    def edit(results: dict) -> None:  # type: ignore[type-arg]
+        results["rows"]["pcgrad"]["per_seed"]["task0/mae"][1] = float("nan")
+        results["rows"]["ew"]["metrics"]["task0/mae"]["mean"] = float("nan")  # every seed
 
-    from taskbalance.bench.runner import render_results
-
-    root = tmp_path / "tiny"
-    shutil.copytree(tiny_run[0], root)
-    results = json.loads((root / "results.json").read_text())
-    results["rows"]["pcgrad"]["per_seed"]["task0/mae"][1] = float("nan")
-    results["rows"]["ew"]["metrics"]["task0/mae"]["mean"] = float("nan")  # every seed
-    (root / "results.json").write_text(json.dumps(results))
-    render_results(root)
+    root = _rerendered(tiny_run[0], tmp_path, edit)
     markdown = (root / "results.md").read_text()
     assert "| pcgrad (diverged: seed 1)" in markdown or "| pcgrad * (diverged: seed 1)" in markdown
     page = write_report(root).read_text()
     assert "(diverged: seed 1)" in page
     assert "<b>nan" not in page  # the best of a column is the best finite value
+
+
+def _run_result(test: dict[str, float]) -> dict[str, object]:
+    return {
+        "test": test,
+        "directions": {"task0/mae": False, "task1/mae": False},
+        "ms_per_step": 1.0,
+        "epochs_run": 2,
+    }
+
+
+def test_a_zero_baseline_leaves_delta_m_undefined_not_the_comparison_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Delta-m divides by the baseline: a single-task metric of 0 raised at the very end of a
+    # benchmark, after every run had trained, and nothing of the comparison was written
+    from taskbalance.bench.runner import _delta_plot, _markdown, summarise
+
+    good, zero = {"task0/mae": 0.5, "task1/mae": 0.2}, {"task0/mae": 0.0, "task1/mae": 0.2}
+    results = {
+        ("single_task/task0", 0): _run_result(zero),
+        ("single_task/task1", 0): _run_result(good),
+        ("ew", 0): _run_result(good),
+        ("pcgrad", 0): _run_result({"task0/mae": math.nan, "task1/mae": math.nan}),
+    }
+    with caplog.at_level("WARNING", logger="taskbalance.bench.runner"):
+        summary = summarise(TINY, TINY.quick, results, seeds=1)
+    assert summary["delta_m_undefined"] == ["task0/mae"]
+    assert "task0/mae" in caplog.text
+    assert "undefined" in caplog.text
+    assert all(math.isnan(row["delta_m"]["mean"]) for row in summary["rows"].values())
+    assert summary["rows"]["ew"]["mean_rank"] == 1.0  # ranks do not need the baselines
+    assert "**Δm% is undefined**" in _markdown(summary, {})
+    caption = _delta_plot(summary, tmp_path / "delta_m.png")
+    assert "no entry has a finite Δm%" in caption
+    with pytest.raises(ValueError, match=r"baseline of 'task0/mae' is 0\.0"):
+        delta_m(good, {"task0/mae": 0.0}, {"task0/mae": False})
+    with pytest.raises(ValueError, match="is nan"):
+        delta_m(good, {"task0/mae": math.nan}, {"task0/mae": False})
+
+
+def test_results_with_a_zero_baseline_render_and_report(
+    tiny_run: tuple[Path, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    def edit(results: dict) -> None:  # type: ignore[type-arg]
+        results["baselines"]["task0/mae"] = 0.0
+        results.pop("delta_m_undefined", None)  # a file written before the field existed
+        for row in results["rows"].values():
+            row.pop("delta_m_per_seed")  # recomputed from the per-seed metrics
+
+    root = _rerendered(tiny_run[0], tmp_path, edit)
+    assert "**Δm% is undefined**" in (root / "results.md").read_text()
+    assert write_report(root).exists()
+
+
+def test_the_delta_m_figure_leaves_out_a_diverged_seed_and_names_it(tmp_path: Path) -> None:
+    # a NaN seed made statistics.stdev raise, so a run with one diverged seed lost its figure
+    from taskbalance.plots import delta_m_figure
+
+    path = tmp_path / "delta.png"
+    caption = delta_m_figure(
+        ["ew", "pcgrad", "mgda"], [[1.0, 2.0], [3.0, math.nan], [math.nan, math.inf]], path, "t"
+    )
+    assert path.stat().st_size > 0
+    assert "not finite, not drawn: pcgrad (1 of 2 seeds), mgda (2 of 2 seeds)" in caption
+    assert "mean of 2 seeds" in caption
 
 
 def test_delta_m_uses_single_task_runs_of_each_seed(tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]

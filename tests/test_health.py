@@ -305,4 +305,6 @@ def test_step_info_says_when_the_methods_combination_vanished(
         losses = {"a": a.mean(), "b": -a.mean() + 0.0 * b.sum()}
     else:
         losses = {"a": ((a - y) ** 2).mean(), "b": ((b + y) ** 2).mean()}
-    assert balancer.backward(losses).stalled is stalled
+    info = balancer.backward(losses)
+    assert info.stalled is stalled
+    assert info.as_dict()["stalled"] == float(stalled)  # so steps.csv shows when it happened

@@ -164,6 +164,11 @@ def test_a_non_finite_step_is_skipped_without_touching_parameters_or_state(
     for key, entry in state["state"].items():
         for name, value in entry.items():
             assert torch.equal(after[key][name], value), name
+    restored = MTAdam(model.parameters(), lr=1e-2)
+    restored.load_state_dict(optimizer.state_dict())
+    assert restored.skipped_steps == 1  # a resumed run keeps counting
+    with pytest.raises(ValueError, match="skipped_steps"):
+        restored.load_state_dict({**optimizer.state_dict(), "skipped_steps": -1})
     _, losses = task_losses(model, x, y)
     optimizer.step(losses)  # and training goes on
     assert all(bool(p.isfinite().all()) for p in model.parameters())

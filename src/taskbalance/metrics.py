@@ -160,8 +160,11 @@ def _relative_gains(
     for key, baseline in baselines.items():
         if key not in results:
             raise KeyError(f"no result for metric {key!r} (results have {sorted(results)})")
-        if baseline == 0:
-            raise ValueError(f"baseline of {key!r} is 0: relative change undefined")
+        if baseline == 0 or not math.isfinite(baseline):
+            raise ValueError(
+                f"baseline of {key!r} is {baseline}: relative change undefined "
+                "(leave that metric out of the baselines, or rerun its single-task model)"
+            )
         sign = 1.0 if higher_is_better[key] else -1.0
         gains[key] = sign * (results[key] - baseline) / abs(baseline)
     return gains

@@ -191,27 +191,41 @@ def delta_m_figure(
     title: str,
 ) -> str:
     """Delta-m% per entry: a bar at the mean, one dot per seed, the zero line; returns the
-    caption (also drawn under the title)."""
+    caption (also drawn under the title).
+
+    A seed whose Delta-m is not finite (the run diverged, or a baseline is 0) is left out of
+    the bar and the dots and named in the caption; an entry with no finite seed gets no bar."""
     plt = pyplot()
-    means = [statistics.fmean(values) for values in per_seed]
-    stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in per_seed]
-    seeds = min(len(values) for values in per_seed)
-    caption = noise_caption(means, stds, seeds)
+    finite = [[v for v in values if math.isfinite(v)] for values in per_seed]
+    drawn = [index for index, values in enumerate(finite) if values]
+    means = [statistics.fmean(finite[i]) for i in drawn]
+    stds = [statistics.stdev(finite[i]) if len(finite[i]) > 1 else 0.0 for i in drawn]
+    seeds = max((len(finite[i]) for i in drawn), default=0)
+    caption = noise_caption(means, stds, seeds) if drawn else "no entry has a finite Δm%"
     if seeds > 1:
         caption += " (dots: each seed)"
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.55 * len(names) + 2), 4.0))
+    left_out = [
+        f"{name} ({len(values) - len(kept)} of {len(values)} seeds)"
+        for name, values, kept in zip(names, per_seed, finite, strict=True)
+        if len(kept) < len(values)
+    ]
+    if left_out:
+        caption += "\nnot finite, not drawn: " + ", ".join(left_out)
+    width = max(5.5, 0.55 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(width, 4.0))
     colors = ["tab:green" if m >= 0 else "tab:red" for m in means]
-    ax.bar(range(len(names)), means, color=colors, alpha=0.55, zorder=2)
-    for index, values in enumerate(per_seed):
+    ax.bar(drawn, means, color=colors, alpha=0.55, zorder=2)
+    for index, values in enumerate(finite):
         ax.scatter([index] * len(values), values, color="black", s=10, zorder=3)
     ax.axhline(0, color="black", linewidth=0.9)
-    values = [v for seed_values in per_seed for v in seed_values]
+    values = [v for seed_values in finite for v in seed_values]
     low, high = min([-MIN_DELTA_AXIS, *values]), max([MIN_DELTA_AXIS, *values])
     margin = 0.12 * (high - low)
     ax.set_ylim(low - margin, high + margin)
     ax.set_xticks(range(len(names)), names, rotation=50, ha="right", fontsize=8)
     ax.set_ylabel("Δm% vs single-task (higher is better)", fontsize=9)
-    ax.set_title(f"{title}\n{caption}", fontsize=9)
+    wrapped = "\n".join(textwrap.fill(line, int(width * 11)) for line in caption.split("\n"))
+    ax.set_title(f"{title}\n{wrapped}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

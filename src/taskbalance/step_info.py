@@ -86,7 +86,11 @@ class StepInfo:
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``name -> float`` view for loggers (``loss/task``, ``weight/task``, ...)."""
-        out: dict[str, float] = {"skipped": float(self.skipped), "step": float(self.step)}
+        out: dict[str, float] = {
+            "skipped": float(self.skipped),
+            "stalled": float(self.stalled),
+            "step": float(self.step),
+        }
         vectors = {
             "loss": self.losses,
             "weight": self.weights,

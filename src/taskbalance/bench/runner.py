@@ -17,6 +17,7 @@ test split). Runs are independent, so ``jobs > 1`` trains them in parallel proce
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -41,6 +42,8 @@ from taskbalance.metrics import delta_m, mean_rank, pareto_front
 from taskbalance.report import mean_std
 
 __all__ = ["Job", "Progress", "run_benchmark", "summarise"]
+
+logger = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -143,6 +146,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def undefined_baselines(baselines: dict[str, float]) -> list[str]:
+    """Metrics whose single-task baseline is 0 or not finite: Delta-m% divides by it."""
+    return sorted(m for m, b in baselines.items() if b == 0 or not math.isfinite(b))
+
+
+def _delta_m(
+    test: dict[str, float], baselines: dict[str, float], directions: dict[str, bool], average: str
+) -> float:
+    """:func:`taskbalance.metrics.delta_m`, or NaN where a baseline makes it undefined (the
+    summary says which): one bad single-task run must not lose the rest of a comparison."""
+    if undefined_baselines(baselines):
+        return math.nan
+    return delta_m(test, baselines, directions, average=average)
+
+
 def summarise(
     spec: BenchmarkSpec,
     entries: Sequence[Entry],
@@ -163,12 +181,20 @@ def summarise(
             ew_time[json.dumps(entry.model, sort_keys=True)] = statistics.fmean(
                 results[(entry.display, s)]["ms_per_step"] for s in range(seeds)
             )
+    undefined = undefined_baselines(baselines)
+    if undefined:
+        logger.warning(
+            "Δm%% is undefined (NaN in every row): the single-task baseline of %s is %s; the "
+            "metrics, mean ranks and Pareto front are still reported",
+            ", ".join(undefined),
+            ", ".join(str(baselines[m]) for m in undefined),
+        )
     rows: dict[str, dict[str, Any]] = {}
     for entry in entries:
         runs = [results[(entry.display, s)] for s in range(seeds)]
         metrics = {m: _mean_std([r["test"][m] for r in runs]) for m in directions}
         per_seed_deltas = {
-            average: [delta_m(r["test"], baselines, directions, average=average) for r in runs]
+            average: [_delta_m(r["test"], baselines, directions, average) for r in runs]
             for average in ("metrics", "tasks")
         }
         deltas = {average: _mean_std(values) for average, values in per_seed_deltas.items()}
@@ -201,6 +227,7 @@ def summarise(
         "step_time": "train_step",  # ms_per_step: Trainer.step_time_ms (older: fit time)
         "directions": directions,
         "baselines": baselines,
+        "delta_m_undefined": undefined,
         "rows": rows,
     }
 
@@ -238,6 +265,14 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
+    undefined = summary.get("delta_m_undefined") or undefined_baselines(summary["baselines"])
+    if undefined:
+        lines[-2:-2] = [
+            f"**Δm% is undefined** (nan in every row): the single-task baseline of "
+            f"{', '.join(f'`{m}`' for m in undefined)} is 0 or not finite, and Δm% divides by "
+            "it. The metrics, mean ranks and the Pareto front below do not depend on it.",
+            "",
+        ]
     baselines = " | ".join(f"{summary['baselines'][m]:.4f}" for m in metrics)
     lines.append(f"| single-task | {baselines} | {'0 | ' * (2 if both else 1)}| |")
     seeds = len(summary["seeds"])
@@ -265,10 +300,11 @@ def render_results(root: Path) -> None:
         if "delta_m_per_seed" not in row:
             seeds = len(next(iter(row["per_seed"].values())))
             row["delta_m_per_seed"] = [
-                delta_m(
+                _delta_m(
                     {m: values[s] for m, values in row["per_seed"].items()},
                     summary["baselines"],
                     summary["directions"],
+                    "metrics",
                 )
                 for s in range(seeds)
             ]

@@ -126,6 +126,19 @@ class MTAdam(torch.optim.Optimizer):
                 self._update(p, gradients[id(p)], rank_tensor, group, beta1, beta2, beta3)
         return loss
 
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim`` state plus ``skipped_steps``, so that a resumed run keeps counting
+        (and warning every 100th skip) where it stopped."""
+        return {**super().state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        skipped = state.pop("skipped_steps", 0)  # absent in state saved before it was kept
+        if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+            raise ValueError(f"skipped_steps must be a whole number >= 0, got {skipped!r}")
+        super().load_state_dict(state)
+        self.skipped_steps = skipped
+
     def _skip(self, losses: Tensor) -> None:
         """Leave parameters and state as they are, and say so."""
         self.skipped_steps += 1
