@@ -139,3 +139,13 @@ def test_a_diverged_model_scores_nan_not_a_class(name: str) -> None:
     partly = torch.zeros_like(prediction)
     partly[0] = float("nan")
     assert math.isnan(METRICS[name](partly, target))
+
+
+def test_seed_mean_std_leaves_out_seeds_that_diverged() -> None:
+    from taskbalance.metrics import seed_mean_std
+
+    assert seed_mean_std([1.0, 3.0, float("nan"), float("inf")]) == (2.0, pytest.approx(2**0.5))
+    assert seed_mean_std([4.0]) == (4.0, 0.0)
+    mean, std = seed_mean_std([float("nan"), float("-inf")])
+    assert math.isnan(mean)
+    assert math.isnan(std)

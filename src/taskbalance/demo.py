@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 import taskbalance
 from taskbalance import methods
 from taskbalance.datasets import MultiTaskData, collate, digits
+from taskbalance.metrics import seed_mean_std
 from taskbalance.models import HardSharing
 from taskbalance.train import Callback, Task, Trainer
 
@@ -171,9 +172,7 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
         runs = [r for r in results if r.variant == label]
         row: dict[str, Any] = {"method": label, "seeds": len(runs)}
         for task in TASKS:
-            values = [r.test_metrics[task] for r in runs]
-            row[task] = statistics.mean(values)
-            row[f"{task}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[task], row[f"{task}_std"] = seed_mean_std([r.test_metrics[task] for r in runs])
         row["mean_weights"] = [
             statistics.mean(r.mean_weights[i] for r in runs) for i in range(len(TASKS))
         ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "miou",
     "mse",
     "pareto_front",
+    "seed_mean_std",
 ]
 
 
@@ -168,6 +170,16 @@ def _relative_gains(
         sign = 1.0 if higher_is_better[key] else -1.0
         gains[key] = sign * (results[key] - baseline) / abs(baseline)
     return gains
+
+
+def seed_mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds of the finite values (a seed that
+    diverged is left out, and tables name it); ``(nan, nan)`` when no value is finite, a std of
+    0 with one finite value."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
 def delta_m(

@@ -38,7 +38,7 @@ from taskbalance._validation import run_folder, suggest
 from taskbalance.bench.suite import BenchmarkSpec, Entry
 from taskbalance.config import MethodConfig, RunConfig, TaskConfig
 from taskbalance.datasets import MultiTaskData
-from taskbalance.metrics import delta_m, mean_rank, pareto_front
+from taskbalance.metrics import delta_m, mean_rank, pareto_front, seed_mean_std
 from taskbalance.report import mean_std
 
 __all__ = ["Job", "Progress", "run_benchmark", "summarise"]
@@ -139,13 +139,6 @@ def _jobs(spec: BenchmarkSpec, entries: Sequence[Entry], seeds: int, root: Path)
     return jobs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return math.nan, math.nan
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
-
-
 def undefined_baselines(baselines: dict[str, float]) -> list[str]:
     """Metrics whose single-task baseline is 0 or not finite: Delta-m% divides by it."""
     return sorted(m for m, b in baselines.items() if b == 0 or not math.isfinite(b))
@@ -174,7 +167,7 @@ def summarise(
     for metric in directions:
         task = metric.split("/")[0]
         values = [results[(f"single_task/{task}", s)]["test"][metric] for s in range(seeds)]
-        baselines[metric] = _mean_std(values)[0]
+        baselines[metric] = seed_mean_std(values)[0]
     ew_time: dict[str, float] = {}
     for entry in entries:
         if entry.method == "ew":
@@ -192,12 +185,12 @@ def summarise(
     rows: dict[str, dict[str, Any]] = {}
     for entry in entries:
         runs = [results[(entry.display, s)] for s in range(seeds)]
-        metrics = {m: _mean_std([r["test"][m] for r in runs]) for m in directions}
+        metrics = {m: seed_mean_std([r["test"][m] for r in runs]) for m in directions}
         per_seed_deltas = {
             average: [_delta_m(r["test"], baselines, directions, average) for r in runs]
             for average in ("metrics", "tasks")
         }
-        deltas = {average: _mean_std(values) for average, values in per_seed_deltas.items()}
+        deltas = {average: seed_mean_std(values) for average, values in per_seed_deltas.items()}
         ms = statistics.fmean(r["ms_per_step"] for r in runs)
         reference = ew_time.get(json.dumps(entry.model, sort_keys=True))
         rows[entry.display] = {
