@@ -293,3 +293,55 @@ def run_shard_check(rank: int, world: int, port: int, out: str) -> None:
     finally:
         leave_group()
     exit_cleanly()
+
+
+class EmbeddingNet(nn.Module):
+    """An embedding (sparse or dense gradients), a trunk and three heads."""
+
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(20, 6, sparse=sparse)
+        self.trunk = nn.Sequential(nn.Linear(6, 8), nn.Tanh())
+        self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in ("a", "b", "c")})
+
+    def forward(self, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        z = self.trunk(self.embedding(idx))
+        return z, {t: head(z).squeeze(-1) for t, head in self.heads.items()}
+
+
+SPARSE_METHODS = ("ew", "mgda", "upgrad")
+
+
+def train_embedding(net: EmbeddingNet, method: str, rank: int, world: int) -> list[Tensor]:
+    """SGD steps on this rank's share of each global batch of indices; the written update
+    must be sparse where the embedding's gradient is."""
+    generator = torch.Generator().manual_seed(2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    shared = [*net.embedding.parameters(), *net.trunk.parameters()]
+    balancer = Balancer(method, shared)
+    share = GLOBAL_BATCH // world
+    for _ in range(STEPS):
+        idx = torch.randint(0, 20, (GLOBAL_BATCH,), generator=generator)
+        y = torch.randn(GLOBAL_BATCH, 3, generator=generator)
+        optimizer.zero_grad()
+        mine = slice(rank * share, (rank + 1) * share)
+        z, out = net(idx[mine])
+        info = balancer.backward(task_losses(out, y[mine]), representation=z)
+        assert not info.skipped, info.reason
+        grad = net.embedding.weight.grad
+        assert grad is not None
+        assert grad.is_sparse == net.embedding.sparse
+        optimizer.step()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def run_sparse_rank(rank: int, world: int, port: int, out: str) -> None:
+    """Sparse embedding gradients under ``distributed="global"`` (the default with a group)."""
+    join_group(rank, world, port)
+    try:
+        results = {m: train_embedding(EmbeddingNet(True), m, rank, world) for m in SPARSE_METHODS}
+        torch.save(results, Path(out) / f"sparse{rank}.pt")
+    finally:
+        leave_group()
+    exit_cleanly()

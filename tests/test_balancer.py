@@ -5,6 +5,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from torch import nn
 
 from helpers import TwoLevelNet, regression_problem, task_losses
 from taskbalance import Balancer, methods
@@ -203,6 +204,11 @@ def test_input_errors_say_what_to_do() -> None:
         Balancer("ew", model.trunk.parameters()).backward([z.sum(dim=1), losses[0]])
     with pytest.raises(ValueError, match="no_grad"):
         Balancer("ew", model.trunk.parameters()).backward([loss.detach() for loss in losses])
+    # a complex loss was cast to its real part without a word
+    with pytest.raises(TypeError, match="complex64 tensor; a loss must be a real"):
+        Balancer("ew", model.trunk.parameters()).backward([losses[0], losses[1] * (1 + 1j)])
+    with pytest.raises(TypeError, match="int64 tensor"):
+        Balancer("ew", model.trunk.parameters()).backward([losses[0], torch.tensor(3)])
     with pytest.raises(ValueError, match="representation=z"):
         Balancer("mgda", model.trunk.parameters(), level="representation").backward(losses)
     with pytest.raises(ValueError, match="Did you mean 'representation'"):
@@ -384,3 +390,29 @@ def test_loss_scaling_gives_the_unscaled_gradients(method: str, level: str) -> N
     info = Balancer(method, overflow_model.trunk.parameters()).backward(losses, loss_scale=1e39)
     assert info.skipped  # overflow: nothing written, the caller lowers the scale
     assert all(p.grad is None for p in overflow_model.parameters())
+
+
+def test_a_head_passed_as_shared_is_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    # Balancer("mgda", model.parameters()) balanced each head as a shared parameter: its
+    # weights differ from the trunk-only answer (LibMTL's and TorchJD's) without a word
+    torch.manual_seed(0)
+    trunk = nn.Linear(4, 8)
+    heads = nn.ModuleDict({"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+    everything = nn.ModuleDict({"trunk": trunk, "heads": heads})
+    x, y = torch.randn(16, 4), torch.randn(2, 16)
+
+    def losses() -> dict[str, torch.Tensor]:
+        z = torch.tanh(trunk(x))
+        return {t: ((heads[t](z).squeeze(-1) - y[i]) ** 2).mean() for i, t in enumerate("ab")}
+
+    with caplog.at_level(logging.WARNING, logger="taskbalance.balancer"):
+        balancer = Balancer("mgda", everything.named_parameters())
+        for _ in range(2):
+            balancer.backward(losses())
+        Balancer("mgda", trunk.parameters()).backward(losses())
+        Balancer("ew", everything.parameters()).backward(losses())  # (the same update)
+    warnings = [r.getMessage() for r in caplog.records if "reach one task" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'heads.a.weight' (task 'a')" in warnings[0]
+    assert "'heads.b.bias' (task 'b')" in warnings[0]
+    assert "'trunk.weight'" not in warnings[0]

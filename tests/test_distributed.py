@@ -209,3 +209,15 @@ def test_the_column_sharded_jacobian_equals_the_all_reduced_one(tmp_path: Path) 
         for scale, errors in report.items():
             assert errors["gramian"] < 1e-12, (scale, errors)
             assert errors["combine"] < 1e-12, (scale, errors)
+
+
+def test_sparse_embedding_gradients_equal_one_dense_process(tmp_path: Path) -> None:
+    # the gradients' all-reduce reshaped each gradient: "reshape is not implemented for
+    # sparse tensors" at the first step of a model with nn.Embedding(sparse=True)
+    mp.spawn(worker.run_sparse_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"sparse{r}.pt", weights_only=True) for r in (0, 1)]
+    for method in worker.SPARSE_METHODS:
+        reference = worker.train_embedding(worker.EmbeddingNet(False), method, 0, 1)
+        for p, q, r in zip(ranks[0][method], ranks[1][method], reference, strict=True):
+            assert torch.equal(p, q), f"{method}: the ranks' parameters differ"
+            torch.testing.assert_close(p, r, atol=1e-5, rtol=1e-5)

@@ -62,6 +62,7 @@ from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.linear_heads import LinearHeads, linear_heads
 from taskbalance.engine.needs import Need
+from taskbalance.engine.sparse import densified_inputs
 from taskbalance.engine.task_gradients import (
     GramianGradients,
     RowScaledGradients,
@@ -78,6 +79,7 @@ from taskbalance.transforms.base import (
     Transform,
     fast_global_norm,
     global_norm,
+    stored_entries,
 )
 
 __all__ = ["Balancer", "EnginePath", "Level", "LossesLike", "resolve_method"]
@@ -433,7 +435,9 @@ class Balancer:
         self.step = 0
         self._skips = 0
         self._warned_bypass = False
+        self._checked_sharing = False
         self._warned_stall = False
+        self._densified: dict[int, int] = {}  # (of the current step: see _write)
 
     def _trainable(self) -> tuple[tuple[str, ...], list[Tensor]]:
         pairs = [
@@ -520,6 +524,13 @@ class Balancer:
                 raise ValueError(
                     f"the loss of task {name!r} has shape {tuple(value.shape)}; reduce it to a "
                     "scalar (e.g. .mean()) first"
+                )
+            if not value.is_floating_point():
+                # (a complex loss was cast to its real part without a word; torch's backward
+                # refuses one too)
+                raise TypeError(
+                    f"the loss of task {name!r} is a {value.dtype} tensor; a loss must be a real "
+                    "floating-point scalar (for a complex output, take e.g. .abs() or .real)"
                 )
         if self.task_names is None:
             self.task_names = names
@@ -616,7 +627,7 @@ class Balancer:
         reps = _as_representations(representation)
         names, values, stacked = self._stack_losses(losses)
         self._refresh_trainable()
-        with step_reads():
+        with step_reads(), densified_inputs() as self._densified:
             return self._step(names, values, stacked, reps, metrics, loss_scale, scaler)
 
     def _step(
@@ -850,12 +861,17 @@ class Balancer:
         return combination
 
     def _write(self, params: list[Tensor], grads: list[Tensor], write_scale: float) -> None:
-        """Add the update to ``.grad`` (scaled for a GradScaler, in each parameter's dtype)."""
+        """Add the update to ``.grad`` (scaled for a GradScaler, in each parameter's dtype;
+        sparse where autograd gives the parameter a sparse gradient and the task Jacobian
+        made it dense, as for ``nn.Embedding(sparse=True)``: its rows that the update does not
+        move are not stored)."""
         for p, g in zip(params, grads, strict=True):
             if write_scale != 1.0:
                 g = g * write_scale  # the scaler's step divides it back (a power of two)
             if g.dtype != p.dtype:
                 g = g.to(p.dtype)
+            if id(p) in self._densified and not g.is_sparse:
+                g = g.to_sparse(self._densified[id(p)])
             if p.grad is None:
                 p.grad = g
             else:
@@ -881,7 +897,7 @@ class Balancer:
         """Per shared parameter: the norm of the update written and of the weights."""
         by_id = {id(p): g for p, g in zip(params, grads, strict=True)}
         grad_norms = [
-            torch.linalg.vector_norm(by_id[id(p)]).to(torch.float64)
+            torch.linalg.vector_norm(stored_entries(by_id[id(p)])).to(torch.float64)
             if id(p) in by_id
             else torch.zeros((), dtype=torch.float64, device=p.device)
             for p in self.shared_params
@@ -1013,6 +1029,8 @@ class Balancer:
             stop = None if representation is None else representation[0]
             per_task, disjoint = leaves_by_root(losses, stop_at=stop)
             leaves = list({id(p): p for ps in per_task for p in ps}.values())
+            if not self._checked_sharing:
+                self._warn_task_specific_shared(per_task)
             if representation is not None and not disjoint:
                 per_task = None  # (without one, each task's own parameters are kept below)
         else:
@@ -1042,6 +1060,43 @@ class Balancer:
         if representation is None and several:
             return task_params, separable, None  # a task parameter that several tasks reach
         return task_params, separable, heads
+
+    def _warn_task_specific_shared(self, per_task: list[list[Tensor]]) -> None:
+        """Once: shared parameters that only one task's loss reaches (a head passed with the
+        trunk, e.g. ``Balancer("mgda", model.parameters())``) are balanced as if shared."""
+        self._checked_sharing = True
+        if len(per_task) < 2:
+            return
+        reached: dict[int, list[int]] = {}
+        for task, params in enumerate(per_task):
+            for p in params:
+                reached.setdefault(id(p), []).append(task)
+        shared = [reached.get(id(p), []) for p in self.shared_params]
+        if len({task for tasks in shared for task in tasks}) < len(per_task):
+            return  # a task reaches no shared parameter: refused by _check_connected
+        own = [
+            (name, tasks[0])
+            for name, tasks in zip(self.shared_names, shared, strict=True)
+            if len(tasks) == 1
+        ]
+        if not own:
+            return
+        names = self.task_names or ()
+        listed = ", ".join(
+            f"{name!r} (task {names[task] if task < len(names) else task!r})"
+            for name, task in own[:6]
+        )
+        logger.warning(
+            "%d shared parameter(s) reach one task's loss only: %s%s. They are that task's "
+            "own parameters, yet %r balances them as shared, which changes its weights "
+            "(LibMTL and TorchJD's mtl_backward balance the shared parameters only). Leave "
+            "them out of shared_params (they then get their task's ordinary gradient, as the "
+            "heads do), or ignore this if balancing them is intended",
+            len(own),
+            listed,
+            ", ..." if len(own) > 6 else "",
+            self.method.name,
+        )
 
     def _task_gradients(
         self,

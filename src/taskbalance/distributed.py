@@ -56,6 +56,7 @@ from torch import Tensor
 
 from taskbalance.engine.gramian import power_of_two
 from taskbalance.engine.host import fetch, to_device
+from taskbalance.engine.sparse import dense_gradient
 from taskbalance.engine.task_gradients import RowScaledGradients
 
 __all__ = [
@@ -179,9 +180,11 @@ class Communicator:
             dtype = torch.promote_types(dtype, g.dtype)
         device = params[0].device if params else torch.device("cpu")  # (NCCL: the GPU)
         parts = [
-            (g.detach().reshape(-1).to(dtype) if g is not None else torch.zeros(p.numel())).to(
-                device, dtype
-            )
+            (
+                dense_gradient(g.detach(), p).reshape(-1).to(dtype)
+                if g is not None
+                else torch.zeros(p.numel())
+            ).to(device, dtype)
             for p, g in zip(params, grads, strict=True)
         ]
         used = torch.tensor([g is not None for g in grads], dtype=dtype, device=device)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.heads import head_backwards
+from taskbalance.engine.sparse import dense_gradient
 
 __all__ = [
     "JacobianBlocks",
@@ -114,8 +115,14 @@ def batched_vjp(
     blocks = []
     for position, x in enumerate(inputs):
         column = [r[position] for r in rows]
-        blocks.append(torch.stack([torch.zeros_like(x) if g is None else g for g in column]))
+        blocks.append(torch.stack([_dense_row(g, x) for g in column]))
     return blocks, False
+
+
+def _dense_row(grad: Tensor | None, x: Tensor) -> Tensor:
+    """One row of a block: zeros where the output does not reach ``x``; a sparse gradient
+    (``nn.Embedding(sparse=True)``, which the batched path cannot take) made dense."""
+    return torch.zeros_like(x) if grad is None else dense_gradient(grad, x)
 
 
 def task_jacobian(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -157,6 +157,27 @@ def _unitwise_norms(tensors: list[Tensor]) -> list[Tensor]:
     ]
 
 
+def _units(grad: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """``(gradient, weight, back)`` with the same units along the first dimension, and
+    ``back`` making a clipped gradient of that form into one like ``grad``. A sparse
+    gradient whose rows are the units (``nn.Embedding(sparse=True)``) is clipped on its
+    stored rows against those rows of the weight, and stays sparse; another sparse layout is
+    clipped dense."""
+    if not grad.is_sparse:
+        return grad, weight, lambda clipped: clipped
+    if grad.sparse_dim() != 1 or grad.ndim < 2:
+        return grad.to_dense(), weight, lambda clipped: clipped
+    coalesced = grad.coalesce()
+    rows = coalesced.indices()
+
+    def back(clipped: Tensor) -> Tensor:
+        return torch.sparse_coo_tensor(
+            rows, clipped, grad.shape, is_coalesced=True, check_invariants=False
+        )
+
+    return coalesced.values(), weight[rows[0]], back
+
+
 class AGC(CombinedTransform):
     """Adaptive gradient clipping (Brock et al., ICML 2021, NFNets).
 
@@ -179,15 +200,18 @@ class AGC(CombinedTransform):
         self.eps = positive("eps", eps)
 
     def apply(self, grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+        units = [_units(g, p.detach()) for g, p in zip(grads, params, strict=True)]
         # (weights and gradients together: one host read for the overflow check)
-        norms = _unitwise_norms([p.detach() for p in params] + list(grads))
+        norms = _unitwise_norms([w for _, w, _ in units] + [g for g, _, _ in units])
         weight_norms, grad_norms = norms[: len(params)], norms[len(params) :]
         clipped = []
-        for g, weight_norm, grad_norm in zip(grads, weight_norms, grad_norms, strict=True):
+        for (g, _, back), weight_norm, grad_norm in zip(
+            units, weight_norms, grad_norms, strict=True
+        ):
             max_norm = self.clipping * weight_norm.clamp_min(self.eps)
             factor = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-30), 1.0)
             # (in the factor's precision: a half-precision factor would flush small ones to 0)
-            clipped.append((g * factor).to(g.dtype))
+            clipped.append(back((g * factor).to(g.dtype)))
         return clipped
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "fast_global_norm",
     "global_norm",
     "positive",
+    "stored_entries",
 ]
 
 
@@ -50,6 +51,7 @@ def fast_global_norm(tensors: Sequence[Tensor]) -> Tensor:
     whose norm exceeds ~1.8e19 overflow the squares), where :func:`global_norm` decides."""
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
+    tensors = _stored_entries(tensors)
     first = tensors[0].dtype
     if first not in HALF_DTYPES and all(t.dtype == first for t in tensors):
         # the usual case, with as few operations as possible (each small one costs ~10x its
@@ -69,11 +71,25 @@ def fast_global_norm(tensors: Sequence[Tensor]) -> Tensor:
     return total
 
 
+def stored_entries(tensor: Tensor) -> Tensor:
+    """``tensor``, or for a sparse one (``nn.Embedding(sparse=True)``'s gradient) its coalesced
+    values: the same norm, and dense operations apply to it."""
+    return tensor.coalesce().values() if tensor.is_sparse else tensor
+
+
+def _stored_entries(tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+    if not any(t.is_sparse for t in tensors):
+        return tensors
+    return [stored_entries(t) for t in tensors]
+
+
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """Euclidean norm of all entries of ``tensors`` together (as one flat vector), exact at
-    any scale: inf only where it exceeds float64, NaN where an entry is NaN."""
+    any scale: inf only where it exceeds float64, NaN where an entry is NaN. Sparse tensors
+    count their stored entries (after coalescing)."""
     if not tensors:
         return torch.zeros(())
+    tensors = _stored_entries(tensors)
     total = fast_global_norm(tensors)
     if bool(torch.isfinite(total)):
         return total

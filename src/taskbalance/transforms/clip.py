@@ -73,6 +73,12 @@ class ClipValue(CombinedTransform):
     def _clamp(self, g: Tensor) -> Tensor:
         if self.clip_value >= torch.finfo(g.dtype).max:
             return g  # (no finite entry of this dtype exceeds it)
+        if g.is_sparse:  # (nn.Embedding(sparse=True)): the summed entries, kept sparse
+            coalesced = g.coalesce()
+            values = self._clamp(coalesced.values())
+            return torch.sparse_coo_tensor(
+                coalesced.indices(), values, g.shape, is_coalesced=True, check_invariants=False
+            )
         clamped = g.clamp(-self.clip_value, self.clip_value)
         return torch.where(torch.isinf(g), g, clamped)  # (NaN stays NaN through clamp)
 
