@@ -60,9 +60,15 @@ def test_float16_with_grad_scaler_matches_float32(method: str, level: str) -> No
             assert float((q - p0).norm()) > 0.5 * float((p - p0).norm())
 
 
-def test_an_overflowing_step_is_skipped_by_the_scaler_and_the_scale_lowered() -> None:
+def test_an_overflowing_step_is_skipped_by_the_scaler_and_the_scale_lowered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     before, _, _ = _step("mgda", None, use_scaler=False, factor=0.0)
-    after, skipped, scaler = _step("mgda", torch.float16, use_scaler=True, factor=1e35)
+    with caplog.at_level("WARNING", logger="taskbalance.balancer"):
+        after, skipped, scaler = _step("mgda", torch.float16, use_scaler=True, factor=1e35)
+    # the log said "nothing was written to .grad" right after "inf written to .grad"
+    assert "only inf to " in caplog.text
+    assert "nothing was written" not in caplog.text
     assert skipped
     assert scaler.get_scale() == 2.0**15  # halved by update()
     for p, q in zip(before, after, strict=True):

@@ -1352,18 +1352,21 @@ class Balancer:
     def _skip(
         self, names: tuple[str, ...], losses: Tensor, reason: str, *, weights: Tensor | None = None
     ) -> StepInfo:
+        written = "nothing was written to .grad"
         if self._scaler_step:
             # tell the GradScaler, as an overflowing backward would: it finds inf in .grad,
             # skips optimizer.step() and lowers the scale in update()
             first = self.shared_params[0]
             first.grad = torch.full_like(first, float("inf"))
             reason += " (GradScaler: inf written to .grad, its step is skipped)"
+            written = f"only inf to {self.shared_names[0]!r}'s .grad, for the GradScaler"
         self._skips += 1
         if self._skips == 1 or self._skips % 100 == 0:
             logger.warning(
-                "step %d skipped (%s); nothing was written to .grad (%d skipped so far)",
+                "step %d skipped (%s); %s (%d skipped so far)",
                 self.step,
                 reason,
+                written,
                 self._skips,
             )
         info = StepInfo(
