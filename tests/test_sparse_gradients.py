@@ -134,3 +134,30 @@ def test_clip_value_and_agc_on_sparse_gradients_equal_their_dense_rule() -> None
         (dense_out,) = transform.apply([grad.to_dense()], [weight])
         assert sparse_out.is_sparse
         torch.testing.assert_close(sparse_out.to_dense(), dense_out, equal_nan=True)
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+@pytest.mark.parametrize("method", ["mgda", "upgrad", "pcgrad"])
+def test_rows_looked_up_with_a_zero_gradient_are_stored_as_a_plain_backward_stores_them(
+    method: str, level: str
+) -> None:
+    # the update made sparse again kept only its non-zero rows: a row the batch looked up
+    # whose gradient is exactly 0 was not stored, so SparseAdam skipped decaying its moments
+    torch.manual_seed(0)
+    net = EmbeddingNet(2, sparse=True)
+    idx = torch.arange(12)
+    keep = (idx < 6).to(torch.float32)  # rows 6-11 are looked up, with a zero gradient
+    z, outputs = net(idx)
+    targets = torch.randn(2, 12)
+    losses = [(keep * (o - y) ** 2).mean() for o, y in zip(outputs, targets, strict=True)]
+    torch.stack(losses).sum().backward(retain_graph=True)
+    plain = net.embedding.weight.grad
+    assert plain is not None
+    net.zero_grad(set_to_none=True)
+    Balancer(method, net.shared(), level=level).backward(losses, representation=z)
+    update = net.embedding.weight.grad
+    assert update is not None
+    assert update.is_sparse
+    assert torch.equal(update.coalesce().indices(), plain.coalesce().indices())  # rows 0-11
+    assert bool((update.to_dense()[6:12] == 0).all())
+    torch.testing.assert_close(update.to_dense()[12:], torch.zeros(38, 8))

@@ -62,7 +62,7 @@ from taskbalance.engine.jacobian import batched_vjp, representation_jacobian
 from taskbalance.engine.layerwise import layerwise_gramian, stacked_jacobian
 from taskbalance.engine.linear_heads import LinearHeads, linear_heads
 from taskbalance.engine.needs import Need
-from taskbalance.engine.sparse import densified_inputs
+from taskbalance.engine.sparse import DensifiedGradient, densified_inputs
 from taskbalance.engine.task_gradients import (
     GramianGradients,
     RowScaledGradients,
@@ -437,7 +437,7 @@ class Balancer:
         self._warned_bypass = False
         self._checked_sharing = False
         self._warned_stall = False
-        self._densified: dict[int, int] = {}  # (of the current step: see _write)
+        self._densified: dict[int, DensifiedGradient] = {}  # (of the current step: _write)
 
     def _trainable(self) -> tuple[tuple[str, ...], list[Tensor]]:
         pairs = [
@@ -863,15 +863,15 @@ class Balancer:
     def _write(self, params: list[Tensor], grads: list[Tensor], write_scale: float) -> None:
         """Add the update to ``.grad`` (scaled for a GradScaler, in each parameter's dtype;
         sparse where autograd gives the parameter a sparse gradient and the task Jacobian
-        made it dense, as for ``nn.Embedding(sparse=True)``: its rows that the update does not
-        move are not stored)."""
+        made it dense, as for ``nn.Embedding(sparse=True)``: storing the rows a plain backward
+        would, see :class:`~taskbalance.engine.sparse.DensifiedGradient`)."""
         for p, g in zip(params, grads, strict=True):
             if write_scale != 1.0:
                 g = g * write_scale  # the scaler's step divides it back (a power of two)
             if g.dtype != p.dtype:
                 g = g.to(p.dtype)
             if id(p) in self._densified and not g.is_sparse:
-                g = g.to_sparse(self._densified[id(p)])
+                g = self._densified[id(p)].sparse(g)
             if p.grad is None:
                 p.grad = g
             else:
