@@ -194,10 +194,34 @@ def test_benchmark_directory_renders_with_per_run_pages(tiny_run: tuple[Path, di
 
 
 def test_unknown_method_filter_lists_the_entries(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Its methods: ew, mgda, pcgrad"):
+    with pytest.raises(ValueError, match="Its methods: ew, mgda, mgda@repr, pcgrad"):
         run_benchmark(TINY, tmp_path, methods=["nash"], full=True)
     with pytest.raises(ValueError, match="Did you mean 'pcgrad'"):
         run_benchmark(TINY, tmp_path, methods=["pcgard"])
+    # one unknown name among known ones was dropped without a word
+    with pytest.raises(ValueError, match="'pcgard': not a method of benchmark 'tiny'"):
+        run_benchmark(TINY, tmp_path, methods=["mgda", "pcgard"])
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_named_benchmarks_check_the_methods_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taskbalance.bench.main_job import _methods_per_part, run_named
+
+    # the toy's progress bar started, and its worker processes, before 'nosuch' was refused
+    with pytest.raises(ValueError, match="'nosuch': not a method of benchmark 'toy'"):
+        run_named("toy", tmp_path / "toy", methods=["ew", "nosuch"], steps=10, jobs=1)
+    assert not (tmp_path / "toy").exists()
+    assert "toy:" not in capsys.readouterr().err  # (no progress bar)
+    with pytest.raises(ValueError, match="Did you mean 'pcgrad'"):
+        run_named("main", tmp_path / "main", methods=["pcgard"], steps=10, jobs=1)
+    # in the main job, a name that one part lacks runs in the others, and a line says so
+    chosen = _methods_per_part(["toy", "census"], ["ew", "cagrad", "ple / famo"], None)
+    assert chosen == {"toy": ["ew", "cagrad"], "census": ["ew", "ple / famo"]}
+    out = capsys.readouterr().out
+    assert "toy: has no entry ple / famo" in out
+    assert "census: has no entry cagrad" in out
 
 
 def test_toy_run_and_suite_report(tmp_path: Path, tiny_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]

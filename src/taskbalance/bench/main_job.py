@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taskbalance.bench.runner import machine_info, run_benchmark
+from taskbalance._validation import suggest
+from taskbalance.bench.runner import entry_names, machine_info, run_benchmark
 from taskbalance.bench.suite import BENCHMARKS
 from taskbalance.bench.toy import run_toy
-from taskbalance.bench.toy_setups import SETTINGS
+from taskbalance.bench.toy_setups import SETTINGS, setup
 from taskbalance.data_sources import require
+from taskbalance.methods.registry import available
 
 __all__ = ["MAIN_TOY_METHODS", "run_named"]
 
@@ -64,6 +66,41 @@ class _Progress:
             self.bar.close()
 
 
+def _methods_per_part(
+    parts: Sequence[str], methods: Sequence[str] | None, paper: str | None
+) -> dict[str, list[str] | None]:
+    """``--methods`` split by benchmark, checked before anything runs: a name that no part
+    knows raises (with "did you mean"); in the main job, a name that some parts lack runs
+    in the others, and a line says so. ``None``: the part's own choice."""
+    if not methods:
+        return dict.fromkeys(parts)
+    known = {part: _known_methods(part, paper) for part in parts}
+    nowhere = [m for m in dict.fromkeys(methods) if not any(m in k for k in known.values())]
+    if nowhere:
+        choices = sorted(set().union(*known.values()))
+        hints = "".join(suggest(name, choices) for name in nowhere)
+        where = f"benchmark {parts[0]!r}" if len(parts) == 1 else f"any of {', '.join(parts)}"
+        raise ValueError(
+            f"{', '.join(map(repr, nowhere))}: not a method of {where}.{hints} "
+            f"Its methods: {', '.join(choices)}."
+        )
+    chosen: dict[str, list[str] | None] = {}
+    for part in parts:
+        chosen[part] = [m for m in methods if m in known[part]]
+        missing = [m for m in methods if m not in known[part]]
+        if missing:
+            print(f"{part}: has no entry {', '.join(missing)} (runs in the other parts)")
+    return chosen
+
+
+def _known_methods(part: str, paper: str | None) -> set[str]:
+    """What ``--methods`` may name in one part: the toy runs any registered method (and a
+    paper setting's labels), a benchmark its entries."""
+    if part.startswith("toy"):
+        return set(available()) | set(setup(paper).entries)
+    return set(entry_names(BENCHMARKS[part]))
+
+
 def _check_data(names: Sequence[str]) -> None:
     """Verify every benchmark's data before the first run starts (missing or damaged files
     raise :class:`~taskbalance.data_sources.DataCacheError` with the command that fixes them)."""
@@ -94,20 +131,27 @@ def run_named(
     else:
         parts = [name if paper is None else f"toy_{paper}"]
     _check_data([p for p in parts if not p.startswith("toy")])
+    chosen = _methods_per_part(parts, methods, paper)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for part in parts:
         progress = _Progress(part)
         if part.startswith("toy"):
             if paper is not None:
-                run_toy(out, methods, steps=steps, jobs=jobs, progress=progress, paper=paper)
+                run_toy(out, chosen[part], steps=steps, jobs=jobs, progress=progress, paper=paper)
             else:
-                chosen = list(methods or (SETTINGS if full else MAIN_TOY_METHODS))
-                run_toy(out, chosen, steps=steps, jobs=jobs, progress=progress)
+                toy_methods = chosen[part] or list(SETTINGS if full else MAIN_TOY_METHODS)
+                run_toy(out, toy_methods, steps=steps, jobs=jobs, progress=progress)
         else:
             spec = BENCHMARKS[part]
             run_benchmark(
-                spec, out, full=full, seeds=seeds, methods=methods, jobs=jobs, progress=progress
+                spec,
+                out,
+                full=full,
+                seeds=seeds,
+                methods=chosen[part],
+                jobs=jobs,
+                progress=progress,
             )
             write_report(out / part)
         progress.close()

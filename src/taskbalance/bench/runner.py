@@ -326,6 +326,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def entry_names(spec: BenchmarkSpec) -> list[str]:
+    """The names ``--methods`` can choose from: every entry's method and display name."""
+    return sorted({name for e in (*spec.full, *spec.quick) for name in (e.method, e.display)})
+
+
+def unknown_methods(spec: BenchmarkSpec, methods: Sequence[str]) -> list[str]:
+    """The names in ``methods`` that choose no entry of ``spec`` (in their order)."""
+    known = set(entry_names(spec))
+    return list(dict.fromkeys(name for name in methods if name not in known))
+
+
 def run_benchmark(
     spec: BenchmarkSpec,
     out: Path,
@@ -343,15 +354,16 @@ def run_benchmark(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     entries = list(spec.full if full or methods else spec.quick)
     if methods:  # chosen from every entry of the benchmark
+        unknown = unknown_methods(spec, methods)
+        if unknown:
+            known = entry_names(spec)
+            hints = "".join(suggest(name, known) for name in unknown)
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))}: not a method of benchmark {spec.name!r}."
+                f"{hints} Its methods: {', '.join(known)}."
+            )
         wanted = set(methods)
         entries = [e for e in entries if e.method in wanted or e.display in wanted]
-        if not entries:
-            known = sorted({e.method for e in (*spec.full, *spec.quick)})
-            hints = "".join(suggest(name, known) for name in sorted(wanted))
-            raise ValueError(
-                f"none of {sorted(wanted)} is a method of benchmark {spec.name!r}.{hints} "
-                f"Its methods: {', '.join(known)}."
-            )
         if not any(e.method == "ew" for e in entries):
             entries.insert(0, Entry("ew"))  # the step-time reference
     seeds = seeds or (spec.seeds if full else 1)
