@@ -377,3 +377,78 @@ def test_dwa_equals_libmtl_over_epochs(libmtl: ModuleType) -> None:
         weighting.train_loss_buffer[:, epoch] = np.mean(epoch_losses, axis=0)
         balancer.end_epoch()
     assert not np.allclose(theirs, 1.0)  # the last epochs were weighted, not equal
+
+
+def _libmtl_graddrop_step(
+    libmtl: ModuleType,
+    trunk: nn.Module,
+    heads: nn.ModuleList,
+    x: Tensor,
+    ys: list[Tensor],
+    leak: float,
+) -> None:
+    """One step of LibMTL's GradDrop as its representation-level trainer runs it: each head
+    reads a detached copy of the trunk output, and the weighting back-propagates the masked
+    representation gradients into the trunk."""
+    weighting: Any = libmtl._weighting_module().GradDrop()
+    rep = trunk(x)
+    weighting.rep, weighting.rep_grad, weighting.device = rep, True, x.device
+    weighting.task_num, weighting.task_name = len(heads), [f"t{i}" for i in range(len(heads))]
+    weighting.rep_tasks = {}
+    losses = []
+    for name, head, y in zip(weighting.task_name, heads, ys, strict=True):
+        own = rep.detach().clone().requires_grad_(True)
+        weighting.rep_tasks[name] = own
+        losses.append(((head(own).squeeze(-1) - y) ** 2).mean())
+    weighting.backward(torch.stack(losses), leak=leak)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+@pytest.mark.parametrize("num_tasks", [2, 3, 5])
+def test_graddrop_at_representation_level_equals_libmtl(
+    libmtl: ModuleType, num_tasks: int, leak: float
+) -> None:
+    """The paper's GradDrop (Algorithm 1, the authors' lingvo code, LibMTL): the signs are
+    read from ``sum_batch sign(A) o dL_i/dA`` and the mask applied to each sample's
+    gradient. Same uniform draws (LibMTL's come from the global generator, ours from the
+    method's: its state is copied there), same trunk update, over three steps. A tanh trunk,
+    so that activations of both signs occur; without ``sign(A)`` (``input_sign=False``, the
+    previous behaviour) a parameter's gradient differs by up to ~50% here."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
+    heads = nn.ModuleList(nn.Linear(6, 1) for _ in range(num_tasks))
+    theirs_trunk, theirs_heads = copy.deepcopy(trunk), copy.deepcopy(heads)
+    balancer = Balancer(
+        registry.create("graddrop", leak=leak), trunk.parameters(), level="representation"
+    )
+    method: Any = balancer.method
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(16, 5, generator=generator)
+        ys = [torch.randn(16, generator=generator) for _ in range(num_tasks)]
+        for module in (trunk, heads, theirs_trunk, theirs_heads):
+            module.zero_grad(set_to_none=True)
+        draws = method.generator.get_state()
+        z = trunk(x)
+        losses = [((h(z).squeeze(-1) - y) ** 2).mean() for h, y in zip(heads, ys, strict=True)]
+        balancer.backward(losses, representation=z)
+        with torch.random.fork_rng():
+            torch.set_rng_state(draws)
+            _libmtl_graddrop_step(libmtl, theirs_trunk, theirs_heads, x, ys, leak)
+        for ours, their in zip(
+            [*trunk.parameters(), *heads.parameters()],
+            [*theirs_trunk.parameters(), *theirs_heads.parameters()],
+            strict=True,
+        ):
+            assert ours.grad is not None
+            assert their.grad is not None
+            assert relative(ours.grad, their.grad) < 1e-5
+        with torch.no_grad():  # move both the same way, so that the next step differs
+            for ours, their in zip(
+                [*trunk.parameters(), *heads.parameters()],
+                [*theirs_trunk.parameters(), *theirs_heads.parameters()],
+                strict=True,
+            ):
+                assert ours.grad is not None
+                ours -= 0.1 * ours.grad
+                their.copy_(ours)

@@ -101,6 +101,60 @@ def test_graddrop_at_representation_level_shares_the_mask_across_the_batch() -> 
     torch.testing.assert_close(d, (keep.unsqueeze(1) * per_sample).sum(0).reshape(-1))
 
 
+def test_graddrop_reads_the_signs_through_the_activation_sign_at_representation_level() -> None:
+    # Algorithm 1: G_i = sum_batch sign(A) o g_i. Batch of 2, one feature; A = [1, -1]:
+    # G_1 = 1 - 1 = 0 and G_2 = -1 - 0.5 = -1.5, so the purity is 0 and whatever U is drawn
+    # only task 2 (G_2 < 0) survives: the update is task 2's gradient exactly. Without
+    # sign(A) the pooled gradients are 2 and -0.5, so the kept task depends on the draw.
+    g = torch.tensor([[1.0, 1.0], [-1.0, 0.5]], dtype=torch.float64)
+    A = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+
+    def ctx(representation: tuple[torch.Tensor, ...] | None) -> Context:
+        return Context(
+            num_tasks=2,
+            jacobian=g,
+            block_shapes=(torch.Size([2, 1]),),
+            level="representation",
+            representation=representation,
+        )
+
+    for seed in range(20):
+        d = methods.create("graddrop", seed=seed)(ctx((A,))).direction
+        torch.testing.assert_close(d, g[1])
+    outcomes = {
+        tuple(methods.create("graddrop", seed=seed, input_sign=False)(ctx((A,))).direction.tolist())
+        for seed in range(20)
+    }
+    assert outcomes == {(1.0, 1.0), (-1.0, 0.5)}  # purity 0.8: either task, by the draw
+
+
+def test_graddrop_activation_sign_per_coordinate_when_the_batch_cannot_be_pooled() -> None:
+    # a representation without a batch dimension: each coordinate is its own unit, with
+    # G_i = sign(A) g_i. A = [1, -1, 0]: coordinate 0 has pure signs (kept: 1 + 2), coordinate
+    # 1 has G = [-1, -0.5] (pure, kept: 1 + 0.5), coordinate 2 has G = 0 (nothing kept).
+    g = torch.tensor([[1.0, 1.0, 1.0], [2.0, 0.5, 2.0]], dtype=torch.float64)
+    A = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
+    ctx = Context(
+        num_tasks=2,
+        jacobian=g,
+        block_shapes=(torch.Size([3]),),
+        level="representation",
+        representation=(A,),
+    )
+    for seed in range(5):
+        d = methods.create("graddrop", seed=seed)(ctx).direction
+        torch.testing.assert_close(d, torch.tensor([3.0, 1.5, 0.0], dtype=torch.float64))
+        d = methods.create("graddrop", seed=seed, input_sign=False)(ctx).direction
+        torch.testing.assert_close(d, torch.tensor([3.0, 1.5, 3.0], dtype=torch.float64))
+    d = methods.create("graddrop", leak=0.5, seed=0)(ctx).direction  # dropped at half weight
+    torch.testing.assert_close(d, torch.tensor([3.0, 1.5, 1.5], dtype=torch.float64))
+
+
+def test_graddrop_refuses_a_non_boolean_input_sign() -> None:
+    with pytest.raises(TypeError, match="input_sign must be True or False"):
+        methods.create("graddrop", input_sign=1)
+
+
 @pytest.mark.parametrize("leak", [0.0, 0.3])
 def test_graddrop_fast_sum_equals_the_papers_masked_sum(leak: float) -> None:
     generator = torch.Generator().manual_seed(7)

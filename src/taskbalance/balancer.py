@@ -122,8 +122,10 @@ def make_context(
     step: int = 0,
     task_names: tuple[str, ...] = (),
     level: str = "parameters",
+    representation: tuple[Tensor, ...] | None = None,
 ) -> Context:
-    """The :class:`Context` holding what ``method`` declared it needs.
+    """The :class:`Context` holding what ``method`` declared it needs (the representation
+    only for a method that reads the Jacobian, detached).
 
     Where the Gram matrix leaves ``[1e-80, 1e80]`` (gradients beyond ~1e40 or below ~1e-40,
     where the methods' own arithmetic, or float64 itself, would over- or underflow), a method
@@ -161,6 +163,11 @@ def make_context(
         block_shapes=grads.shapes if grads is not None else (),
         level=level,
         gradient_scale=scale,
+        representation=(
+            tuple(r.detach() for r in representation)
+            if jacobian is not None and representation is not None
+            else None
+        ),
     )
 
 
@@ -699,7 +706,9 @@ class Balancer:
         if grads is not None:
             self._check_connected(values, reps, grads, names)
         grads, scales = self._per_task_transforms(grads)
-        combination = self._combination(grads, reuse, names, detached, metrics_tensor, comm, scales)
+        combination = self._combination(
+            grads, reuse, names, detached, metrics_tensor, comm, scales, reps
+        )
         with _explained_compile_errors():
             params, param_grads = self._parameter_gradients(
                 combination,
@@ -825,6 +834,7 @@ class Balancer:
         metrics: Tensor | None,
         comm: Communicator | None,
         scales: Tensor | None,
+        reps: tuple[Tensor, ...] | None,
     ) -> Combination:
         """The method's weights or direction (or the cached weights of a reuse step). A
         method that does not read the Jacobian runs on the host once the step's losses were
@@ -843,6 +853,7 @@ class Balancer:
             step=self.step,
             task_names=names,
             level=self.level,
+            representation=reps if self.level == "representation" else None,
         )
         if comm is not None and not comm.is_global:
             # each rank's own losses: a refusal on one rank stops every rank

@@ -50,6 +50,9 @@ class Context:
         level: ``"parameters"`` or ``"representation"``.
         gradient_scale: ``s``: the Gram matrix and Jacobian here are those of ``J / s`` (a
             power of two; 1 unless the raw Gram matrix would leave float64's range).
+        representation: at representation level, for a method that reads the Jacobian, the
+            (detached) shared representation(s) the Jacobian's columns are gradients of, in
+            the order of ``block_shapes`` (GradDrop reads their signs); else ``None``.
     """
 
     num_tasks: int
@@ -62,6 +65,7 @@ class Context:
     block_shapes: tuple[torch.Size, ...] = ()
     level: str = "parameters"
     gradient_scale: float = 1.0
+    representation: tuple[Tensor, ...] | None = None
 
     def require_losses(self, method: str) -> Tensor:
         if self.losses is None:
