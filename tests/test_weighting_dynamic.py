@@ -233,6 +233,89 @@ def test_stateful_weighting_methods_reject_a_changing_number_of_tasks() -> None:
         assert weights_of(method, ctx([1.0, 2.0, 3.0], metrics=[0.5, 0.5, 0.5])).shape == (3,)
 
 
+def official_stch_weights(
+    losses: torch.Tensor, nadir: torch.Tensor | None, mu: float
+) -> torch.Tensor:
+    """d/dL of the official STCH-MTL objective (its LibMTL ``STCH.backward``), by autograd:
+    ``sum_i log L_i`` during the warm-up, ``T mu log sum_i exp((log(L_i / n_i) - m) / mu)``
+    after it (``m``: the detached maximum term)."""
+    L = losses.clone().requires_grad_(True)
+    if nadir is None:
+        objective = torch.log(L + 1e-20).sum()
+    else:
+        terms = torch.log(L / nadir + 1e-20)
+        shifted = terms - terms.detach().max()
+        objective = mu * torch.log(torch.exp(shifted / mu).sum()) * L.numel()
+    (gradient,) = torch.autograd.grad(objective, L)
+    return gradient
+
+
+def test_stch_warmup_follows_the_official_schedule_by_steps() -> None:
+    method = methods.create("stch", mu=0.7, normalise=True, warmup=1, period_steps=2)
+    generator = torch.Generator().manual_seed(0)
+    steps = [torch.rand(3, generator=generator, dtype=torch.float64) * 5 + 0.1 for _ in range(7)]
+    nadir = (steps[2] + steps[3]) / 2  # period 1 (steps 3-4) records the nadir
+    for step, losses in enumerate(steps):
+        expected = official_stch_weights(losses, nadir if step >= 4 else None, 0.7)
+        torch.testing.assert_close(weights_of(method, ctx(losses.tolist())), expected)
+    assert method.initial_losses is not None  # type: ignore[attr-defined]
+    torch.testing.assert_close(method.initial_losses, nadir)  # type: ignore[attr-defined]
+
+
+def test_stch_warmup_by_epochs_resumes_mid_warmup_and_loads_an_old_checkpoint() -> None:
+    method = methods.create("stch", normalise=True, warmup=0)
+    weights_of(method, ctx([4.0, 1.0]))
+    resumed = methods.create("stch", normalise=True, warmup=0)
+    resumed.load_state_dict(method.state_dict())  # mid-way through the recording epoch
+    for m in (method, resumed):
+        weights_of(m, ctx([2.0, 3.0]))
+        m.end_epoch()
+    for m in (method, resumed):
+        torch.testing.assert_close(
+            m.initial_losses,  # type: ignore[attr-defined]
+            torch.tensor([3.0, 2.0], dtype=torch.float64),
+        )
+        expected = official_stch_weights(
+            torch.tensor([1.0, 1.0], dtype=torch.float64),
+            torch.tensor([3.0, 2.0], dtype=torch.float64),
+            1.0,
+        )
+        torch.testing.assert_close(weights_of(m, ctx([1.0, 1.0])), expected)
+    # a checkpoint holding the nadir only (written before the warm-up existed)
+    old = methods.create("stch", normalise=True)
+    old.load_state_dict({"initial_losses": torch.tensor([2.0, 4.0], dtype=torch.float64)})
+    torch.testing.assert_close(
+        weights_of(old, ctx([2.0, 4.0])), torch.tensor([0.5, 0.25], dtype=torch.float64)
+    )
+
+
+def test_stch_epoch_without_steps_does_not_end_the_recording() -> None:
+    method = methods.create("stch", normalise=True, warmup=1)
+    method.end_epoch()  # warm-up epoch 0 (no steps)
+    method.end_epoch()  # recording epoch, no steps: the next one records instead
+    weights_of(method, ctx([2.0, 8.0]))
+    method.end_epoch()
+    torch.testing.assert_close(
+        method.initial_losses,  # type: ignore[attr-defined]
+        torch.tensor([2.0, 8.0], dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"warmup": 4}, "pass normalise=True"),
+        ({"normalise": True, "period_steps": 3}, "pass warmup=W"),
+        ({"normalise": True, "warmup": -1}, "non-negative int"),
+        ({"normalise": True, "warmup": True}, "non-negative int"),
+        ({"normalise": True, "warmup": 2, "period_steps": 0}, "positive int"),
+    ],
+)
+def test_stch_warmup_arguments_are_checked(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        methods.create("stch", **kwargs)
+
+
 def test_stch_normalised_terms_are_scale_free() -> None:
     method = methods.create("stch", mu=0.5, normalise=True)
     first = weights_of(method, ctx([30.0, 2.0]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,27 +28,41 @@ class SmoothTchebycheff(Method):
     finite for any real losses, negative ones included.
 
     Losses of different scales make the largest one take all the weight. ``normalise=True``
-    uses the scale-free terms ``log(L_i / L_i(0))`` instead (``L(0)``: the first step's
-    losses, kept in the state), as the official STCH-MTL code does with its nadir point; the
-    weights are then ``T lambda_i softmax(...)_i / L_i`` (the code's ``x T`` included).
+    uses the scale-free terms ``log(L_i / n_i)`` instead, with a nadir point ``n`` kept in
+    the state; the weights are then ``T lambda_i softmax(...)_i / L_i`` (the official
+    STCH-MTL code's ``x T`` included). The nadir is
+
+    * ``warmup=None``: the first step's losses (no warm-up);
+    * ``warmup=W`` (an int, the official schedule; its default and LibMTL's
+      ``STCH_warmup_epoch`` is 4): the first ``W`` periods train ``sum_i log L_i`` (weights
+      ``1 / L_i``), period ``W`` does too and records ``n`` as its mean loss, and the
+      smooth Tchebycheff terms start with period ``W + 1``.
+
+    A period is an epoch (``period_steps=None``: call ``Balancer.end_epoch()``, which the
+    trainer does) or a fixed number of steps.
 
     Scale: with unit preferences the weights sum to 1 (``normalise=False``).
 
     Args:
-        mu: smoothing parameter (> 0).
+        mu: smoothing parameter (> 0; official code: 1).
         preference: ``lambda`` (default: all ones).
         reference: ideal point ``z`` (default: all zeros; unused with ``normalise``).
-        normalise: use ``log(L / L(0))`` terms (see above).
+        normalise: use ``log(L / n)`` terms (see above).
+        warmup: periods of ``sum log L`` before the period that records the nadir, or
+            ``None`` for the first step's losses (``normalise=True`` only).
+        period_steps: steps per period, or ``None`` for epochs (with ``warmup`` only).
     """
 
     name = "stch"
     scale = "sum to 1 (unit preferences)"
+    needs_note = "losses (+ epoch ends with `warmup`)"
     family = "loss weighting"
     needs = Need.LOSSES
     reference = (
         "Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024."
     )
-    state_attributes = ("initial_losses",)
+    # ``initial_losses`` is the nadir point ``n`` (the name predates the warm-up)
+    state_attributes = ("initial_losses", "periods_done", "period_count", "nadir_sum")
 
     def __init__(
         self,
@@ -56,6 +70,8 @@ class SmoothTchebycheff(Method):
         preference: Sequence[float] | None = None,
         reference: Sequence[float] | None = None,
         normalise: bool = False,
+        warmup: int | None = None,
+        period_steps: int | None = None,
     ) -> None:
         self.mu = check_positive(self.name, "mu", mu)
         self.preference = None if preference is None else [float(p) for p in preference]
@@ -63,7 +79,19 @@ class SmoothTchebycheff(Method):
         if self.preference is not None and any(p < 0 for p in self.preference):
             raise ValueError(f"stch: preference must be >= 0, got {self.preference}")
         self.normalise = bool(normalise)
+        self.warmup = _check_count("warmup", warmup, allow_zero=True)
+        self.period_steps = _check_count("period_steps", period_steps, allow_zero=False)
+        if self.warmup is not None and not self.normalise:
+            raise ValueError(
+                "stch: warmup is the official schedule of the normalised terms: pass "
+                "normalise=True with it (without normalise there is no nadir point to record)"
+            )
+        if self.period_steps is not None and self.warmup is None:
+            raise ValueError("stch: period_steps counts the warm-up's periods: pass warmup=W too")
         self.initial_losses: torch.Tensor | None = None
+        self.periods_done = 0
+        self.period_count = 0  # steps in the current period
+        self.nadir_sum: torch.Tensor | None = None  # losses summed over the recording period
 
     def hparams(self) -> dict[str, Any]:
         return {
@@ -71,6 +99,8 @@ class SmoothTchebycheff(Method):
             "preference": self.preference,
             "reference": self.reference_point,
             "normalise": self.normalise,
+            "warmup": self.warmup,
+            "period_steps": self.period_steps,
         }
 
     def supports_task_subsets(self) -> bool:
@@ -95,8 +125,48 @@ class SmoothTchebycheff(Method):
             return Combination(weights=weights)
         safe = non_negative_losses(ctx, self.name).clamp_min(_TINY)
         check_num_tasks(self.name, self.initial_losses, ctx.num_tasks)
+        check_num_tasks(self.name, self.nadir_sum, ctx.num_tasks)
+        if self.initial_losses is None and self.warmup is not None:
+            return Combination(weights=self._warm_up(safe))
         if self.initial_losses is None:
             self.initial_losses = safe.clone()
         terms = torch.log(safe / self.initial_losses)
         soft = torch.softmax(preference * terms / self.mu, dim=0)
         return Combination(weights=ctx.num_tasks * preference * soft / safe)
+
+    def _warm_up(self, losses: torch.Tensor) -> torch.Tensor:
+        """A warm-up step: the weights of ``sum_i log L_i``; the recording period (and any
+        after it, should it see no step) adds the losses to the nadir's sum."""
+        assert self.warmup is not None
+        if self.periods_done >= self.warmup:
+            self.nadir_sum = losses.clone() if self.nadir_sum is None else self.nadir_sum + losses
+        self.period_count += 1
+        if self.period_steps is not None and self.period_count >= self.period_steps:
+            self._close_period()
+        return 1.0 / losses
+
+    def _close_period(self) -> None:
+        if self.warmup is None or self.initial_losses is not None:
+            return
+        if self.nadir_sum is not None and self.period_count > 0:
+            self.initial_losses = self.nadir_sum / self.period_count
+            self.nadir_sum = None
+        self.periods_done += 1
+        self.period_count = 0
+
+    def end_epoch(self) -> None:
+        if self.period_steps is None:
+            self._close_period()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # a checkpoint written before the warm-up existed holds the nadir only
+        fresh = {"periods_done": 0, "period_count": 0, "nadir_sum": None}
+        super().load_state_dict({**fresh, **state} if set(state) == {"initial_losses"} else state)
+
+
+def _check_count(what: str, value: int | None, *, allow_zero: bool) -> int | None:
+    low = 0 if allow_zero else 1
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"stch: {what} must be a {kind} int or None, got {value!r}")
+    return value
