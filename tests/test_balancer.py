@@ -1,6 +1,7 @@
 """Balancer: gradients written to every parameter, conventions, skipping, validation, state."""
 
 import logging
+import warnings
 from typing import ClassVar
 
 import pytest
@@ -187,6 +188,46 @@ def test_losses_as_dict_sequence_or_tensor() -> None:
         "task0",
         "task1",
     )
+
+
+def complex_problem() -> tuple[nn.Linear, torch.Tensor]:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ("complex modules are a new feature")
+        layer = nn.Linear(4, 4).to(torch.cfloat)
+    return layer, torch.randn(5, 4, dtype=torch.cfloat)
+
+
+def complex_losses(layer: nn.Linear, x: torch.Tensor) -> list[torch.Tensor]:
+    z = layer(x)
+    return [z.abs().mean(), (z.real * z.imag).mean()]
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+@pytest.mark.parametrize("method", ["mgda", "upgrad", "graddrop"])
+def test_complex_task_gradients_are_refused_before_anything_is_written(
+    method: str, level: str
+) -> None:
+    # the Gram matrix kept the real part of g_i^T g_j (not Re(g_i^H g_j)): MGDA stalled at a
+    # point that is not stationary, UPGrad's update was off by ~20%
+    layer, x = complex_problem()
+    z = layer(x)
+    losses = [z.abs().mean(), (z.real * z.imag).mean()]
+    balancer = Balancer(method, layer.parameters(), level=level)  # type: ignore[arg-type]
+    where = "representation 0" if level == "representation" else "shared.0, shared.1"
+    with pytest.raises(ValueError, match=f"complex tensors are not supported \\({where}"):
+        balancer.backward(losses, representation=z if level == "representation" else None)
+    assert layer.weight.grad is None
+
+
+def test_loss_weighting_of_complex_parameters_equals_the_plain_backward() -> None:
+    layer, x = complex_problem()
+    sum(complex_losses(layer, x)).backward()
+    expected = [p.grad.clone() for p in layer.parameters()]  # type: ignore[union-attr]
+    layer.zero_grad(set_to_none=True)
+    Balancer("ew", layer.parameters()).backward(complex_losses(layer, x))
+    for p, g in zip(layer.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g)
 
 
 def test_input_errors_say_what_to_do() -> None:

@@ -673,6 +673,8 @@ class Balancer:
         need = self.needs
         if observing and self.monitor is not None and self.monitor.task_gradients:
             need = max(need, Need.GRAMIAN)
+        if need > Need.LOSSES:
+            self._refuse_complex_gradients(reps)
         task_params, separable, heads = self._task_params(values, reps, need)
         head_pass: HeadGradients | None = None
         with _explained_compile_errors():
@@ -766,6 +768,24 @@ class Balancer:
         return info
 
     # ----------------------------------------------------------------- step stages
+    def _refuse_complex_gradients(self, reps: tuple[Tensor, ...] | None) -> None:
+        """Raise where the task gradients would be complex: their Gram matrix and norms would
+        need the real inner product ``Re(g_i^H g_j)`` of ``C^n`` read as ``R^2n``, which the
+        engine does not form (it kept the real part of ``g_i^T g_j`` and was silently wrong)."""
+        if self.level == "representation":
+            where = [f"representation {i}" for i, r in enumerate(reps or ()) if r.is_complex()]
+        else:
+            pairs = zip(self.shared_names, self.shared_params, strict=True)
+            where = [n for n, p in pairs if p.is_complex()]
+        if where:
+            raise ValueError(
+                f"per-task gradients of complex tensors are not supported ({', '.join(where)}: "
+                f"{self.method.name!r}, its transforms or the monitor read them): keep the "
+                "shared parameters (or the representation) real, e.g. store a complex weight "
+                "as torch.view_as_real pairs, or use a loss-weighting method, whose single "
+                "backward of sum_i w_i L_i handles complex parameters"
+            )
+
     def _loss_scale(self, loss_scale: float, scaler: Any, stacked: Tensor) -> tuple[float, float]:
         """``(loss_scale, write_scale)``: what the losses are multiplied by before the
         backward, and what the written gradients are (a GradScaler's current scale)."""
