@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -114,23 +115,48 @@ def test_rules_give_the_jacobian_gramian(name: str, training: bool) -> None:
     torch.testing.assert_close(gramian, _reference(losses, params), rtol=1e-5, atol=1e-7)
 
 
-def test_rule_layers_are_never_differentiated_by_autograd() -> None:
-    """The point of the rules: no ``T x |p|`` rows for the covered parameters."""
+def test_rule_layers_are_never_differentiated_by_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the rules: no ``T x |p|`` rows for the covered parameters (autograd is
+    never asked for their gradients)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
     losses = _losses(model, torch.randn(8, 6))
-    rows_seen: list[tuple[int, ...]] = []
-    handles = [
-        p.register_hook(lambda g: rows_seen.append(tuple(g.shape)))  # type: ignore[func-returns-value]
-        for p in model.parameters()
-    ]
-    try:
-        assert layerwise_gramian(losses, list(model.parameters()), torch.eye(NUM_TASKS)) is not None
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert rows_seen == []
+    asked: list[int] = []
+    grad = torch.autograd.grad
+
+    def recording(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.extend(id(t) for t in inputs if isinstance(t, Tensor))
+        return grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", recording)
+    assert layerwise_gramian(losses, list(model.parameters()), torch.eye(NUM_TASKS)) is not None
+    assert not {id(p) for p in model.parameters()} & set(asked)
     assert not plan_rules(losses, list(model.parameters())).generic
+
+
+def test_a_parameter_with_a_gradient_hook_keeps_the_generic_path() -> None:
+    """A hook may change the gradient (a mask): the rule, which never forms it, would not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+    losses = _losses(model, torch.randn(8, 6))
+    handle = model[2].weight.register_hook(lambda g: g * 0.5)
+    try:
+        params = list(model.parameters())
+        assert plan_rules(losses, params).generic == [2]
+        expected = torch.stack(
+            [
+                torch.cat(
+                    [g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True)]
+                )
+                for loss in losses
+            ]
+        )
+        gramian = layerwise_gramian(losses, params, torch.eye(NUM_TASKS))
+    finally:
+        handle.remove()
+    assert gramian is not None
+    torch.testing.assert_close(gramian, (expected @ expected.T).double(), rtol=1e-5, atol=1e-6)
+    assert not plan_rules(losses, params).generic  # (the hook removed: the rule again)
 
 
 class Tied(nn.Module):

@@ -895,7 +895,9 @@ class Balancer:
         """Add the update to ``.grad`` (scaled for a GradScaler, in each parameter's dtype;
         sparse where autograd gives the parameter a sparse gradient and the task Jacobian
         made it dense, as for ``nn.Embedding(sparse=True)``: storing the rows a plain backward
-        would, see :class:`~taskbalance.engine.sparse.DensifiedGradient`)."""
+        would, see :class:`~taskbalance.engine.sparse.DensifiedGradient`), then run the
+        parameters' ``register_post_accumulate_grad_hook`` hooks, which a plain backward runs
+        and writing ``.grad`` by hand would skip."""
         for p, g in zip(params, grads, strict=True):
             if write_scale != 1.0:
                 g = g * write_scale  # the scaler's step divides it back (a power of two)
@@ -907,6 +909,9 @@ class Balancer:
                 p.grad = g
             else:
                 p.grad.add_(g)
+        for p in params:  # as autograd does once it accumulated a gradient into .grad
+            for hook in tuple((getattr(p, "_post_accumulate_grad_hooks", None) or {}).values()):
+                hook(p)  # (e.g. an optimizer step in backward; see the FAQ)
 
     def _warn_stalled(self, grads: RowScaledGradients, names: tuple[str, ...]) -> None:
         """Once: the shared update vanished while some task's gradient did not (see

@@ -318,6 +318,13 @@ class _Graph:
         return None
 
 
+def has_gradient_hooks(tensor: Tensor) -> bool:
+    """Whether ``tensor.register_hook`` hooks change its gradient (e.g. a mask that freezes
+    some rows): a rule forms ``J_p J_p^T`` without the gradient ever existing, so such a
+    parameter keeps the generic path, where autograd runs the hooks on each task's row."""
+    return bool(getattr(tensor, "_backward_hooks", None))
+
+
 def _edge(node: Node, index: int) -> Node:
     return node.next_functions[index][0] if index < len(node.next_functions) else None
 
@@ -331,6 +338,8 @@ def _match(
     def owned(index: int, transposed: bool = False, dims: int | None = None) -> int | None:
         leaf = graph.leaf_through(_edge(node, index), transposed)
         if leaf is None or id(leaf) not in shared or (dims is not None and leaf.dim() != dims):
+            return None
+        if has_gradient_hooks(leaf):  # (autograd applies them to its gradient; a rule would not)
             return None
         return shared[id(leaf)]
 
