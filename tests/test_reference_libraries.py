@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from taskbalance import Balancer, aggregate
 from taskbalance.methods import registry
+from taskbalance.methods.base import Context
 
 SHAPES = [(2, 7), (3, 7), (3, 20), (5, 20), (6, 9)]
 SEEDS = range(4)
@@ -123,6 +124,23 @@ def test_cagrad_is_at_least_as_good_as_torchjd_without_the_rescale(
     assert relative(ours, expected) < 1e-3
     rescaled = aggregate(registry.create("cagrad", c=c), J) * (1 + c**2)
     assert relative(rescaled, ours) < 1e-12
+
+
+@pytest.mark.parametrize(("seed", "T", "P"), problems())
+def test_excess_mtl_after_a_warmup_is_torchjd_times_the_number_of_tasks(
+    torchjd: ModuleType, seed: int, T: int, P: int
+) -> None:
+    """With a warm-up both take the warm-up's mean excess risk as the baseline and move the
+    weights from the next step on; TorchJD's weights sum to 1, ours (the official code's) to
+    ``T``, and TorchJD adds 1e-7 to the baseline. (Without a warm-up TorchJD already moves the
+    weights at the first step, by the raw risk, where the official code and ours do not.)"""
+    theirs = torchjd.ExcessMTLWeighting(robust_step_size=0.3, n_warmup_steps=2)
+    ours = registry.create("excess_mtl", robust_step_size=0.3, warmup_steps=2)
+    for step in range(6):
+        J = conflicting_jacobian(seed + 100 * step, T, P)
+        weights = ours(Context(num_tasks=T, jacobian=J)).weights
+        assert weights is not None
+        torch.testing.assert_close(weights / T, theirs(J), rtol=1e-6, atol=0.0)
 
 
 @pytest.mark.parametrize(("seed", "T", "P"), problems())

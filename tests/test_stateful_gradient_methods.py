@@ -255,3 +255,114 @@ def test_imtl_composes_imtl_l_and_imtl_g() -> None:
     units = scales.unsqueeze(1) * J
     projections = (units / units.norm(dim=1, keepdim=True)) @ d
     torch.testing.assert_close(projections, projections.mean().expand(3))
+
+
+def official_excess_mtl(jacobians: list[torch.Tensor], eta: float) -> list[torch.Tensor]:
+    """The official code's recursion (He et al.'s LibMTL fork, also LibMTL's): AdaGrad's
+    accumulator, E_i = g_i^T diag(1 / sqrt(S_i + 1e-7)) g_i, the first step's E as the
+    baseline (weights unchanged there), then w <- w exp(eta E / E^0), renormalised to T."""
+    num_tasks = jacobians[0].shape[0]
+    weights = torch.ones(num_tasks, dtype=torch.float64)
+    squared = torch.zeros_like(jacobians[0])
+    baseline = None
+    out = []
+    for J in jacobians:
+        squared = squared + J**2
+        risk = torch.stack(
+            [J[i] * (1 / torch.sqrt(squared[i] + 1e-7)) @ J[i] for i in range(num_tasks)]
+        )
+        if baseline is None:
+            baseline = risk
+        else:
+            weights = weights * torch.exp(risk / baseline * eta)
+            weights = weights / weights.sum() * num_tasks
+        out.append(weights.clone())
+    return out
+
+
+def excess_weights(method: methods.Method, J: torch.Tensor, **context: object) -> torch.Tensor:
+    weights = method(Context(num_tasks=J.shape[0], jacobian=J, **context)).weights  # type: ignore[arg-type]
+    assert weights is not None
+    return weights
+
+
+@pytest.mark.parametrize("eta", [1e-2, 1.0])
+def test_excess_mtl_follows_the_official_recursion(eta: float) -> None:
+    jacobians = [jacobian(seed, dim=8) * (0.5 + seed) for seed in range(6)]
+    method = methods.create("excess_mtl", robust_step_size=eta)
+    expected = official_excess_mtl(jacobians, eta)
+    for J, reference in zip(jacobians, expected, strict=True):
+        weights = excess_weights(method, J)
+        torch.testing.assert_close(weights, reference, rtol=1e-12, atol=0.0)
+        assert float(weights.sum()) == pytest.approx(3.0, rel=1e-12)
+    assert not torch.equal(expected[-1], torch.ones(3, dtype=torch.float64))  # (it moved)
+
+
+def test_excess_mtl_warmup_takes_the_mean_risk_as_baseline() -> None:
+    jacobians = [jacobian(seed, dim=5) for seed in range(4)]
+    method = methods.create("excess_mtl", robust_step_size=0.5, warmup_steps=2)
+    squared = torch.zeros_like(jacobians[0])
+    risks = []
+    for J in jacobians:
+        squared = squared + J**2
+        risks.append((J**2 / torch.sqrt(squared + 1e-7)).sum(1))
+    for J in jacobians[:2]:  # the warm-up keeps the weights at 1
+        torch.testing.assert_close(excess_weights(method, J), torch.ones(3, dtype=torch.float64))
+    baseline = (risks[0] + risks[1]) / 2
+    expected = 3 * torch.softmax(0.5 * risks[2] / baseline, dim=0)  # the update starts at once
+    torch.testing.assert_close(excess_weights(method, jacobians[2]), expected)
+
+
+def test_excess_mtl_is_finite_for_a_task_whose_gradient_starts_at_zero() -> None:
+    method = methods.create("excess_mtl", robust_step_size=1.0)
+    J = jacobian(0, dim=4)
+    silent = J.clone()
+    silent[1] = 0.0
+    for _ in range(2):
+        weights = excess_weights(method, silent)
+        assert bool(torch.isfinite(weights).all())
+    assert float(method.baseline[1]) == 0.0  # type: ignore[attr-defined]
+    weights = excess_weights(method, J)  # task 1's baseline is taken now: its ratio is 1
+    assert bool(torch.isfinite(weights).all())
+    assert float(method.baseline[1]) > 0.0  # type: ignore[attr-defined]
+    assert float(weights.sum()) == pytest.approx(3.0)
+
+
+def test_excess_mtl_at_representation_level_sums_the_batch_first() -> None:
+    batch, features = 4, 3
+    Js = [jacobian(seed, dim=batch * features) for seed in range(3)]
+    shapes = (torch.Size([batch, features]),)
+    at_representation = methods.create("excess_mtl", robust_step_size=1.0)
+    on_pooled = methods.create("excess_mtl", robust_step_size=1.0)
+    for J in Js:
+        ours = excess_weights(at_representation, J, block_shapes=shapes, level="representation")
+        pooled = J.reshape(3, batch, features).sum(1)
+        torch.testing.assert_close(ours, excess_weights(on_pooled, pooled))
+    # another batch size: the same features, the same state
+    excess_weights(
+        at_representation,
+        jacobian(9, dim=7 * features),
+        block_shapes=(torch.Size([7, features]),),
+        level="representation",
+    )
+    with pytest.raises(ValueError, match="call reset"):
+        excess_weights(
+            at_representation,
+            jacobian(9, dim=8),
+            block_shapes=(torch.Size([2, 4]),),
+            level="representation",
+        )
+
+
+def test_excess_mtl_arguments_and_state() -> None:
+    with pytest.raises(ValueError, match="robust_step_size"):
+        methods.create("excess_mtl", robust_step_size=0.0)
+    with pytest.raises(ValueError, match="non-negative int"):
+        methods.create("excess_mtl", warmup_steps=-1)
+    method = methods.create("excess_mtl", robust_step_size=1.0)
+    for seed in range(3):
+        excess_weights(method, jacobian(seed))
+    resumed = methods.create("excess_mtl", robust_step_size=1.0)
+    resumed.load_state_dict(method.state_dict())
+    J = jacobian(7)
+    torch.testing.assert_close(excess_weights(resumed, J), excess_weights(method, J))

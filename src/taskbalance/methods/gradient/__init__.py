@@ -5,6 +5,7 @@ from taskbalance.methods.gradient.cagrad import CAGrad
 from taskbalance.methods.gradient.config import ConFIG
 from taskbalance.methods.gradient.db_mtl import DBMTL
 from taskbalance.methods.gradient.dual_cone import DualProj, UPGrad
+from taskbalance.methods.gradient.excess_mtl import ExcessMTL
 from taskbalance.methods.gradient.graddrop import GradDrop
 from taskbalance.methods.gradient.gradnorm import GradNorm
 from taskbalance.methods.gradient.gradvac import GradVac
@@ -24,6 +25,7 @@ __all__ = [
     "CAGrad",
     "ConFIG",
     "DualProj",
+    "ExcessMTL",
     "FairGrad",
     "GradDrop",
     "GradNorm",
