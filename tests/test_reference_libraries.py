@@ -127,6 +127,22 @@ def test_cagrad_is_at_least_as_good_as_torchjd_without_the_rescale(
 
 
 @pytest.mark.parametrize(("seed", "T", "P"), problems())
+def test_cr_mogm_smoothing_of_imtl_g_equals_torchjd(
+    torchjd: ModuleType, seed: int, T: int, P: int
+) -> None:
+    """CR-MOGM's moving average of IMTL-G's weights (a closed form in both libraries) over
+    five steps of changing gradients: TorchJD's ``CRMOGMWeighting(IMTLGWeighting())`` on the
+    Gram matrices."""
+    theirs = torchjd.CRMOGMWeighting(torchjd.IMTLGWeighting(), alpha=0.7)
+    ours = registry.create("cr_mogm", method="imtl_g", alpha=0.7)
+    for step in range(5):
+        J = conflicting_jacobian(seed + 100 * step, T, P)
+        weights = ours(Context(num_tasks=T, jacobian=J, gramian=J @ J.T)).weights
+        assert weights is not None
+        torch.testing.assert_close(weights, theirs(J @ J.T), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("seed", "T", "P"), problems())
 def test_excess_mtl_after_a_warmup_is_torchjd_times_the_number_of_tasks(
     torchjd: ModuleType, seed: int, T: int, P: int
 ) -> None:

@@ -280,8 +280,10 @@ def official_excess_mtl(jacobians: list[torch.Tensor], eta: float) -> list[torch
     return out
 
 
-def excess_weights(method: methods.Method, J: torch.Tensor, **context: object) -> torch.Tensor:
-    weights = method(Context(num_tasks=J.shape[0], jacobian=J, **context)).weights  # type: ignore[arg-type]
+def weights_of(method: methods.Method, J: torch.Tensor, **context: object) -> torch.Tensor:
+    """The weights ``method`` returns for the Jacobian ``J`` (and its Gram matrix)."""
+    ctx = Context(num_tasks=J.shape[0], jacobian=J, gramian=J @ J.T, **context)  # type: ignore[arg-type]
+    weights = method(ctx).weights
     assert weights is not None
     return weights
 
@@ -292,7 +294,7 @@ def test_excess_mtl_follows_the_official_recursion(eta: float) -> None:
     method = methods.create("excess_mtl", robust_step_size=eta)
     expected = official_excess_mtl(jacobians, eta)
     for J, reference in zip(jacobians, expected, strict=True):
-        weights = excess_weights(method, J)
+        weights = weights_of(method, J)
         torch.testing.assert_close(weights, reference, rtol=1e-12, atol=0.0)
         assert float(weights.sum()) == pytest.approx(3.0, rel=1e-12)
     assert not torch.equal(expected[-1], torch.ones(3, dtype=torch.float64))  # (it moved)
@@ -307,10 +309,10 @@ def test_excess_mtl_warmup_takes_the_mean_risk_as_baseline() -> None:
         squared = squared + J**2
         risks.append((J**2 / torch.sqrt(squared + 1e-7)).sum(1))
     for J in jacobians[:2]:  # the warm-up keeps the weights at 1
-        torch.testing.assert_close(excess_weights(method, J), torch.ones(3, dtype=torch.float64))
+        torch.testing.assert_close(weights_of(method, J), torch.ones(3, dtype=torch.float64))
     baseline = (risks[0] + risks[1]) / 2
     expected = 3 * torch.softmax(0.5 * risks[2] / baseline, dim=0)  # the update starts at once
-    torch.testing.assert_close(excess_weights(method, jacobians[2]), expected)
+    torch.testing.assert_close(weights_of(method, jacobians[2]), expected)
 
 
 def test_excess_mtl_is_finite_for_a_task_whose_gradient_starts_at_zero() -> None:
@@ -319,10 +321,10 @@ def test_excess_mtl_is_finite_for_a_task_whose_gradient_starts_at_zero() -> None
     silent = J.clone()
     silent[1] = 0.0
     for _ in range(2):
-        weights = excess_weights(method, silent)
+        weights = weights_of(method, silent)
         assert bool(torch.isfinite(weights).all())
     assert float(method.baseline[1]) == 0.0  # type: ignore[attr-defined]
-    weights = excess_weights(method, J)  # task 1's baseline is taken now: its ratio is 1
+    weights = weights_of(method, J)  # task 1's baseline is taken now: its ratio is 1
     assert bool(torch.isfinite(weights).all())
     assert float(method.baseline[1]) > 0.0  # type: ignore[attr-defined]
     assert float(weights.sum()) == pytest.approx(3.0)
@@ -335,18 +337,18 @@ def test_excess_mtl_at_representation_level_sums_the_batch_first() -> None:
     at_representation = methods.create("excess_mtl", robust_step_size=1.0)
     on_pooled = methods.create("excess_mtl", robust_step_size=1.0)
     for J in Js:
-        ours = excess_weights(at_representation, J, block_shapes=shapes, level="representation")
+        ours = weights_of(at_representation, J, block_shapes=shapes, level="representation")
         pooled = J.reshape(3, batch, features).sum(1)
-        torch.testing.assert_close(ours, excess_weights(on_pooled, pooled))
+        torch.testing.assert_close(ours, weights_of(on_pooled, pooled))
     # another batch size: the same features, the same state
-    excess_weights(
+    weights_of(
         at_representation,
         jacobian(9, dim=7 * features),
         block_shapes=(torch.Size([7, features]),),
         level="representation",
     )
     with pytest.raises(ValueError, match="call reset"):
-        excess_weights(
+        weights_of(
             at_representation,
             jacobian(9, dim=8),
             block_shapes=(torch.Size([2, 4]),),
@@ -361,8 +363,62 @@ def test_excess_mtl_arguments_and_state() -> None:
         methods.create("excess_mtl", warmup_steps=-1)
     method = methods.create("excess_mtl", robust_step_size=1.0)
     for seed in range(3):
-        excess_weights(method, jacobian(seed))
+        weights_of(method, jacobian(seed))
     resumed = methods.create("excess_mtl", robust_step_size=1.0)
     resumed.load_state_dict(method.state_dict())
     J = jacobian(7)
-    torch.testing.assert_close(excess_weights(resumed, J), excess_weights(method, J))
+    torch.testing.assert_close(weights_of(resumed, J), weights_of(method, J))
+
+
+def moving_averages(name: str, jacobians: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:
+    """``lambda_k = alpha lambda_(k-1) + (1 - alpha) lambda_hat_k`` of ``name``'s weights."""
+    plain = methods.create(name)
+    averages: list[torch.Tensor] = []
+    for J in jacobians:
+        own = weights_of(plain, J)
+        averages.append(own if not averages else alpha * averages[-1] + (1 - alpha) * own)
+    return averages
+
+
+def test_cr_mogm_is_an_exponential_average_of_the_wrapped_weights() -> None:
+    smoothed = methods.create("cr_mogm", method="mgda", alpha=0.75)
+    jacobians = [jacobian(seed, dim=4) for seed in range(5)]
+    for J, average in zip(jacobians, moving_averages("mgda", jacobians, 0.75), strict=True):
+        torch.testing.assert_close(weights_of(smoothed, J), average)
+    unsmoothed = methods.create("cr_mogm", method="upgrad", alpha=0.0)
+    J = jacobian(9)
+    torch.testing.assert_close(aggregate(unsmoothed, J), aggregate("upgrad", J))
+
+
+def test_cr_mogm_averages_the_weights_of_the_unscaled_gradients() -> None:
+    # Nash-MTL's weights scale like 1 / |g| (degree 0): those of J * size are w(J) / size.
+    # Gradients of 2^200 and more are solved on J / s by the balancer (s a power of two that
+    # changes from step to step), and the average must be of the weights for J itself
+    huge = methods.create("cr_mogm", method="nash_mtl", alpha=0.5)
+    sizes = [2.0 ** (200 + 40 * step) for step in range(4)]
+    jacobians = [jacobian(step, dim=5) * size for step, size in enumerate(sizes)]
+    unscaled = [J / size for J, size in zip(jacobians, sizes, strict=True)]
+    plain = methods.create("nash_mtl")
+    average = None
+    for J, small, size in zip(jacobians, unscaled, sizes, strict=True):
+        own = weights_of(plain, small) / size
+        average = own if average is None else 0.5 * average + 0.5 * own
+        torch.testing.assert_close(aggregate(huge, J), average @ J, rtol=1e-9, atol=0.0)
+
+
+def test_cr_mogm_refuses_a_direction_and_resumes() -> None:
+    with pytest.raises(ValueError, match="returns a direction"):
+        aggregate(methods.create("cr_mogm", method="graddrop"), jacobian(0))
+    with pytest.raises(ValueError, match="Did you mean 'mgda'"):
+        methods.create("cr_mogm", method="mgd")
+    with pytest.raises(ValueError, match="alpha"):
+        methods.create("cr_mogm", alpha=1.0)
+    method = methods.create("cr_mogm", method="nash_mtl", method_hparams={"gram": "frobenius"})
+    assert method.needs == methods.create("nash_mtl").needs
+    for seed in range(3):
+        aggregate(method, jacobian(seed))
+    resumed = methods.create("cr_mogm", **method.hparams())
+    resumed.load_state_dict(method.state_dict())
+    torch.testing.assert_close(aggregate(resumed, jacobian(5)), aggregate(method, jacobian(5)))
+    method.reset()
+    assert method.average is None  # type: ignore[attr-defined]

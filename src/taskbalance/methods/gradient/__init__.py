@@ -3,6 +3,7 @@
 from taskbalance.methods.gradient.aligned_mtl import AlignedMTL
 from taskbalance.methods.gradient.cagrad import CAGrad
 from taskbalance.methods.gradient.config import ConFIG
+from taskbalance.methods.gradient.cr_mogm import CRMOGM
 from taskbalance.methods.gradient.db_mtl import DBMTL
 from taskbalance.methods.gradient.dual_cone import DualProj, UPGrad
 from taskbalance.methods.gradient.excess_mtl import ExcessMTL
@@ -17,6 +18,7 @@ from taskbalance.methods.gradient.nash_mtl import FairGrad, NashMTL
 from taskbalance.methods.gradient.pcgrad import PCGrad
 
 __all__ = [
+    "CRMOGM",
     "DBMTL",
     "IMTL",
     "IMTLG",
