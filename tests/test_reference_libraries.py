@@ -143,6 +143,24 @@ def test_cr_mogm_smoothing_of_imtl_g_equals_torchjd(
 
 
 @pytest.mark.parametrize(("seed", "T", "P"), problems())
+@pytest.mark.parametrize("tau", [0.02, 0.5, 1.0])
+def test_pcd_equals_torchjd_over_steps(
+    torchjd: ModuleType, tau: float, seed: int, T: int, P: int
+) -> None:
+    """PCD's QP solved exactly in both (Goldfarb-Idnani's dual method in TorchJD, the dual's
+    non-negative QP here), with the same moving average of the squared norms, over four
+    steps of gradients whose scales differ by task."""
+    theirs = torchjd.PCDWeighting(tau=tau, beta=0.9)
+    ours = registry.create("pcd", tau=tau, beta=0.9)
+    sizes = torch.logspace(-2, 2, T, dtype=torch.float64).unsqueeze(1)
+    for step in range(4):
+        J = conflicting_jacobian(seed + 100 * step, T, P) * sizes
+        weights = ours(Context(num_tasks=T, jacobian=J, gramian=J @ J.T)).weights
+        assert weights is not None
+        torch.testing.assert_close(weights, theirs(J @ J.T), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize(("seed", "T", "P"), problems())
 def test_excess_mtl_after_a_warmup_is_torchjd_times_the_number_of_tasks(
     torchjd: ModuleType, seed: int, T: int, P: int
 ) -> None:

@@ -422,3 +422,51 @@ def test_cr_mogm_refuses_a_direction_and_resumes() -> None:
     torch.testing.assert_close(aggregate(resumed, jacobian(5)), aggregate(method, jacobian(5)))
     method.reset()
     assert method.average is None  # type: ignore[attr-defined]
+
+
+def test_pcd_gives_each_auxiliary_task_its_fraction_of_progress() -> None:
+    # first step: the moving average is |g_i|^2 itself, so g~_i = g_i / |g_i| (up to eps).
+    # g~_1 = (1, 0), g~_2 = (-1, 1) / sqrt(2): g~_2 . g~_1 = -1/sqrt(2) < tau, so the
+    # constraint is active: d~ = g~_1 + mu g~_2 with g~_2 . d~ = tau, mu = tau + 1/sqrt(2)
+    J = torch.tensor([[2.0, 0.0], [-3.0, 3.0]], dtype=torch.float64)
+    d = aggregate(methods.create("pcd", tau=0.1, eps=0.0), J)
+    mu = 0.1 + 2**-0.5
+    expected = torch.tensor([1 - mu * 2**-0.5, mu * 2**-0.5], dtype=torch.float64)
+    torch.testing.assert_close(d, 2.0 * expected / expected.norm())  # |d| = |g_1|
+    torch.testing.assert_close(
+        J[1] @ expected / J[1].norm(), torch.tensor(0.1, dtype=torch.float64)
+    )
+    # the constraint already holds: d is g_1 itself
+    agreeing = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(aggregate(methods.create("pcd", tau=0.1), agreeing), agreeing[0])
+
+
+def test_pcd_special_cases() -> None:
+    # two opposite auxiliaries cannot both get progress: the constraints are dropped
+    opposite = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    torch.testing.assert_close(aggregate(methods.create("pcd", tau=0.5), opposite), opposite[0])
+    # ... but with tau = 0 (no progress asked) d = 0 meets them, as does g_1
+    torch.testing.assert_close(aggregate(methods.create("pcd", tau=0.0), opposite), opposite[0])
+    silent = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    assert float(aggregate(methods.create("pcd"), silent).abs().max()) == 0.0
+    alone = torch.tensor([[3.0, -4.0]], dtype=torch.float64)
+    torch.testing.assert_close(aggregate(methods.create("pcd"), alone), alone[0])
+    with pytest.raises(ValueError, match="2 tau values for 1 auxiliary"):
+        aggregate(methods.create("pcd", tau=[0.1, 0.2]), silent)
+    with pytest.raises(ValueError, match=r"tau must lie in \[0, 1\]"):
+        methods.create("pcd", tau=1.5)
+
+
+def test_pcd_is_unchanged_by_a_constant_scale_of_an_auxiliary_task() -> None:
+    # the normalisation by the moving average makes tau a scale-free fraction (paper)
+    plain = methods.create("pcd", tau=0.3, beta=0.9, eps=0.0)
+    scaled = methods.create("pcd", tau=0.3, beta=0.9, eps=0.0)
+    for seed in range(4):
+        J = jacobian(seed, num_tasks=4, dim=6)
+        other = J.clone()
+        other[2] *= 1e3
+        torch.testing.assert_close(aggregate(scaled, other), aggregate(plain, J))
+    resumed = methods.create("pcd", tau=0.3, beta=0.9, eps=0.0)
+    resumed.load_state_dict(plain.state_dict())
+    J = jacobian(11, num_tasks=4, dim=6)
+    torch.testing.assert_close(aggregate(resumed, J), aggregate(plain, J))

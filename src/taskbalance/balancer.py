@@ -149,6 +149,16 @@ def make_context(
                 f"beyond float64, and {method.name!r} depends on their absolute size, so it "
                 "cannot be solved on rescaled gradients: scale the losses down"
             )
+        elif method.needs == Need.GRAMIAN and bool(
+            ((gramian.diagonal() == 0) & (grads.norms() > 0).to(gramian.device)).any()
+        ):
+            # (a task whose squared norm underflowed to 0 would read as no gradient at all)
+            raise ValueError(
+                f"the task gradients (norms down to {float(grads.norms().min()):.3g}) square "
+                f"below float64's smallest number, and {method.name!r} depends on their "
+                "absolute size, so it cannot be solved on rescaled gradients: scale the "
+                "losses up"
+            )
     if jacobian is not None and gramian is not None:
         # a method that reads the Jacobian works on the device: its Gram matrix goes there too
         gramian = to_device(gramian, jacobian.device)

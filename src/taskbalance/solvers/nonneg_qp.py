@@ -3,9 +3,12 @@
 ``nonneg_qp(A, b)`` solves ``min_x 1/2 x^T A x + b^T x  s.t.  x >= 0`` for a PSD ``A`` with an
 active-set method in the style of Lawson & Hanson's NNLS (Solving Least Squares Problems, 1974,
 ch. 23), written on ``A`` alone: the free set grows by the most violated KKT multiplier, each
-sub-problem on the free set is solved exactly (least squares, so singular ``A`` -- duplicate or
-collinear gradients -- is fine), and a step back to feasibility drops variables that hit zero.
-Finite termination; float64.
+sub-problem on the free set is solved exactly (least squares where it fails to factor:
+duplicate gradients), and a step back to feasibility drops variables that hit zero. Finite
+termination; float64. Where the free set grows beyond ``A``'s rank (more variables than
+dimensions) its system factors in rounding with ~1e16 entries and the iteration can stop short
+of the optimum: callers that meet such problems check the KKT conditions and add a ridge at
+rounding level (CAGrad always, PCD where the first solve misses a constraint).
 
 ``dual_cone_weights(G, U)`` projects combinations of task gradients onto the dual cone
 ``{d : J d >= 0}`` of the rows of ``J`` (``G = J J^T``): for each row ``u`` of ``U``, the

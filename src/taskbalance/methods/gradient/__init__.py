@@ -15,6 +15,7 @@ from taskbalance.methods.gradient.imtl_g import IMTLG
 from taskbalance.methods.gradient.mgda import MGDA
 from taskbalance.methods.gradient.moco import MoCo
 from taskbalance.methods.gradient.nash_mtl import FairGrad, NashMTL
+from taskbalance.methods.gradient.pcd import PCD
 from taskbalance.methods.gradient.pcgrad import PCGrad
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "IMTL",
     "IMTLG",
     "MGDA",
+    "PCD",
     "AlignedMTL",
     "CAGrad",
     "ConFIG",
