@@ -97,7 +97,7 @@ def test_state_dict_round_trip_gives_bit_identical_next_steps(name: str) -> None
 EQUIVARIANT = [
     "ew", "loss_ratio", "gls", "stch", "uw", "imtl_l", "famo", "mgda", "upgrad", "dualproj",
     "imtl_g", "imtl", "nash_mtl", "fairgrad", "cagrad", "aligned_mtl", "config", "gradnorm",
-    "db_mtl", "moco",
+    "db_mtl", "moco", "excess_mtl", "cr_mogm",
 ]  # fmt: skip
 
 
