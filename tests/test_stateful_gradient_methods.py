@@ -470,3 +470,19 @@ def test_pcd_is_unchanged_by_a_constant_scale_of_an_auxiliary_task() -> None:
     resumed.load_state_dict(plain.state_dict())
     J = jacobian(11, num_tasks=4, dim=6)
     torch.testing.assert_close(aggregate(resumed, J), aggregate(plain, J))
+
+
+def test_cr_mogm_passes_epoch_ends_to_the_wrapped_method() -> None:
+    # DWA's weights move only at epoch ends: wrapped without them, they stayed at 1
+    wrapped = methods.create("cr_mogm", method="dwa", alpha=0.0)
+    plain = methods.create("dwa")
+    for epoch in range(3):
+        for losses in ([1.0, 2.0], [0.5 + epoch, 1.0 / (1 + epoch)]):
+            J = jacobian(epoch, num_tasks=2)
+            context = {"losses": torch.tensor(losses, dtype=torch.float64)}
+            torch.testing.assert_close(
+                weights_of(wrapped, J, **context), weights_of(plain, J, **context)
+            )
+        wrapped.end_epoch()
+        plain.end_epoch()
+    assert not torch.equal(weights_of(plain, J, **context), torch.ones(2, dtype=torch.float64))

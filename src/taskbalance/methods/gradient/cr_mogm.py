@@ -75,6 +75,9 @@ class CRMOGM(Method):
             "method_hparams": self.method.hparams(),
         }
 
+    def end_epoch(self) -> None:
+        self.method.end_epoch()  # (an epoch-based wrapped method, e.g. dwa, needs them)
+
     def scale_degree(self) -> float | None:
         return self.method.scale_degree()
 
