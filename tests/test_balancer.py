@@ -514,3 +514,28 @@ def test_post_accumulate_grad_hooks_run_once_per_step_as_after_a_backward(method
     assert len(seen) == len(params)
     moved = {id(p) for p, b in zip(params, before, strict=True) if not torch.equal(p, b)}
     assert moved == {id(p) for p in params}
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+@pytest.mark.parametrize("method", ["ew", "mgda"])
+def test_reentrant_activation_checkpointing_is_refused(method: str, level: str) -> None:
+    # its segments hide the parameters inside from autograd.grad: with `ew` the trunk got no
+    # gradient at all, without a word (a gradient method said no loss reached the trunk)
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    heads = nn.ModuleList([nn.Linear(8, 1) for _ in range(2)])
+    x = torch.randn(16, 4, requires_grad=True)
+
+    def step(reentrant: bool) -> None:
+        z = checkpoint(trunk, x, use_reentrant=reentrant)
+        losses = [h(z).pow(2).mean() for h in heads]
+        balancer = Balancer(method, trunk.parameters(), level=level)  # type: ignore[arg-type]
+        balancer.backward(losses, representation=z if level == "representation" else None)
+
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        step(reentrant=True)
+    assert trunk[0].weight.grad is None
+    step(reentrant=False)  # non-reentrant checkpointing: the exact gradient (test_layer_rules)
+    assert trunk[0].weight.grad is not None

@@ -125,3 +125,36 @@ def test_checkpoints_carry_the_balancer_and_resume_restores_it(tmp_path: Path) -
     resumed = _trainer(TwoHeadBert(), tmp_path, "uw", epochs=1, save_strategy="epoch")
     resumed.train(resume_from_checkpoint=str(checkpoint))  # already at the end: restores only
     torch.testing.assert_close(resumed.balancer.state_dict()["method"]["log_scales"], learned)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_is_exact_or_refused(reentrant: bool) -> None:
+    """Transformers' activation checkpointing: the reentrant kind hid the encoder's parameters
+    from the balancer (they got no gradient); the non-reentrant kind gives the step without
+    checkpointing."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (4, 8), generator=generator)
+    labels, tags = torch.tensor([0, 1, 0, 1]), ids % 3
+
+    def gradients(checkpointing: bool) -> list[torch.Tensor]:
+        model = TwoHeadBert()
+        model.train()
+        if checkpointing:  # (Transformers 5's name; gradient_checkpointing_enable before)
+            enable = getattr(model.bert, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+            else:
+                model.bert.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+                )
+        out = model(ids, labels, tags)
+        Balancer("mgda", model.bert.parameters()).backward(out["losses"])
+        return [torch.zeros_like(p) if p.grad is None else p.grad for p in model.bert.parameters()]
+
+    expected = gradients(checkpointing=False)
+    if reentrant:
+        with pytest.raises(ValueError, match="'use_reentrant': False"):
+            gradients(checkpointing=True)
+        return
+    for got, want in zip(gradients(checkpointing=True), expected, strict=True):
+        torch.testing.assert_close(got, want)

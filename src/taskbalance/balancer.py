@@ -48,7 +48,12 @@ from taskbalance.distributed import (
     shard_jacobian,
 )
 from taskbalance.engine.gramian import in_float64_range, in_safe_range, representable_factor
-from taskbalance.engine.graph import depends_on, leaves_by_root, reachable_leaves
+from taskbalance.engine.graph import (
+    depends_on,
+    leaves_by_root,
+    reachable_leaves,
+    reentrant_checkpoint_in,
+)
 from taskbalance.engine.heads import HeadGradients, head_backwards
 from taskbalance.engine.host import (
     STEP_LOSSES,
@@ -453,6 +458,7 @@ class Balancer:
         self._skips = 0
         self._warned_bypass = False
         self._checked_sharing = False
+        self._checked_checkpointing = False
         self._warned_stall = False
         self._densified: dict[int, DensifiedGradient] = {}  # (of the current step: _write)
 
@@ -823,6 +829,18 @@ class Balancer:
             )
         if not (math.isfinite(loss_scale) and loss_scale > 0):
             raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
+        if not self._checked_checkpointing:  # (one walk of the whole graph, first step only)
+            if reentrant_checkpoint_in([stacked]):
+                raise ValueError(
+                    "the losses go through torch.utils.checkpoint(..., use_reentrant=True), "
+                    "whose segments hide the parameters inside them from the balancer (their "
+                    "gradients come only from a plain backward): they would get no gradient. "
+                    "Checkpoint with use_reentrant=False (PyTorch's recommendation; for a "
+                    "Transformers model pass {'use_reentrant': False} to "
+                    "gradient_checkpointing_enable / activation_checkpointing_enable, the "
+                    "default from Transformers 5)"
+                )
+            self._checked_checkpointing = True
 
     def _check_losses(
         self, names: tuple[str, ...], detached: Tensor, comm: Communicator | None

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["depends_on", "leaves_by_root", "reachable_leaves"]
+__all__ = ["depends_on", "leaves_by_root", "reachable_leaves", "reentrant_checkpoint_in"]
 
 Edge = tuple[int, int]
 
@@ -152,3 +152,38 @@ def depends_on(root: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
     leaves, met = _walk([root], _edges(targets))
     target_leaves = {id(t) for t in targets if t.grad_fn is None}
     return met or any(id(leaf) in target_leaves for leaf in leaves)
+
+
+def _reentrant_checkpoint_type() -> type[Any] | None:
+    """The node type of a reentrant ``torch.utils.checkpoint`` segment, where torch has it."""
+    try:
+        from torch.utils.checkpoint import CheckpointFunction
+    except ImportError:  # pragma: no cover (every supported torch has it)
+        return None
+    node_type: type[Any] | None = getattr(CheckpointFunction, "_backward_cls", None)
+    return node_type
+
+
+_REENTRANT_CHECKPOINT = _reentrant_checkpoint_type()
+
+
+def reentrant_checkpoint_in(roots: Sequence[torch.Tensor]) -> bool:
+    """Whether the graph of ``roots`` holds a segment of ``torch.utils.checkpoint(...,
+    use_reentrant=True)``: its node hides the parameters used inside it (they are no edges of
+    the graph; its backward runs an inner ``backward`` that writes their ``.grad`` itself), so
+    ``autograd.grad`` with those parameters as inputs gets nothing for them."""
+    if _REENTRANT_CHECKPOINT is None:
+        return False
+    layer = {id(root.grad_fn): root.grad_fn for root in roots if root.grad_fn is not None}
+    seen: set[int] = set()
+    while layer:  # breadth first, one layer of new nodes at a time
+        if any(type(node) is _REENTRANT_CHECKPOINT for node in layer.values()):
+            return True
+        seen.update(layer)
+        layer = {
+            id(child): child
+            for node in layer.values()
+            for child, _ in node.next_functions
+            if child is not None and id(child) not in seen
+        }
+    return False
