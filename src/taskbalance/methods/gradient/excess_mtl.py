@@ -67,7 +67,7 @@ class ExcessMTL(Method):
                 f"excess_mtl: warmup_steps must be a non-negative int, got {warmup_steps!r}"
             )
         self.warmup_steps = warmup_steps
-        self.squared_sum: Tensor | None = None  # S: (T, coordinates)
+        self.squared_sum: Tensor | None = None  # S + 1e-7: (T, coordinates)
         self.baseline: Tensor | None = None  # E^0: (T,), float64
         self.risk_sum: Tensor | None = None  # sum of E over the warm-up: (T,), float64
         self.weights: Tensor | None = None  # w: (T,), float64
@@ -79,7 +79,7 @@ class ExcessMTL(Method):
     def combine(self, ctx: Context) -> Combination:
         rows = _units(ctx, ctx.require_jacobian(self.name))
         if self.squared_sum is None or self.weights is None:
-            self.squared_sum = torch.zeros_like(rows)
+            self.squared_sum = torch.full_like(rows, _EPS)
             self.weights = torch.ones(rows.shape[0], dtype=torch.float64, device=rows.device)
         elif self.squared_sum.shape != rows.shape:
             raise ValueError(
@@ -89,7 +89,9 @@ class ExcessMTL(Method):
                 "shape); call reset() to start over"
             )
         self.squared_sum.addcmul_(rows, rows)
-        risk = (rows.square() / (self.squared_sum + _EPS).sqrt()).sum(dim=1).to(torch.float64)
+        # E_i = g_i . (g_i / sqrt(S_i + eps)) (the state holds S + eps), one T x P temporary
+        scaled = self.squared_sum.rsqrt().mul_(rows)
+        risk = torch.linalg.vecdot(scaled, rows).to(torch.float64)
         self.steps += 1
         if self.baseline is None:
             if self.steps <= self.warmup_steps:
