@@ -938,8 +938,10 @@ class Balancer:
             else:
                 p.grad.add_(g)
         for p in params:  # as autograd does once it accumulated a gradient into .grad
-            for hook in tuple((getattr(p, "_post_accumulate_grad_hooks", None) or {}).values()):
-                hook(p)  # (e.g. an optimizer step in backward; see the FAQ)
+            hooks = getattr(p, "_post_accumulate_grad_hooks", None)
+            if hooks:  # (e.g. an optimizer step in backward; see the FAQ)
+                for hook in tuple(hooks.values()):
+                    hook(p)
 
     def _warn_stalled(self, grads: RowScaledGradients, names: tuple[str, ...]) -> None:
         """Once: the shared update vanished while some task's gradient did not (see
