@@ -35,10 +35,11 @@ class ExcessMTL(Method):
 
     The baseline is the first step's ``E`` (``warmup_steps=0``, the official code and
     LibMTL: no update at that step), or the mean ``E`` of the first ``warmup_steps`` steps,
-    which keep the weights at 1 (the paper's Appendix C.1 collects three epochs; TorchJD's
-    ``n_warmup_steps``), the update starting with the next step. A task whose gradient was 0
-    when the baseline was taken gets its baseline at its first non-zero gradient (``r = 1``
-    then); until then ``r = 0``: its weights are finite for any input. The update is
+    which keep the weights at 1 (TorchJD's ``n_warmup_steps``; its docs cite the paper's
+    Appendix C.1 for three epochs of statistics), the update starting with the next step.
+    A task whose gradient was 0 when the baseline was taken gets its baseline at its first
+    non-zero gradient (``r = 1`` then); until then ``r = 0``: its weights are finite for any
+    input. The update is
     ``sum_i w_i g_i``.
 
     At representation level the per-sample gradients are summed over the batch (the first

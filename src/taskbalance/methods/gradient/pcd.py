@@ -52,9 +52,9 @@ class PCD(Method):
 
     Args:
         tau: the guaranteed fraction in ``[0, 1]``, one for every auxiliary task or a list
-            of ``T - 1`` (paper, TorchJD: 0.02).
-        beta: decay of the moving average of the squared norms, in ``[0, 1)`` (0.999).
-        eps: added to the average before its inverse square root (1e-8).
+            of ``T - 1`` (TorchJD's default 0.02; the paper's code was not available to check).
+        beta: decay of the moving average of the squared norms, in ``[0, 1)`` (TorchJD: 0.999).
+        eps: added to the average before its inverse square root (TorchJD: 1e-8).
 
     Scale: the update's norm is the primary gradient's.
     """
