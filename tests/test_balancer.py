@@ -539,3 +539,34 @@ def test_reentrant_activation_checkpointing_is_refused(method: str, level: str) 
     assert trunk[0].weight.grad is None
     step(reentrant=False)  # non-reentrant checkpointing: the exact gradient (test_layer_rules)
     assert trunk[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("method", ["ew", "mgda", "nash_mtl", "db_mtl"])
+def test_accumulation_adds_the_mean_of_the_micro_batch_updates(method: str) -> None:
+    # dividing the losses by k (the trainer's and the Transformers integration's old way)
+    # left Nash-MTL's update (scale-free) and DB-MTL's (log-loss gradients) at full length:
+    # their accumulated step was 2-12x a single step's for k = 4
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
+    heads = nn.ModuleList([nn.Linear(16, 1) for _ in range(3)])
+    x, y = torch.randn(64, 6), torch.randn(64, 3)
+
+    def losses(m: int) -> list[torch.Tensor]:
+        z = trunk(x[m::4])
+        return [((h(z).squeeze(-1) - y[m::4, i]) ** 2).mean() for i, h in enumerate(heads)]
+
+    accumulated = Balancer(method, trunk.parameters())
+    for m in range(4):
+        accumulated.backward(losses(m), accumulation_steps=4)
+    total = [p.grad.clone() for p in trunk.parameters()]  # type: ignore[union-attr]
+    separate = Balancer(method, trunk.parameters())
+    expected = [torch.zeros_like(p) for p in trunk.parameters()]
+    for m in range(4):
+        trunk.zero_grad(set_to_none=True)
+        separate.backward(losses(m))
+        for e, p in zip(expected, trunk.parameters(), strict=True):
+            e += p.grad / 4  # type: ignore[operator]
+    for got, want in zip(total, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="accumulation_steps must be a positive int"):
+        accumulated.backward(losses(0), accumulation_steps=0)

@@ -614,6 +614,7 @@ class Balancer:
         metrics: MetricsLike | None = None,
         loss_scale: float = 1.0,
         scaler: Any = None,
+        accumulation_steps: int = 1,
     ) -> StepInfo:
         """Compute the balanced gradients of ``losses`` and add them to ``.grad``.
 
@@ -638,6 +639,13 @@ class Balancer:
                 (and is reported as skipped): the scaler then skips ``optimizer.step()`` and
                 lowers its scale, as after an overflowing ``backward``. A disabled scaler is
                 ignored.
+            accumulation_steps: this call is one of ``k`` micro-batches of one optimizer
+                step: pass the micro-batch's own losses (not divided by ``k``); the method
+                balances them and ``1/k`` of its update is added to ``.grad``, so the ``k``
+                calls add the mean of their updates, for every method. (Dividing the losses by
+                ``k`` instead is right only for updates linear in the losses' scale: Nash-MTL's
+                and FairGrad's do not shrink, DB-MTL's log-loss gradients do not, and their
+                accumulated step grew with ``k``.) ``StepInfo`` reports this call's update.
 
         Returns:
             A :class:`StepInfo`. When ``skipped`` is true nothing was written to ``.grad``:
@@ -647,11 +655,17 @@ class Balancer:
         model = self._model
         if representation is None and model is not None and model.supports_representation:
             representation = model.representation
+        if not is_positive_int(accumulation_steps):
+            raise ValueError(
+                f"accumulation_steps must be a positive int, got {accumulation_steps!r}"
+            )
         reps = _as_representations(representation)
         names, values, stacked = self._stack_losses(losses)
         self._refresh_trainable()
         with step_reads(), densified_inputs() as self._densified:
-            return self._step(names, values, stacked, reps, metrics, loss_scale, scaler)
+            return self._step(
+                names, values, stacked, reps, metrics, loss_scale, scaler, accumulation_steps
+            )
 
     def _step(
         self,
@@ -662,10 +676,12 @@ class Balancer:
         metrics: MetricsLike | None,
         loss_scale: float,
         scaler: Any,
+        accumulation_steps: int = 1,
     ) -> StepInfo:
         """One step, stage by stage: losses -> task gradients (what the method needs) ->
         method -> transforms -> ``.grad``. Host reads: see :mod:`taskbalance.engine.host`."""
         loss_scale, write_scale = self._loss_scale(loss_scale, scaler, stacked)
+        write_scale /= accumulation_steps
         metrics_tensor = self._metrics_tensor(metrics, names)
         comm = self._communicator()
         detached = stacked.detach()
@@ -928,7 +944,8 @@ class Balancer:
         and writing ``.grad`` by hand would skip."""
         for p, g in zip(params, grads, strict=True):
             if write_scale != 1.0:
-                g = g * write_scale  # the scaler's step divides it back (a power of two)
+                # (a GradScaler's scale, which its step divides back; 1 / accumulation_steps)
+                g = g * write_scale
             if g.dtype != p.dtype:
                 g = g.to(p.dtype)
             if id(p) in self._densified and not g.is_sparse:

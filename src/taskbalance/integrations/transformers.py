@@ -95,15 +95,16 @@ class BalancedTrainer(transformers.Trainer):
         accumulation = getattr(
             self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps
         )
-        losses = {name: loss / accumulation for name, loss in losses.items()}
         scaler = getattr(self.accelerator, "scaler", None)
         info = self.balancer.backward(
             losses,
             representation,
             scaler=scaler if isinstance(scaler, torch.amp.GradScaler) else None,
+            accumulation_steps=int(accumulation),
         )
         self.last_balance = info
-        return info.losses.sum().detach().to(self.args.device).float()
+        # (the Trainer sums what its micro-batches return: each returns its share)
+        return (info.losses.sum() / accumulation).detach().to(self.args.device).float()
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.last_balance is not None and "loss" in logs:

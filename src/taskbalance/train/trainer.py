@@ -102,7 +102,8 @@ class Trainer:
         callbacks: :class:`~taskbalance.train.callbacks.Callback` objects.
         early_stopping: stop on a validation metric; with ``restore_best`` the model ends with
             the weights of its best validation epoch.
-        grad_accumulation: batches per optimizer step (losses divided accordingly).
+        grad_accumulation: batches per optimizer step (each batch adds ``1/k`` of its balanced
+            update: ``Balancer.backward(accumulation_steps=k)``).
         amp: mixed precision on CUDA (ignored, with a log line, on CPU): ``True`` or
             ``"bfloat16"`` autocasts the forward pass to bfloat16 (no loss scaling needed);
             ``"float16"`` autocasts to float16 with dynamic loss scaling (the policy of
@@ -365,11 +366,14 @@ class Trainer:
                 None if mask is None else mask.to(self.device),
             )
             if loss is not None:
-                losses[name] = loss / self.grad_accumulation
+                losses[name] = loss
         info = None
         if losses:
             info = self.balancer.backward(
-                losses, metrics=self._step_metrics(losses), loss_scale=self.loss_scale
+                losses,
+                metrics=self._step_metrics(losses),
+                loss_scale=self.loss_scale,
+                accumulation_steps=self.grad_accumulation,
             )
             self._update_loss_scale(info.skipped)
         self._micro = (self._micro + 1) % self.grad_accumulation
