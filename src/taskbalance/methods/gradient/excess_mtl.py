@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.needs import Need
-from taskbalance.methods._validation import check_positive
+from taskbalance.methods._validation import check_count, check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 
@@ -63,11 +63,7 @@ class ExcessMTL(Method):
 
     def __init__(self, robust_step_size: float = 1e-2, warmup_steps: int = 0) -> None:
         self.robust_step_size = check_positive(self.name, "robust_step_size", robust_step_size)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(
-                f"excess_mtl: warmup_steps must be a non-negative int, got {warmup_steps!r}"
-            )
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = check_count(self.name, "warmup_steps", warmup_steps, allow_zero=True)
         self.squared_sum: Tensor | None = None  # S + 1e-7: (T, coordinates)
         self.baseline: Tensor | None = None  # E^0: (T,), float64
         self.risk_sum: Tensor | None = None  # sum of E over the warm-up: (T,), float64

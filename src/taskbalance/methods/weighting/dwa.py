@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from taskbalance.engine.needs import Need
-from taskbalance.methods._validation import check_positive
+from taskbalance.methods._validation import check_count, check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 from taskbalance.methods.weighting._losses import check_num_tasks, non_negative_losses
@@ -43,11 +43,7 @@ class DynamicWeightAverage(Method):
 
     def __init__(self, temperature: float = 2.0, period_steps: int | None = None) -> None:
         self.temperature = check_positive(self.name, "temperature", temperature)
-        if period_steps is not None and (not isinstance(period_steps, int) or period_steps < 1):
-            raise ValueError(
-                f"dwa: period_steps must be a positive int or None, got {period_steps!r}"
-            )
-        self.period_steps = period_steps
+        self.period_steps = check_count(self.name, "period_steps", period_steps, allow_none=True)
         self.period_sum: Tensor | None = None
         self.period_count = 0
         self.history: Tensor | None = None  # (2, T): mean losses of the last two periods

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from taskbalance.engine.needs import Need
-from taskbalance.methods._validation import check_positive
+from taskbalance.methods._validation import check_count, check_positive
 from taskbalance.methods.base import Combination, Context, Method
 from taskbalance.methods.registry import register
 from taskbalance.methods.weighting._losses import check_num_tasks, non_negative_losses
@@ -79,8 +79,8 @@ class SmoothTchebycheff(Method):
         if self.preference is not None and any(p < 0 for p in self.preference):
             raise ValueError(f"stch: preference must be >= 0, got {self.preference}")
         self.normalise = bool(normalise)
-        self.warmup = _check_count("warmup", warmup, allow_zero=True)
-        self.period_steps = _check_count("period_steps", period_steps, allow_zero=False)
+        self.warmup = check_count(self.name, "warmup", warmup, allow_zero=True, allow_none=True)
+        self.period_steps = check_count(self.name, "period_steps", period_steps, allow_none=True)
         if self.warmup is not None and not self.normalise:
             raise ValueError(
                 "stch: warmup is the official schedule of the normalised terms: pass "
@@ -162,11 +162,3 @@ class SmoothTchebycheff(Method):
         # a checkpoint written before the warm-up existed holds the nadir only
         fresh = {"periods_done": 0, "period_count": 0, "nadir_sum": None}
         super().load_state_dict({**fresh, **state} if set(state) == {"initial_losses"} else state)
-
-
-def _check_count(what: str, value: int | None, *, allow_zero: bool) -> int | None:
-    low = 0 if allow_zero else 1
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"stch: {what} must be a {kind} int or None, got {value!r}")
-    return value
